@@ -1,0 +1,26 @@
+"""dig2dig: training-free, diffusion-based image fusion.
+
+>>> import dig2dig
+>>> result = dig2dig.fuse(["ir.png", "vis.png"], method="ddfm", steps=100, seed=0)  # doctest: +SKIP
+>>> result.save("fused.png")  # doctest: +SKIP
+
+Importing the package is cheap: torch and the rest load on first use.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["FusionResult", "__version__", "derive_seed", "fuse", "fuse_batch", "load_prior"]
+
+
+def __getattr__(name: str):
+    if name in ("fuse", "fuse_batch", "FusionResult", "derive_seed"):
+        from . import api
+
+        return getattr(api, name)
+    if name == "load_prior":
+        from .prior import load_prior
+
+        return load_prior
+    raise AttributeError(f"module 'dig2dig' has no attribute {name!r}")

@@ -1,0 +1,176 @@
+"""Reading and writing images: PNG, JPEG, TIFF and BMP; 8- and 16-bit; gray, RGB and RGBA.
+
+Images enter dig2dig as float32 arrays in [0, 1], shaped (H, W) for gray and (H, W, 3) for
+colour, in RGB order.  Alpha is dropped with a warning.  Gray content stored as three equal
+channels is reported as gray (see :func:`dig2dig.color.is_gray`).  Output is written atomically:
+to a temporary file in the destination folder, then renamed over the target, so a crash or a full
+disk never leaves a half-written image behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageError
+
+READ_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+WRITE_SUFFIXES = READ_SUFFIXES
+_SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
+MIN_SIDE = 8  # smallest height/width dig2dig fuses
+
+
+@dataclass
+class Image:
+    """A decoded image: ``data`` float32 in [0, 1], (H, W) or (H, W, 3) RGB."""
+
+    data: np.ndarray
+    bit_depth: int  # 8 or 16, as stored
+    path: str = ""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)"""
+        return int(self.data.shape[0]), int(self.data.shape[1])
+
+    @property
+    def is_color(self) -> bool:
+        return self.data.ndim == 3
+
+
+def _cv2():
+    import cv2
+
+    return cv2
+
+
+def read_image(path: str | os.PathLike) -> Image:
+    """Decode an image file; raise FileNotFoundError / ImageError with the fix on failure."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"image {str(p)!r} does not exist")
+    if p.is_dir():
+        raise ImageError(f"{str(p)!r} is a folder, not an image file")
+    if p.suffix.lower() not in READ_SUFFIXES:
+        raise ImageError(f"{p.name}: unsupported file type {p.suffix!r}; use one of {', '.join(READ_SUFFIXES)}")
+    cv2 = _cv2()
+    buf = np.fromfile(str(p), dtype=np.uint8)  # handles non-ASCII paths, unlike cv2.imread
+    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if arr is None:
+        raise ImageError(f"{p}: cannot decode the file as an image (corrupt or truncated?)")
+    return Image(_to_float(arr, p.name, bgr=True), 16 if arr.dtype == np.uint16 else 8, str(p))
+
+
+def _to_float(arr: np.ndarray, name: str, bgr: bool) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        scale = 255.0
+    elif arr.dtype == np.uint16:
+        scale = 65535.0
+    else:
+        raise ImageError(f"{name}: unsupported sample type {arr.dtype}; dig2dig reads 8- and 16-bit integer images")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            warnings.warn(f"{name}: alpha channel dropped", stacklevel=3)
+            arr = arr[..., :3]
+        elif arr.shape[2] == 2:  # gray + alpha
+            warnings.warn(f"{name}: alpha channel dropped", stacklevel=3)
+            arr = arr[..., 0]
+        if arr.ndim == 3 and arr.shape[2] != 3:
+            raise ImageError(f"{name}: unsupported layout with {arr.shape[2]} channels; use gray, RGB or RGBA")
+        if arr.ndim == 3 and bgr:
+            arr = arr[..., ::-1]  # OpenCV's BGR -> RGB
+    elif arr.ndim != 2:
+        raise ImageError(f"{name}: unsupported array shape {arr.shape}")
+    out = np.ascontiguousarray(arr, dtype=np.float32) / np.float32(scale)
+    h, w = out.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise ImageError(f"{name}: {w}x{h} is too small; images must be at least {MIN_SIDE}x{MIN_SIDE} pixels")
+    return out
+
+
+def to_float_image(arr: np.ndarray, name: str = "array") -> np.ndarray:
+    """Validate an in-memory image: uint8/uint16, or float in [0, 1]; (H,W), (H,W,1|3|4)."""
+    arr = np.asarray(arr)
+    if arr.dtype in (np.uint8, np.uint16):
+        return _to_float(arr, name, bgr=False)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ImageError(f"{name}: arrays must be uint8, uint16 or float in [0, 1], got {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ImageError(f"{name}: contains NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ImageError(f"{name}: float images must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; divide by 255 first?")
+    arr = arr.astype(np.float32)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        warnings.warn(f"{name}: alpha channel dropped", stacklevel=2)
+        arr = arr[..., :3]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ImageError(f"{name}: expected (H, W) or (H, W, 3), got {arr.shape}")
+    if min(arr.shape[:2]) < MIN_SIDE:
+        raise ImageError(f"{name}: {arr.shape[1]}x{arr.shape[0]} is too small; at least {MIN_SIDE}x{MIN_SIDE} pixels")
+    return np.ascontiguousarray(arr)
+
+
+def quantize(data: np.ndarray, bit_depth: int = 8) -> np.ndarray:
+    """[0, 1] float -> uint8/uint16 with round-half-up and clipping."""
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    top = 255.0 if bit_depth == 8 else 65535.0
+    q = np.floor(np.clip(data, 0.0, 1.0) * top + 0.5)
+    return q.astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+def write_image(path: str | os.PathLike, data: np.ndarray, bit_depth: int | None = None) -> Path:
+    """Write ``data`` (float in [0, 1], gray or RGB) atomically; returns the final path.
+
+    ``bit_depth`` defaults to 8; 16 is honoured for PNG and TIFF and refused for JPEG/BMP.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise ImageError(f"cannot write {p.name}: unknown extension {p.suffix!r}; use one of {', '.join(WRITE_SUFFIXES)}")
+    bit_depth = 8 if bit_depth is None else bit_depth
+    if bit_depth == 16 and suffix not in _SIXTEEN_BIT_SUFFIXES:
+        raise ImageError(f"{p.name}: 16-bit output needs .png or .tif")
+    if not p.parent.exists():
+        raise FileNotFoundError(f"output folder {str(p.parent)!r} does not exist")
+    arr = quantize(data, bit_depth)
+    if arr.ndim == 3:
+        arr = np.ascontiguousarray(arr[..., ::-1])  # RGB -> BGR for OpenCV
+    cv2 = _cv2()
+    ok, encoded = cv2.imencode(suffix, arr)
+    if not ok:
+        raise ImageError(f"could not encode {p.name}")
+    atomic_write_bytes(p, encoded.tobytes())
+    return p
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    p = Path(path)
+    if not p.parent.exists():
+        raise FileNotFoundError(f"output folder {str(p.parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=str(p.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,121 @@
+"""Fusion tasks, their source roles and their chroma policy; ``auto`` detection.
+
+=====  ==============================  ======================  ===================
+task   sources                         role order              chroma
+=====  ==============================  ======================  ===================
+vif    infrared + visible              infrared, visible       from the visible
+mif    CT/PET/SPECT + MRI              functional, MRI         from the colour map
+mef    under- + over-exposed (+ more)  as given                saturation-weighted
+mff    near- + far-focused (+ more)    as given                saturation-weighted
+=====  ==============================  ======================  ===================
+
+The *role order* is the order methods see the sources in: DDFM's intensity source i first and its
+texture source v second.  ``auto`` reads each source's file name and folder name (``ir``,
+``thermal``, ``vis``, ``mri``, ``ct``, ``pet``, ``under``, ``over``, ``near``, ``far`` …); when the
+names do not tell, one colour source beside gray ones means VIF, several sources that differ
+clearly in brightness mean MEF, and anything else MFF.  Roles the names cannot settle fall back
+to channels (a gray source is the infrared/CT one, a colour one the visible/PET one) and then to
+the order given (first = intensity role).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .color import is_gray, luminance
+
+TASKS = ("vif", "mif", "mef", "mff")
+CHROMA = {"vif": "source", "mif": "source", "mef": "saturation", "mff": "saturation"}
+
+# token -> (task, role) where role 0 = intensity (first), 1 = texture (second), None = ordered
+_HINTS: dict[str, tuple[str, int | None]] = {}
+for _tok in ("ir", "infrared", "thermal", "lwir", "nir", "tir", "inf"):
+    _HINTS[_tok] = ("vif", 0)
+for _tok in ("vis", "vi", "visible", "rgb", "color", "colour"):
+    _HINTS[_tok] = ("vif", 1)
+for _tok in ("ct", "pet", "spect", "fdg"):
+    _HINTS[_tok] = ("mif", 0)
+for _tok in ("mri", "mr", "t1", "t2", "flair", "pd"):
+    _HINTS[_tok] = ("mif", 1)
+for _tok in ("under", "over", "low", "high", "dark", "bright", "ev", "exposure", "short", "long", "ue", "oe"):
+    _HINTS[_tok] = ("mef", None)
+for _tok in ("near", "far", "focus", "fg", "bg", "foreground", "background", "a", "b"):
+    _HINTS[_tok] = ("mff", None)
+
+_ROLE_NAMES = {"vif": ("infrared", "visible"), "mif": ("functional", "MRI")}
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    order: tuple[int, ...]  # source indices in role order
+    chroma: str
+    reason: str
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        names = _ROLE_NAMES.get(self.name)
+        if names and len(self.order) == 2:
+            return names
+        return tuple(f"source{i + 1}" for i in range(len(self.order)))
+
+
+def _tokens(name: str) -> list[str]:
+    if not name:
+        return []
+    p = Path(name)
+    words = re.split(r"[^a-z0-9]+", p.stem.lower()) + re.split(r"[^a-z0-9]+", p.parent.name.lower())
+    return [w for w in words if w]
+
+
+def _hint(name: str) -> tuple[str, int | None] | None:
+    for tok in _tokens(name):
+        if tok in _HINTS:
+            return _HINTS[tok]
+    return None
+
+
+def resolve_task(task: str, images: list[np.ndarray], names: list[str]) -> TaskInfo:
+    """Pick the task (if ``auto``) and the role order for ``images`` named ``names``."""
+    task = task.lower()
+    if task != "auto" and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of auto, {', '.join(TASKS)}")
+    hints = [_hint(n) for n in names]
+    reason = f"given as {task}"
+    if task == "auto":
+        tasks = {h[0] for h in hints if h}
+        if len(tasks) == 1 and all(hints):
+            task = tasks.pop()
+            reason = "from the file names " + ", ".join(repr(Path(n).stem) for n in names)
+        else:
+            gray = [is_gray(im) for im in images]
+            if sum(not g for g in gray) == 1 and len(images) == 2:
+                task, reason = "vif", "one colour and one gray source"
+            else:
+                means = [float(luminance(im).mean()) for im in images]
+                if max(means) - min(means) > 0.15:
+                    task, reason = "mef", "sources differ clearly in brightness"
+                else:
+                    task, reason = "mff", "sources of similar brightness"
+    order = list(range(len(images)))
+    if task in _ROLE_NAMES and len(images) == 2:
+        role = [h[1] if h and h[0] == task else None for h in hints]
+        if role[0] is None and role[1] is not None:
+            role[0] = 1 - role[1]
+        if role[1] is None and role[0] is not None:
+            role[1] = 1 - role[0]
+        if None in role or role[0] == role[1]:
+            gray = [is_gray(im) for im in images]
+            role = [0, 1] if gray[0] == gray[1] else [0 if g else 1 for g in gray]
+        order = sorted(order, key=lambda i: role[i])
+    return TaskInfo(task, tuple(order), CHROMA[task], reason)
+
+
+def chroma_order(info: TaskInfo) -> tuple[int, ...]:
+    """Role positions in the order their chroma is preferred (VIF: the visible one first)."""
+    positions = tuple(range(len(info.order)))
+    return positions[::-1] if info.name == "vif" else positions

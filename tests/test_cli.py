@@ -1,0 +1,130 @@
+"""The command line: help without torch, a real fuse, and every documented error path."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from dig2dig.cli import main
+
+from .conftest import DATA, need, smooth_image
+
+
+def _write(path, img):
+    arr = np.round(img * 255).astype(np.uint8)
+    cv2.imwrite(str(path), arr[..., ::-1] if arr.ndim == 3 else arr)
+    return path
+
+
+@pytest.fixture
+def pair(tmp_path):
+    return (_write(tmp_path / "ir.png", smooth_image(37, 53, 1)),
+            _write(tmp_path / "vis.png", smooth_image(37, 53, 2, color=True)))
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from dig2dig.cli import build_parser; import contextlib, io\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: build_parser().parse_args(['--help'])\n"
+            "    except SystemExit: pass\n"
+            "assert 'torch' not in sys.modules and 'cv2' not in sys.modules, 'heavy import'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-m", "dig2dig", "fuse", "--help"], capture_output=True, text=True, check=True)
+    assert "--prior" in out.stdout and "--steps" in out.stdout
+
+
+def test_fuse_writes_an_image_of_the_input_size(pair, tmp_path, tiny_rgb_prior_path, capsys):
+    out = tmp_path / "fused.png"
+    rc = main(["fuse", *map(str, pair), "-o", str(out), "--steps", "3", "--seed", "1", "--prior",
+               str(tiny_rgb_prior_path), "--report", str(tmp_path / "r.json")])
+    assert rc == 0
+    img = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert img.shape == (37, 53, 3)
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["config"]["task"] == "vif" and rep["config"]["steps"] == 3 and rep["config"]["seed"] == 1
+    assert "vif" in capsys.readouterr().err
+
+
+def test_fuse_real_msrs_pair(tmp_path, tiny_gray_prior_path):
+    d = need(DATA / "fusion" / "vif" / "msrs" / "00001D")
+    out = tmp_path / "msrs.png"
+    assert main(["fuse", str(d / "ir.png"), str(d / "vis.png"), "-o", str(out), "--steps", "2", "-q",
+                 "--prior", str(tiny_gray_prior_path)]) == 0
+    assert cv2.imread(str(out)).shape == (480, 640, 3)
+
+
+def _fails(args, tmp_path, capsys, message):
+    out = tmp_path / "out.png"
+    rc = main(["fuse", *args, "-o", str(out), "--steps", "2", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert message in err, err
+    assert not out.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_missing_file(pair, tmp_path, capsys, tiny_rgb_prior_path):
+    _fails([str(pair[0]), str(tmp_path / "nope.png"), "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys,
+           "does not exist")
+
+
+def test_corrupt_file(pair, tmp_path, capsys, tiny_rgb_prior_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    _fails([str(pair[0]), str(bad), "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys, "cannot decode")
+
+
+def test_size_mismatch_names_both_sizes(pair, tmp_path, capsys, tiny_rgb_prior_path):
+    small = _write(tmp_path / "small.png", smooth_image(20, 30, 3))
+    _fails([str(pair[0]), str(small), "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys, "53x37")
+    _fails([str(pair[0]), str(small), "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys, "--resize")
+
+
+def test_one_pixel_image(pair, tmp_path, capsys, tiny_rgb_prior_path):
+    tiny = tmp_path / "one.png"
+    cv2.imwrite(str(tiny), np.zeros((1, 1), np.uint8))
+    _fails([str(pair[0]), str(tiny), "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys, "too small")
+
+
+def test_unsupported_mode(pair, tmp_path, capsys, tiny_rgb_prior_path):
+    f = tmp_path / "float.tif"
+    cv2.imwrite(str(f), np.zeros((37, 53), np.float32))
+    _fails([str(pair[0]), str(f), "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys, "unsupported sample type")
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    _fails([str(pair[0]), str(txt), "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys, "unsupported file type")
+
+
+def test_wrong_checkpoint(pair, tmp_path, capsys):
+    import torch
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, wrong)
+    _fails([*map(str, pair), "--prior", str(wrong)], tmp_path, capsys, "not an ADM")
+
+
+def test_missing_prior_says_prior_is_required(pair, tmp_path, capsys, monkeypatch):
+    import dig2dig.prior.embedded as emb
+
+    monkeypatch.setattr(emb, "EMBEDDED_DIR", tmp_path / "no-weights")
+    _fails([*map(str, pair)], tmp_path, capsys, "--prior")
+
+
+def test_bad_output_extension_fails_before_work(pair, tmp_path, capsys, tiny_rgb_prior_path):
+    rc = main(["fuse", *map(str, pair), "-o", str(tmp_path / "out.xyz"), "--prior", str(tiny_rgb_prior_path)])
+    assert rc == 2 and "extension" in capsys.readouterr().err
+
+
+def test_unknown_method_and_option_errors(pair, tmp_path, capsys, tiny_rgb_prior_path):
+    _fails([*map(str, pair), "--method", "magic", "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys,
+           "unknown method")
+    _fails([*map(str, pair, ), str(pair[0]), "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys,
+           "exactly 2 sources")
+
+
+def test_prior_info_prints_the_spec(tiny_rgb_prior_path, capsys):
+    assert main(["prior", "info", "--prior", str(tiny_rgb_prior_path)]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["format"] == "adm" and len(spec["sha256"]) == 64 and spec["parameters"] > 0
