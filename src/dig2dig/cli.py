@@ -55,6 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     pi = psub.add_parser("info", help="print the prior's spec (architecture, sha256, schedule, provenance)")
     _add_prior_args(pi)
     pi.set_defaults(func=cmd_prior_info)
+    pt = psub.add_parser("train", help="train the compact prior (resumable)",
+                         description="Train dig2dig's compact luminance prior from a TOML config. Rerunning with "
+                                     "the same --out resumes from its last checkpoint.")
+    pt.add_argument("--config", required=True, help="training config, e.g. configs/prior.toml")
+    pt.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, best/)")
+    pt.add_argument("--data-root", help="folder the config's data paths are relative to (default: "
+                    "$DIG2DIG_SHARED, else the config's root)")
+    pt.add_argument("--max-steps", type=int, help="stop at this total step count")
+    pt.add_argument("--minutes", type=float, help="stop after this many minutes of this run")
+    pt.add_argument("--device", help="torch device (default: cuda if available)")
+    pt.set_defaults(func=cmd_prior_train)
+    pe = psub.add_parser("eval", help="PSNR of the prior's one-step x̂0 as a Gaussian denoiser",
+                         description="Add Gaussian noise of each σ (0-255 scale) to every image of a folder, "
+                                     "denoise with one prior call at the matching DDPM timestep, report PSNR.")
+    pe.add_argument("--images", required=True, help="folder of clean images (gray or colour; luminance is used)")
+    pe.add_argument("--sigma", type=float, nargs="+", default=[15, 25, 50], help="noise levels (default 15 25 50)")
+    pe.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    pe.add_argument("--per-image", action="store_true", help="also print each image's PSNR")
+    _add_prior_args(pe)
+    pe.set_defaults(func=cmd_prior_eval)
     return parser
 
 
@@ -103,6 +123,27 @@ def cmd_prior_info(args: argparse.Namespace) -> int:
     spec = den.spec.to_dict()
     spec["parameters"] = sum(p.numel() for p in den.module.parameters())
     print(json.dumps(spec, indent=2))
+    return 0
+
+
+def cmd_prior_train(args: argparse.Namespace) -> int:
+    from .prior.train import main_train
+
+    return main_train(args)
+
+
+def cmd_prior_eval(args: argparse.Namespace) -> int:
+    from .prior import load_prior
+    from .prior.evaluate import denoise_scores, load_gray_folder
+
+    den = load_prior(args.prior, spec=args.prior_config, device=args.device or "cpu")
+    images = load_gray_folder(args.images)
+    print(f"prior {den.spec.name} ({den.spec.sha256[:12]}), {len(images)} images from {args.images}")
+    for s in denoise_scores(den, images, args.sigma, seed=args.seed):
+        print(f"sigma {s.sigma:g}: t={s.t}  PSNR {s.psnr:.2f} dB")
+        if args.per_image:
+            for name, v in s.per_image.items():
+                print(f"    {name}: {v:.2f}")
     return 0
 
 

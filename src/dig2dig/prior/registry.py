@@ -10,4 +10,8 @@ def build_network(fmt: str, architecture: dict) -> torch.nn.Module:
         from .adm import ADMConfig, ADMUNet
 
         return ADMUNet(ADMConfig.from_dict(architecture))
-    raise ValueError(f"unknown prior format {fmt!r}; known: 'adm'")
+    if fmt == "dig2dig":
+        from .compact import CompactConfig, CompactUNet
+
+        return CompactUNet(CompactConfig.from_dict(architecture))
+    raise ValueError(f"unknown prior format {fmt!r}; known: 'adm', 'dig2dig'")
