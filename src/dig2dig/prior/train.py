@@ -176,7 +176,7 @@ def export_prior(net: torch.nn.Module, arch: dict, out_dir: Path, extra: dict) -
 
 
 def train(config_path: str | Path, out: str | Path, *, data_root: str | None = None, max_steps: int | None = None,
-          minutes: float | None = None, device: str | None = None, log=print) -> Path:
+          minutes: float | None = None, device: str | None = None, init: str | None = None, log=print) -> Path:
     from ..prior.base import Denoiser, PriorSpec
     from .compact import CompactConfig, CompactUNet
     from .evaluate import denoise_scores, load_gray_folder
@@ -200,6 +200,7 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ab = alphas_cumprod()
     ab_t = torch.from_numpy(ab).float().to(dev)
+    best_key = f"psnr_{int(cfg.eval_sigmas[len(cfg.eval_sigmas) // 2])}"  # the model-selection metric
     step, best, wall = 0, -math.inf, 0.0
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -213,6 +214,19 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         log(f"resumed from {last} at step {step} (best check PSNR {best:.3f} dB, {wall / 3600:.2f} h trained)")
+    elif init:
+        # warm start from exported weights (e.g. the shipped prior): weights and EMA, fresh optimiser
+        from .loaders import load_dig2dig_folder
+
+        src = load_dig2dig_folder(init)
+        if CompactConfig.from_dict(src.spec.architecture) != arch:
+            raise ValueError(f"--init {init} has architecture {src.spec.architecture}, the config asks for {arch}")
+        net.load_state_dict(src.module.state_dict())
+        ema.load_state_dict(src.module.state_dict())
+        step = int(src.spec.extra.get("trained_steps", 0))
+        wall = float(src.spec.extra.get("train_wall_hours", 0.0)) * 3600
+        best = float(src.spec.extra.get("check_psnr", {}).get(best_key, -math.inf))
+        log(f"initialised from {init} (trained {step} steps); optimiser state starts fresh")
     n_params = sum(p.numel() for p in net.parameters())
     log(f"compact UNet {arch.to_dict()}: {n_params / 1e6:.2f} M parameters")
 
@@ -274,9 +288,8 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
             if check and step % cfg.eval_every == 0:
                 scores = evaluate()
                 rec = {"step": step, "eval": scores, "wall_h": round(wall / 3600, 4)}
-                key = f"psnr_{int(cfg.eval_sigmas[len(cfg.eval_sigmas) // 2])}"
-                if scores[key] > best:
-                    best = scores[key]
+                if scores[best_key] > best:
+                    best = scores[best_key]
                     export_prior(ema, arch.to_dict(), out / "best", {
                         "trained_steps": step, "train_wall_hours": round(wall / 3600, 3), "check_set": cfg.check_folder,
                         "check_psnr": scores, "training_folders": cfg.folders, "crop": cfg.crop, "batch": cfg.batch,
@@ -297,5 +310,5 @@ def main_train(args) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     train(args.config, args.out, data_root=args.data_root, max_steps=args.max_steps, minutes=args.minutes,
-          device=args.device, log=log)
+          device=args.device, init=args.init, log=log)
     return 0
