@@ -135,3 +135,33 @@ def test_rgba_alpha_is_dropped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="alpha"):
         img = read_image(tmp_path / "a.png")
     assert img.data.shape == (10, 10, 3) and img.data[0, 0, 0] == pytest.approx(200 / 255)
+
+
+@pytest.mark.parametrize("method", ["average", "maxabs", "laplacian", "guided"])
+def test_classical_baselines_need_no_prior(method, monkeypatch, tmp_path):
+    import dig2dig.prior.embedded as emb
+
+    monkeypatch.setattr(emb, "EMBEDDED_DIR", tmp_path / "none")
+    a, b = smooth_image(37, 53, 1), smooth_image(37, 53, 2)
+    r = dig2dig.fuse([a, b], method=method)
+    assert r.image.shape == (37, 53) and r.config["prior"] is None
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    if method in ("average", "maxabs"):
+        assert np.all(r.luminance >= lo - 1e-6) and np.all(r.luminance <= hi + 1e-6)
+    # three sources work too
+    assert dig2dig.fuse([a, b, smooth_image(37, 53, 3)], method=method).image.shape == (37, 53)
+    with pytest.raises(ValueError, match="takes no steps"):
+        dig2dig.fuse([a, b], method=method, steps=10)
+
+
+def test_laplacian_and_guided_keep_the_sharper_source():
+    from dig2dig import baselines
+
+    rng = np.random.default_rng(0)
+    sharp = smooth_image(64, 64, 1) * 0.5 + 0.5 * (rng.random((64, 64)) > 0.5)
+    import cv2
+
+    blurred = cv2.GaussianBlur(sharp.astype(np.float32), (9, 9), 3)
+    for fn in (baselines.laplacian, baselines.guided):
+        f = fn([blurred, sharp.astype(np.float32)])
+        assert np.abs(f - sharp).mean() < np.abs(baselines.average([blurred, sharp]) - sharp).mean()

@@ -184,13 +184,19 @@ def fuse_batch(
     t_start = time.perf_counter()
     m = get_method(method)
     opts = m.options(options)
-    grid = m.grid(steps if steps is not None else m.default_steps)
-    den = resolve_prior(prior, prior_spec=prior_spec, device=device)
+    if m.needs_prior:
+        grid = m.grid(steps if steps is not None else m.default_steps)
+        den = resolve_prior(prior, prior_spec=prior_spec, device=device)
+        multiple = den.spatial_multiple
+    else:
+        if steps is not None:
+            raise ValueError(f"method {m.name!r} is not a diffusion method and takes no steps")
+        grid, den, multiple = [], None, 1
     if seeds is None:
         seeds = [derive_seed(seed, k) for k in range(len(batch))]
     if len(seeds) != len(batch):
         raise ValueError(f"got {len(seeds)} seeds for {len(batch)} items")
-    items = [_prepare(src, names[k] if names else None, task, resize, den.spatial_multiple, seeds[k])
+    items = [_prepare(src, names[k] if names else None, task, resize, multiple, seeds[k])
              for k, src in enumerate(batch)]
     for it in items:
         m.check_sources(len(it.images))
@@ -203,7 +209,8 @@ def fuse_batch(
     for ks in groups.values():
         for lo in range(0, len(ks), max_batch):
             chunk = ks[lo: lo + max_batch]
-            outs = _run(den, m, opts, grid, [items[k] for k in chunk], history, progress)
+            run = _run if m.needs_prior else _run_classical
+            outs = run(den, m, opts, grid, [items[k] for k in chunk], history, progress)
             for k, r in zip(chunk, outs):
                 r.timings["prepare_s"] = t_prep / len(items)
                 results[k] = r
@@ -213,9 +220,8 @@ def fuse_batch(
 def _run(den, m, opts, grid, items: list[_Item], history: bool, progress) -> list[FusionResult]:
     import torch
 
-    from . import __version__, color, geometry
+    from . import color, geometry
     from .sampler import ddim, initial_noise
-    from .tasks import chroma_order
 
     dev = den.device
     pad = items[0].padding
@@ -252,25 +258,38 @@ def _run(den, m, opts, grid, items: list[_Item], history: bool, progress) -> lis
     y = geometry.crop(color.luma_of(out.x0), pad).clamp(-1, 1)
     y = ((y + 1) / 2).float().cpu().numpy()[:, 0]
     n = len(items)
-    sample_t = {k: v / n for k, v in out.timings.items()}
+    timings = {**{f"sample_{k}": v / n for k, v in out.timings.items()}, "per_step_s": out.timings["total_s"] / len(grid)}
+    extra = {"steps": len(grid), "grid": list(grid), "prior": _prior_summary(den), "device": str(dev)}
+    return [_result(it, m, opts, y[b], extra, timings, (time.perf_counter() - t0) / n, hist[b] if history else None)
+            for b, it in enumerate(items)]
+
+
+def _run_classical(den, m, opts, grid, items: list[_Item], history: bool, progress) -> list[FusionResult]:
     results = []
-    for b, it in enumerate(items):
-        t1 = time.perf_counter()
-        chroma = color.fuse_chroma([it.images[i] for i in chroma_order(it.task)], it.task.chroma)
-        image = color.compose(y[b], chroma)
-        config = {
-            "dig2dig": __version__, "method": m.name, "options": dict(opts), "steps": len(grid), "grid": list(grid),
-            "seed": it.seed, "task": it.task.name, "task_reason": it.task.reason,
-            "roles": dict(zip(it.task.roles, it.names)), "size": [pad.height, pad.width],
-            "padded_size": list(pad.shape), "prior": _prior_summary(den), "device": str(dev), "notes": it.notes,
-        }
-        timings = {**{f"sample_{k}": v for k, v in sample_t.items()},
-                   "per_step_s": sample_t["total_s"] / len(grid),
-                   "finish_s": time.perf_counter() - t1, "run_s": (time.perf_counter() - t0) / n}
-        results.append(FusionResult(image=image, luminance=y[b], seed=it.seed, task=it.task.name, method=m.name,
-                                    config=config, timings=timings, history=hist[b] if history else None,
-                                    bit_depth=it.bit_depth))
+    for it in items:
+        t0 = time.perf_counter()
+        y = np.clip(m.classical(it.lum, **opts), 0.0, 1.0).astype(np.float32)
+        results.append(_result(it, m, opts, y, {"steps": 0, "grid": [], "prior": None, "device": "cpu"}, {},
+                               time.perf_counter() - t0, None))
     return results
+
+
+def _result(it: _Item, m, opts, y: np.ndarray, extra: dict, timings: dict, run_s: float, hist) -> FusionResult:
+    from . import __version__, color
+    from .tasks import chroma_order
+
+    t1 = time.perf_counter()
+    chroma = color.fuse_chroma([it.images[i] for i in chroma_order(it.task)], it.task.chroma)
+    image = color.compose(y, chroma)
+    pad = it.padding
+    config = {
+        "dig2dig": __version__, "method": m.name, "options": dict(opts), **extra, "seed": it.seed,
+        "task": it.task.name, "task_reason": it.task.reason, "roles": dict(zip(it.task.roles, it.names)),
+        "size": [pad.height, pad.width], "padded_size": list(pad.shape), "notes": it.notes,
+    }
+    timings = {**timings, "finish_s": time.perf_counter() - t1, "run_s": run_s}
+    return FusionResult(image=image, luminance=y, seed=it.seed, task=it.task.name, method=m.name, config=config,
+                        timings=timings, history=hist, bit_depth=it.bit_depth)
 
 
 def _prior_summary(den) -> dict:

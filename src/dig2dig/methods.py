@@ -22,8 +22,13 @@ class Method:
     min_sources: int
     max_sources: int | None
     defaults: dict[str, Any] = field(default_factory=dict)
-    build: Callable[..., Any] | None = None  # (sources, **options) -> rectifier
+    build: Callable[..., Any] | None = None  # diffusion: (sources, **options) -> rectifier
     grid: Callable[[int | str | list[int]], list[int]] = make_grid
+    classical: Callable[..., Any] | None = None  # classical: (luminances, **options) -> luminance
+
+    @property
+    def needs_prior(self) -> bool:
+        return self.classical is None
 
     def options(self, given: dict[str, Any]) -> dict[str, Any]:
         unknown = set(given) - set(self.defaults)
@@ -56,6 +61,21 @@ METHODS: dict[str, Method] = {
         build=_build_ddfm,
     ),
 }
+
+
+def _classical(name: str, description: str) -> Method:
+    from . import baselines
+
+    return Method(name=name, description=description, default_steps=0, min_sources=2, max_sources=None,
+                  classical=baselines.BASELINES[name])
+
+
+METHODS.update({
+    "average": _classical("average", "classical baseline: the mean of the sources"),
+    "maxabs": _classical("maxabs", "classical baseline: per pixel the source of largest absolute value"),
+    "laplacian": _classical("laplacian", "classical baseline: Laplacian-pyramid fusion, max-abs details"),
+    "guided": _classical("guided", "classical baseline: guided-filtering fusion (GFF, Li et al. 2013)"),
+})
 
 
 def get_method(name: str) -> Method:
