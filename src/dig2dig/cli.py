@@ -51,6 +51,38 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     f.set_defaults(func=cmd_fuse)
 
+    ev = sub.add_parser("eval", help="score a folder of fused images against their sources",
+                        description="Score fused images <pair_id>.<ext> in FUSED_DIR against the dataset folder "
+                                    "<pair_id>/<source>.<ext> with the chosen metric convention.")
+    ev.add_argument("fused_dir", metavar="FUSED_DIR")
+    ev.add_argument("--sources", required=True, metavar="DATASET_DIR", help="dataset folder of source pairs")
+    ev.add_argument("--convention", default="cddfuse", help="metric convention: cddfuse (default), vifb, mefb")
+    ev.add_argument("--metrics", help="comma-separated metric names (default: the convention's set)")
+    ev.add_argument("--method", help="method name for the table (default: the folder name)")
+    ev.add_argument("--csv", required=True, metavar="OUT.csv", help="tidy CSV: dataset, pair, method, metric, value")
+    ev.add_argument("--md", metavar="OUT.md", help="Markdown summary (mean ± std, best in bold)")
+    ev.add_argument("-q", "--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    be = sub.add_parser("bench", help="run methods × datasets × metrics (resumable)",
+                        description="Fuse every pair of each dataset with each method, add precomputed peer "
+                                    "outputs, score everything and write results.csv, summary.md, manifest.json "
+                                    "and plots/. Rerunning with the same --out skips finished pairs.")
+    be.add_argument("--datasets", nargs="+", required=True, metavar="DIR", help="dataset folders")
+    be.add_argument("--methods", default="ddfm", help="comma-separated dig2dig methods (may be empty: '')")
+    be.add_argument("--peers", nargs="*", default=[], metavar="DIR",
+                    help="folders of precomputed fused images <pair_id>.<ext>, one per peer method")
+    be.add_argument("--convention", default="cddfuse", help="metric convention (default cddfuse)")
+    be.add_argument("--metrics", help="comma-separated metric names (default: the convention's set)")
+    be.add_argument("--out", required=True, help="output folder")
+    be.add_argument("--steps", help="reverse steps for diffusion methods (method default if omitted)")
+    be.add_argument("--seed", type=int, default=0, help="global seed; each pair's seed derives from it and its id")
+    be.add_argument("--task", default="auto", choices=TASK_CHOICES)
+    be.add_argument("--limit", type=int, help="only the first N pairs of each dataset")
+    be.add_argument("--no-plots", action="store_true")
+    _add_prior_args(be)
+    be.set_defaults(func=cmd_bench)
+
     pr = sub.add_parser("prior", help="inspect the diffusion prior")
     psub = pr.add_subparsers(dest="prior_command", metavar="SUBCOMMAND")
     pi = psub.add_parser("info", help="print the prior's spec (architecture, sha256, schedule, provenance)")
@@ -119,6 +151,40 @@ def cmd_fuse(args: argparse.Namespace) -> int:
                   f"-> {path}", file=sys.stderr)
         else:
             print(f"{c['method']}: {result.timings['run_s']:.2f} s -> {path}", file=sys.stderr)
+    return 0
+
+
+def _metric_list(text: str | None):
+    return [m.strip() for m in text.split(",") if m.strip()] if text else None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .bench import evaluate_folder, summary_markdown, write_csv
+    from .io import atomic_write_text
+
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    rows = evaluate_folder(args.fused_dir, args.sources, convention=args.convention,
+                           metrics=_metric_list(args.metrics), method=args.method, progress=not args.quiet, log=log)
+    write_csv(args.csv, rows)
+    md = summary_markdown(rows, title=f"{Path(args.fused_dir).name} ({args.convention} convention)")
+    if args.md:
+        atomic_write_text(args.md, md)
+    if not args.quiet:
+        print(md)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    written = run_bench(args.datasets, methods, args.out, peers=args.peers, convention=args.convention,
+                        metrics=_metric_list(args.metrics), steps=_steps_arg(args.steps), seed=args.seed,
+                        prior=args.prior, prior_spec=args.prior_config, device=args.device, task=args.task,
+                        limit=args.limit, plots=not args.no_plots, log=lambda m: print(m, file=sys.stderr))
+    print(Path(written["markdown"]).read_text())
+    for k, v in written.items():
+        print(f"{k}: {v}", file=sys.stderr)
     return 0
 
 

@@ -79,8 +79,22 @@ def _hint(name: str) -> tuple[str, int | None] | None:
     return None
 
 
-def resolve_task(task: str, images: list[np.ndarray], names: list[str]) -> TaskInfo:
-    """Pick the task (if ``auto``) and the role order for ``images`` named ``names``."""
+def resolve_task(task: str, images, names: list[str]) -> TaskInfo:
+    """Pick the task (if ``auto``) and the role order for ``images`` named ``names``.
+
+    ``images`` may be a list of arrays or a zero-argument callable returning one; it is only
+    consulted when the names do not settle the task and roles.
+    """
+    if callable(images):
+        loader, cache = images, []
+
+        def get():
+            if not cache:
+                cache.extend(loader())
+            return cache
+    else:
+        def get():
+            return images
     task = task.lower()
     if task != "auto" and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use one of auto, {', '.join(TASKS)}")
@@ -92,24 +106,24 @@ def resolve_task(task: str, images: list[np.ndarray], names: list[str]) -> TaskI
             task = tasks.pop()
             reason = "from the file names " + ", ".join(repr(Path(n).stem) for n in names)
         else:
-            gray = [is_gray(im) for im in images]
-            if sum(not g for g in gray) == 1 and len(images) == 2:
+            gray = [is_gray(im) for im in get()]
+            if sum(not g for g in gray) == 1 and len(names) == 2:
                 task, reason = "vif", "one colour and one gray source"
             else:
-                means = [float(luminance(im).mean()) for im in images]
+                means = [float(luminance(im).mean()) for im in get()]
                 if max(means) - min(means) > 0.15:
                     task, reason = "mef", "sources differ clearly in brightness"
                 else:
                     task, reason = "mff", "sources of similar brightness"
-    order = list(range(len(images)))
-    if task in _ROLE_NAMES and len(images) == 2:
+    order = list(range(len(names)))
+    if task in _ROLE_NAMES and len(names) == 2:
         role = [h[1] if h and h[0] == task else None for h in hints]
         if role[0] is None and role[1] is not None:
             role[0] = 1 - role[1]
         if role[1] is None and role[0] is not None:
             role[1] = 1 - role[0]
         if None in role or role[0] == role[1]:
-            gray = [is_gray(im) for im in images]
+            gray = [is_gray(im) for im in get()]
             role = [0, 1] if gray[0] == gray[1] else [0 if g else 1 for g in gray]
         order = sorted(order, key=lambda i: role[i])
     return TaskInfo(task, tuple(order), CHROMA[task], reason)

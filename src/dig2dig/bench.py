@@ -1,0 +1,357 @@
+"""Scoring folders of fused images and running method × dataset × metric benchmarks.
+
+Dataset layout (that of ``../shared/data/fusion``): ``<dataset>/<pair_id>/<source>.<ext>``.
+Fused layout: ``<folder>/<pair_id>.<ext>`` -- one folder per method.
+
+* :func:`evaluate_folder` scores one folder of fused images against a dataset → tidy rows
+  ``(pair, method, metric, value)``.
+* :func:`run_bench` fuses every pair of every dataset with every method (skipping pairs already
+  done, so an interrupted run resumes), adds folders of precomputed peer outputs, scores all of it,
+  and writes ``results.csv``, ``summary.md``, ``manifest.json`` and plots under the output folder.
+* :func:`summary_markdown` and :func:`plot_results` turn rows into a table and PNG charts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import sys
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import READ_SUFFIXES, atomic_write_text
+
+CSV_FIELDS = ("dataset", "pair", "method", "metric", "value")
+
+
+@dataclass(frozen=True)
+class Pair:
+    dataset: str
+    pair_id: str
+    sources: tuple[Path, ...]  # in the task's role order (infrared/functional first)
+    task: str
+
+
+def list_pairs(dataset_dir: str | Path, task: str = "auto") -> list[Pair]:
+    """Every ``<pair_id>/`` folder of a dataset with its source files in role order."""
+    from .io import read_image
+    from .tasks import resolve_task
+
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {str(root)!r} does not exist")
+    pairs = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in READ_SUFFIXES)
+        if len(files) < 2:
+            continue
+        info = resolve_task(task, lambda files=files: [read_image(f).data for f in files], [str(f) for f in files])
+        pairs.append(Pair(root.name, d.name, tuple(files[i] for i in info.order), info.name))
+    if not pairs:
+        raise FileNotFoundError(f"no <pair_id>/<source> image folders in {root}")
+    return pairs
+
+
+def read_raw(path: Path) -> np.ndarray:
+    """Decoded pixels as stored (uint8/uint16), RGB order for colour; for the metric conventions."""
+    import cv2
+
+    from .errors import ImageError
+
+    arr = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ImageError(f"{path}: cannot decode the file as an image")
+    if arr.ndim == 3:
+        arr = arr[..., 2::-1] if arr.shape[2] >= 3 else arr[..., 0]
+    return np.ascontiguousarray(arr)
+
+
+def find_fused(folder: Path, pair_id: str) -> Path | None:
+    for ext in READ_SUFFIXES:
+        for cand in (folder / f"{pair_id}{ext}", folder / f"{pair_id}{ext.upper()}"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def score_pair(fused: Path, pair: Pair, convention: str, metrics: Sequence[str] | None) -> dict[str, float]:
+    from .metrics import score
+
+    return score(read_raw(fused), [read_raw(s) for s in pair.sources], convention=convention, metrics=metrics)
+
+
+def evaluate_folder(fused_dir: str | Path, sources_dir: str | Path, *, convention: str = "cddfuse",
+                    metrics: Sequence[str] | None = None, method: str | None = None,
+                    progress: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
+    fused_dir = Path(fused_dir)
+    if not fused_dir.is_dir():
+        raise FileNotFoundError(f"fused-image folder {str(fused_dir)!r} does not exist")
+    pairs = list_pairs(sources_dir)
+    method = method or fused_dir.name
+    rows, missing = [], []
+    it = _progress(pairs, progress, f"eval {method}")
+    for pair in it:
+        f = find_fused(fused_dir, pair.pair_id)
+        if f is None:
+            missing.append(pair.pair_id)
+            continue
+        for name, value in score_pair(f, pair, convention, metrics).items():
+            rows.append({"dataset": pair.dataset, "pair": pair.pair_id, "method": method, "metric": name,
+                         "value": value})
+    if missing and log:
+        log(f"{method}: no fused image for {len(missing)} pair(s): {', '.join(missing[:5])}"
+            + (" …" if len(missing) > 5 else ""))
+    if not rows:
+        raise FileNotFoundError(f"no fused image in {fused_dir} matches a pair of {sources_dir}")
+    return rows
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="pair", leave=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# tables and plots
+
+
+def write_csv(path: str | Path, rows: Iterable[dict]) -> Path:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "value": repr(float(r["value"]))})
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{**r, "value": float(r["value"])} for r in csv.DictReader(f)]
+
+
+def _direction(metric: str) -> bool | None:
+    from .metrics import higher_is_better
+
+    try:
+        return higher_is_better(metric)
+    except (KeyError, ValueError):
+        return None
+
+
+def aggregate(rows: Iterable[dict]) -> dict[tuple[str, str, str], tuple[float, float, int]]:
+    """(dataset, method, metric) → (mean, std, n), NaN values left out like the toolboxes' nanmean."""
+    acc: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        acc[(r.get("dataset", ""), r["method"], r["metric"])].append(float(r["value"]))
+    out = {}
+    for k, v in acc.items():
+        a = np.asarray(v, float)
+        a = a[np.isfinite(a)]
+        out[k] = (float(a.mean()) if a.size else math.nan, float(a.std()) if a.size else math.nan, int(a.size))
+    return out
+
+
+def summary_markdown(rows: list[dict], title: str = "", decimals: int = 4) -> str:
+    """One table per dataset: methods × metrics, mean ± std over pairs, best in bold, ↑/↓ arrows."""
+    agg = aggregate(rows)
+    datasets = sorted({k[0] for k in agg})
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    parts = [f"# {title}\n"] if title else []
+    for ds in datasets:
+        methods = list(dict.fromkeys(r["method"] for r in rows if r.get("dataset", "") == ds))
+        head = [f"{m} {'↑' if _direction(m) else '↓' if _direction(m) is False else ''}".strip() for m in metrics]
+        n_pairs = max((agg[(ds, m, k)][2] for m in methods for k in metrics if (ds, m, k) in agg), default=0)
+        parts.append(f"## {ds or 'results'} ({n_pairs} pairs; mean ± std over pairs)\n")
+        parts.append("| method | " + " | ".join(head) + " |")
+        parts.append("|---|" + "---|" * len(metrics))
+        best = {}
+        for k in metrics:
+            vals = {m: agg[(ds, m, k)][0] for m in methods if (ds, m, k) in agg and np.isfinite(agg[(ds, m, k)][0])}
+            d = _direction(k)
+            if vals and d is not None:
+                best[k] = (max if d else min)(vals.values())
+        for m in methods:
+            cells = []
+            for k in metrics:
+                if (ds, m, k) not in agg:
+                    cells.append("–")
+                    continue
+                mean, std, _ = agg[(ds, m, k)]
+                txt = f"{mean:.{decimals}g} ± {std:.2g}"
+                cells.append(f"**{txt}**" if k in best and mean == best[k] else txt)
+            parts.append(f"| {m} | " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def plot_results(rows: list[dict], out_dir: str | Path) -> list[Path]:
+    """Per dataset: one bar chart per metric (mean ± std) and one per-pair boxplot per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ds in sorted({r.get("dataset", "") for r in rows}):
+        sub = [r for r in rows if r.get("dataset", "") == ds]
+        metrics = list(dict.fromkeys(r["metric"] for r in sub))
+        methods = list(dict.fromkeys(r["method"] for r in sub))
+        agg = aggregate(sub)
+        n = len(metrics)
+        cols = min(4, n)
+        nrows = math.ceil(n / cols)
+        for kind in ("bars", "box"):
+            fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 0.22 * len(methods) * nrows + 1.6 * nrows),
+                                     squeeze=False)
+            for ax, k in zip(axes.flat, metrics):
+                d = _direction(k)
+                label = f"{k} {'↑' if d else '↓' if d is False else ''}"
+                if kind == "bars":
+                    means = [agg.get((ds, m, k), (math.nan,) * 3)[0] for m in methods]
+                    stds = [agg.get((ds, m, k), (math.nan,) * 3)[1] for m in methods]
+                    ax.barh(range(len(methods)), means, xerr=stds, color="tab:blue", alpha=0.8, capsize=2)
+                else:
+                    data = [[r["value"] for r in sub if r["method"] == m and r["metric"] == k
+                             and np.isfinite(r["value"])] for m in methods]
+                    ax.boxplot(data, vert=False, widths=0.6, flierprops={"markersize": 2})
+                    ax.set_yticks(range(1, len(methods) + 1))
+                ax.set_yticks(range(len(methods)) if kind == "bars" else range(1, len(methods) + 1))
+                ax.set_yticklabels(methods, fontsize=7)
+                ax.invert_yaxis()
+                ax.set_title(label, fontsize=9)
+                ax.tick_params(axis="x", labelsize=7)
+            for ax in list(axes.flat)[n:]:
+                ax.axis("off")
+            fig.suptitle(f"{ds}: {'mean ± std over pairs' if kind == 'bars' else 'per-pair distribution'}",
+                         fontsize=10)
+            fig.tight_layout()
+            path = out_dir / f"{ds or 'results'}_{kind}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------
+# the benchmark runner
+
+
+def _versions() -> dict:
+    import cv2
+    import torch
+
+    from . import __version__
+
+    return {"dig2dig": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            "numpy": np.__version__, "torch": torch.__version__, "opencv": cv2.__version__}
+
+
+def run_bench(
+    datasets: Sequence[str | Path],
+    methods: Sequence[str],
+    out: str | Path,
+    *,
+    peers: Sequence[str | Path] = (),
+    convention: str = "cddfuse",
+    metrics: Sequence[str] | None = None,
+    steps: int | str | None = None,
+    seed: int = 0,
+    prior=None,
+    prior_spec=None,
+    device=None,
+    task: str = "auto",
+    limit: int | None = None,
+    options: dict | None = None,
+    plots: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Fuse, score, tabulate and plot; resumable.  Returns the paths written."""
+    from .api import derive_seed, fuse
+
+    out = Path(out)
+    (out / "fused").mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"items": {}}
+    manifest.update({"versions": _versions(), "convention": convention, "metrics": list(metrics or []),
+                     "methods": list(methods), "peers": [str(p) for p in peers], "seed": seed, "steps": steps,
+                     "task": task, "options": options or {}, "datasets": [str(d) for d in datasets]})
+    results_path = out / "results.csv"
+    rows = read_csv(results_path) if results_path.is_file() else []
+    done = {(r["dataset"], r["method"], r["pair"]) for r in rows}
+    errors = manifest.setdefault("errors", [])
+
+    def save_state():
+        write_csv(results_path, rows)
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str))
+
+    for ds_dir in datasets:
+        pairs = list_pairs(ds_dir, task)[: limit or None]
+        ds = Path(ds_dir).name
+        for method in methods:
+            mdir = out / "fused" / ds / method
+            mdir.mkdir(parents=True, exist_ok=True)
+            for pair in _progress(pairs, progress, f"{ds}/{method}"):
+                if (ds, method, pair.pair_id) in done:
+                    continue
+                target = mdir / f"{pair.pair_id}.png"
+                key = f"{ds}/{method}/{pair.pair_id}"
+                try:
+                    if not target.is_file():
+                        item_seed = derive_seed(seed, f"{ds}/{pair.pair_id}")
+                        t0 = time.perf_counter()
+                        r = fuse(list(pair.sources), method=method, steps=steps, seed=item_seed, task=pair.task,
+                                 prior=prior, prior_spec=prior_spec, device=device, **(options or {}))
+                        r.save(target, 8)
+                        manifest["items"][key] = {"seed": item_seed, "wall_s": round(time.perf_counter() - t0, 3),
+                                                  "timings": r.timings, "prior": r.config.get("prior"),
+                                                  "steps": r.config.get("steps"), "task": r.task}
+                    for name, value in score_pair(target, pair, convention, metrics).items():
+                        rows.append({"dataset": ds, "pair": pair.pair_id, "method": method, "metric": name,
+                                     "value": value})
+                    done.add((ds, method, pair.pair_id))
+                except Exception as e:  # one bad pair must not end the run
+                    errors.append({"item": key, "error": f"{type(e).__name__}: {e}",
+                                   "trace": traceback.format_exc(limit=3)})
+                    log(f"error on {key}: {type(e).__name__}: {e}")
+                save_state()
+        for peer in peers:
+            peer = Path(peer)
+            name = peer.name
+            for pair in _progress(pairs, progress, f"{ds}/{name}"):
+                if (ds, name, pair.pair_id) in done:
+                    continue
+                f = find_fused(peer, pair.pair_id)
+                if f is None:
+                    continue
+                try:
+                    for mname, value in score_pair(f, pair, convention, metrics).items():
+                        rows.append({"dataset": ds, "pair": pair.pair_id, "method": name, "metric": mname,
+                                     "value": value})
+                    done.add((ds, name, pair.pair_id))
+                except Exception as e:
+                    errors.append({"item": f"{ds}/{name}/{pair.pair_id}", "error": f"{type(e).__name__}: {e}"})
+                    log(f"error on {ds}/{name}/{pair.pair_id}: {e}")
+            save_state()
+    md = summary_markdown(rows, title=f"dig2dig bench ({convention} convention)")
+    atomic_write_text(out / "summary.md", md)
+    written = {"csv": results_path, "markdown": out / "summary.md", "manifest": manifest_path}
+    if plots and rows:
+        written["plots"] = plot_results(rows, out / "plots")
+    save_state()
+    return written
