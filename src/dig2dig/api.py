@@ -1,7 +1,7 @@
 """The library entry points: :func:`fuse` and :func:`fuse_batch`.
 
 Public images are float in [0, 1] (or uint8/uint16 arrays, or file paths); [-1, 1] exists only
-between :func:`_prepare` and :func:`_finish`, around the sampler.
+inside :func:`_run`, between padding the sources and cropping the sample.
 """
 
 from __future__ import annotations
@@ -73,7 +73,13 @@ def resolve_prior(prior=None, *, prior_spec=None, device=None):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if isinstance(prior, Denoiser):
         return prior.to(device)
-    key = (str(prior) if prior is not None else "embedded", str(prior_spec), str(device))
+    if prior is None or str(prior) == "embedded":
+        from .prior import embedded
+
+        prior = None
+        key = ("embedded", str(embedded.EMBEDDED_DIR), str(device))
+    else:
+        key = (str(prior), str(prior_spec), str(device))
     if key not in _PRIORS:
         _PRIORS[key] = load_prior(prior, spec=prior_spec, device=device)
     return _PRIORS[key]

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--bit-depth", type=int, choices=(8, 16), help="output bit depth (default: 16 if any source is "
                    "16-bit and the format allows, else 8)")
     g = f.add_argument_group("DDFM options")
-    g.add_argument("--mapping", choices=("paper", "release"), help="DDFM output mapping (default paper)")
+    g.add_argument("--mapping", choices=("paper", "release"), help="DDFM output mapping (default release)")
     g.add_argument("--lamb", type=float, help="DDFM λ (default 0.5)")
     g.add_argument("--rho", type=float, help="DDFM ρ (default 0.001)")
     f.add_argument("--report", metavar="FILE", help="also write the run's config and timings as JSON")

@@ -57,7 +57,7 @@ METHODS: dict[str, Method] = {
         default_steps=100,
         min_sources=2,
         max_sources=2,
-        defaults={"mapping": "paper", "lamb": 0.5, "rho": 0.001},
+        defaults={"mapping": "release", "lamb": 0.5, "rho": 0.001},
         build=_build_ddfm,
     ),
 }

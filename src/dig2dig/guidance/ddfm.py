@@ -34,13 +34,17 @@ reweighted ℓ1 fit that leans toward whichever source the current estimate alre
 
 Output mappings -- where the release and the paper differ
 ---------------------------------------------------------
-``mapping="paper"`` (default) follows the paper's Algorithm 1: **f = x + v**, i.e. F = X + V, and
+``mapping="paper"`` follows the paper's Algorithm 1: **f = x + v**, i.e. F = X + V, and
 the slots follow the paper's roles: I = the *intensity* source i (infrared for VIF), V = the
 *texture* source v (visible).  Luminance is BT.601 full range on [-1, 1] (:mod:`dig2dig.color`),
 and the new luminance is written back by adding ΔY to every RGB channel, which keeps Cb and Cr.
 
-``mapping="release"`` reproduces MMIF-DDFM @589f5cb (``sample.py``, ``EM_onestep``) number for
-number.  Differences from the paper, each kept only in this mode:
+``mapping="release"`` (dig2dig's default for ``method="ddfm"``) reproduces MMIF-DDFM @589f5cb
+(``sample.py``, ``EM_onestep``) number for number.  It is the default because it is what the
+published DDFM numbers come from, and because on real pairs it behaves like a fusion (visible
+texture with the thermal targets, MRI detail with CT bone), whereas the paper mapping's
+self-reinforcing weights (plus the cap D ≤ 2C, which favours slot I) converge piecewise to one
+source and leave patchy seams.  Differences from the paper, each kept only in this mode:
 
 1. **Output**: F = I - X instead of f = X + V.  Because X ≈ w·(I - V) with w = C / (C + D),
    the paper gives f = (1-w)V + wI while the release gives f = wV + (1-w)I: the weights are
@@ -181,7 +185,7 @@ class DDFMGuidance:
 
     name = "ddfm"
 
-    def __init__(self, intensity: torch.Tensor, texture: torch.Tensor, mapping: str = "paper",
+    def __init__(self, intensity: torch.Tensor, texture: torch.Tensor, mapping: str = "release",
                  lamb: float = 0.5, rho: float = 0.001):
         if mapping not in MAPPINGS:
             raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
