@@ -31,6 +31,7 @@ class FusionResult:
     timings: dict[str, float]
     history: list[dict[str, Any]] | None = None  # per step, when asked for
     bit_depth: int = 8  # the deepest source's bit depth
+    guidance: dict[str, Any] | None = None  # method records, e.g. Dig2DIG's weight maps per refresh
 
     def save(self, path: str | os.PathLike, bit_depth: int | None = None) -> Path:
         """Write :attr:`image` atomically; 16-bit when the sources were 16-bit and the format allows."""
@@ -149,11 +150,13 @@ def fuse(
     """Fuse two or more registered images of one scene.
 
     ``sources``: file paths or arrays (uint8/uint16, or float in [0, 1]; (H, W) or (H, W, 3)).
-    ``method``: ``"ddfm"``.  ``steps``: a step count, ``"power:N:P"`` or an explicit timestep list.
+    ``method``: ``"dig2dig"``, ``"ddfm"`` or a classical baseline.  ``steps``: a step count, ``"power:N:P"`` or an explicit timestep list.
     ``seed`` fixes the initial noise (the same seed gives the same output, bit for bit, on one
     machine).  ``task``: ``auto``, ``vif``, ``mif``, ``mef`` or ``mff``.  ``prior``: a
     :class:`~dig2dig.prior.Denoiser`, a checkpoint path, or None for the embedded prior.
-    Extra keyword arguments are the method's options (DDFM: ``mapping``, ``lamb``, ``rho``).
+    Extra keyword arguments are the method's options (Dig2DIG: ``interval``, ``distance``,
+    ``temperature``, ``weights``, ``mixing``, ``smooth``, ``dig_scale``, ``power``, ``record``;
+    DDFM: ``mapping``, ``lamb``, ``rho``).
     """
     return fuse_batch([sources], method=method, steps=steps, seeds=[seed], task=task, prior=prior,
                       prior_spec=prior_spec, device=device, resize=resize, names=[names] if names else None,
@@ -191,7 +194,7 @@ def fuse_batch(
     m = get_method(method)
     opts = m.options(options)
     if m.needs_prior:
-        grid = m.grid(steps if steps is not None else m.default_steps)
+        grid = m.grid(steps if steps is not None else m.default_steps, **opts)
         den = resolve_prior(prior, prior_spec=prior_spec, device=device)
         multiple = den.spatial_multiple
     else:
@@ -236,7 +239,7 @@ def _run(den, m, opts, grid, items: list[_Item], history: bool, progress) -> lis
         torch.from_numpy(np.stack([geometry.pad(it.lum[r], pad) for it in items])[:, None] * 2 - 1).to(dev)
         for r in range(len(items[0].lum))
     ]
-    rectify = m.build(srcs, **opts)
+    rectify = m.build(srcs, den, grid, [it.seed for it in items], **opts)
     x_T = initial_noise((len(items), den.channels, *pad.shape), [it.seed for it in items], dev)
     hist: list[list[dict]] = [[] for _ in items]
     bar = None
@@ -266,8 +269,12 @@ def _run(den, m, opts, grid, items: list[_Item], history: bool, progress) -> lis
     n = len(items)
     timings = {**{f"sample_{k}": v / n for k, v in out.timings.items()}, "per_step_s": out.timings["total_s"] / len(grid)}
     extra = {"steps": len(grid), "grid": list(grid), "prior": _prior_summary(den), "device": str(dev)}
-    return [_result(it, m, opts, y[b], extra, timings, (time.perf_counter() - t0) / n, hist[b] if history else None)
-            for b, it in enumerate(items)]
+    results = [_result(it, m, opts, y[b], extra, timings, (time.perf_counter() - t0) / n,
+                       hist[b] if history else None) for b, it in enumerate(items)]
+    if hasattr(rectify, "item_records"):
+        for b, r in enumerate(results):
+            r.guidance = rectify.item_records(out.state, b, lambda a: geometry.crop(a, pad))
+    return results
 
 
 def _run_classical(den, m, opts, grid, items: list[_Item], history: bool, progress) -> list[FusionResult]:

@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exposure or focus stacks) into one image of the same size.")
     f.add_argument("sources", nargs="+", metavar="SOURCE", help="source images (PNG, JPEG, TIFF, BMP; 8/16-bit)")
     f.add_argument("-o", "--output", required=True, metavar="FILE", help="fused image to write (.png/.jpg/.tif/.bmp)")
-    f.add_argument("--method", default="ddfm", help="fusion method: ddfm (default); classical baselines: average, "
-                   "maxabs, laplacian, guided")
+    f.add_argument("--method", default="ddfm", help="fusion method: ddfm (default), dig2dig; classical baselines: "
+                   "average, maxabs, laplacian, guided")
     f.add_argument("--steps", help="reverse steps: a count (method default if omitted), 'power:N:P' or a list '999,500,0'")
     f.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     f.add_argument("--task", default="auto", choices=TASK_CHOICES, help="fusion task (default: detect from names/channels)")
@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resize", action="store_true", help="resample sources of other sizes to the first source's size")
     f.add_argument("--bit-depth", type=int, choices=(8, 16), help="output bit depth (default: 16 if any source is "
                    "16-bit and the format allows, else 8)")
+    d = f.add_argument_group("Dig2DIG options")
+    d.add_argument("--interval", type=int, help="S: refresh the DIG weights every S steps (default 10)")
+    d.add_argument("--distance", choices=("l2", "l1", "ssim", "none"), help="DIG distance (default l2)")
+    d.add_argument("--temperature", type=float, help="softmax temperature on normalised DIG (default 1)")
+    d.add_argument("--weights", choices=("dig", "equal"), help="dig (default) or equal weights (fixed guidance)")
+    d.add_argument("--mixing", choices=("complementary", "attractive"), help="EM mixing rule (default complementary)")
+    d.add_argument("--save-dig", metavar="DIR", help="write the weight maps per refresh and cumulative-DIG curves")
     g = f.add_argument_group("DDFM options")
     g.add_argument("--mapping", choices=("paper", "release"), help="DDFM output mapping (default release)")
     g.add_argument("--lamb", type=float, help="DDFM λ (default 0.5)")
@@ -129,11 +136,20 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
     from .api import fuse
 
-    options = {k: getattr(args, k) for k in ("mapping", "lamb", "rho") if getattr(args, k) is not None}
+    keys = ("mapping", "lamb", "rho", "interval", "distance", "temperature", "weights", "mixing")
+    options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if args.save_dig:
+        if args.method != "dig2dig":
+            raise ValueError("--save-dig needs --method dig2dig")
+        options["record"] = True
     result = fuse(args.sources, method=args.method, steps=_steps_arg(args.steps), seed=args.seed, task=args.task,
                   prior=args.prior, prior_spec=args.prior_config, device=args.device, resize=args.resize,
                   progress=not args.quiet, **options)
     path = result.save(out, args.bit_depth)
+    if args.save_dig:
+        from .viz import save_dig
+
+        save_dig(result, args.save_dig)
     if args.report:
         from .io import atomic_write_text
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schedule import make_grid
+from .schedule import make_grid, power_grid
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,8 @@ class Method:
     min_sources: int
     max_sources: int | None
     defaults: dict[str, Any] = field(default_factory=dict)
-    build: Callable[..., Any] | None = None  # diffusion: (sources, **options) -> rectifier
-    grid: Callable[[int | str | list[int]], list[int]] = make_grid
+    build: Callable[..., Any] | None = None  # diffusion: (sources, prior, grid, seeds, **options) -> rectifier
+    grid: Callable[..., list[int]] = lambda steps, **opts: make_grid(steps)  # (steps, **options) -> grid
     classical: Callable[..., Any] | None = None  # classical: (luminances, **options) -> luminance
 
     @property
@@ -44,13 +44,38 @@ class Method:
             raise ValueError(f"method {self.name!r} fuses {want} sources, got {n}")
 
 
-def _build_ddfm(sources, mapping: str, lamb: float, rho: float):
+def _build_ddfm(sources, prior, grid, seeds, mapping: str, lamb: float, rho: float):
     from .guidance.ddfm import DDFMGuidance
 
     return DDFMGuidance(sources[0], sources[1], mapping=mapping, lamb=lamb, rho=rho)
 
 
+def _build_dig(sources, prior, grid, seeds, power: float, record: bool, **opts):
+    from .guidance.dig import DIGGuidance
+
+    return DIGGuidance(sources, prior, grid, noise_seeds=seeds, record=record, **opts)
+
+
+def _dig_grid(steps, power: float = 2.0, **_):
+    """DIG-N: an int N means N steps on the power grid (big steps at high noise)."""
+    if isinstance(steps, int):
+        return power_grid(steps, power)
+    return make_grid(steps)
+
+
 METHODS: dict[str, Method] = {
+    "dig2dig": Method(
+        name="dig2dig",
+        description="Dig2DIG (Cao et al. 2025): DDFM-style EM guidance weighted per pixel by diffusion "
+                    "information gains, refreshed every S steps, on a non-uniform DIG-N grid",
+        default_steps=25,
+        min_sources=2,
+        max_sources=None,
+        defaults={"interval": 10, "distance": "l2", "temperature": 1.0, "weights": "dig", "mixing": "complementary",
+                  "smooth": 4.0, "dig_scale": 0.5, "power": 2.0, "record": False},
+        build=_build_dig,
+        grid=_dig_grid,
+    ),
     "ddfm": Method(
         name="ddfm",
         description="DDFM (Zhao et al., ICCV 2023): one EM step on x̂0's luminance per diffusion step",
