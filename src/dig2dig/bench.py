@@ -228,7 +228,7 @@ def plot_results(rows: list[dict], out_dir: str | Path) -> list[Path]:
                 else:
                     data = [[r["value"] for r in sub if r["method"] == m and r["metric"] == k
                              and np.isfinite(r["value"])] for m in methods]
-                    ax.boxplot(data, vert=False, widths=0.6, flierprops={"markersize": 2})
+                    ax.boxplot(data, orientation="horizontal", widths=0.6, flierprops={"markersize": 2})
                     ax.set_yticks(range(1, len(methods) + 1))
                 ax.set_yticks(range(len(methods)) if kind == "bars" else range(1, len(methods) + 1))
                 ax.set_yticklabels(methods, fontsize=7)

@@ -1,0 +1,90 @@
+"""dig2dig eval / bench: tidy CSV, Markdown, plots, manifest, resumability."""
+
+import csv
+import json
+
+import cv2
+import numpy as np
+
+from dig2dig.bench import aggregate, list_pairs, run_bench, summary_markdown
+from dig2dig.cli import main
+
+from .conftest import smooth_image
+
+
+def _dataset(root, n=3, size=(40, 56)):
+    for k in range(n):
+        d = root / f"p{k}"
+        d.mkdir(parents=True)
+        ir = np.round(smooth_image(*size, seed=k) * 255).astype(np.uint8)
+        vis = np.round(smooth_image(*size, seed=10 + k, color=True) * 255).astype(np.uint8)
+        cv2.imwrite(str(d / "ir.png"), ir)
+        cv2.imwrite(str(d / "vis.png"), vis[..., ::-1])
+    return root
+
+
+def test_list_pairs_orders_sources_by_role(tmp_path):
+    pairs = list_pairs(_dataset(tmp_path / "ds"))
+    assert [p.pair_id for p in pairs] == ["p0", "p1", "p2"]
+    assert all(p.sources[0].name == "ir.png" and p.task == "vif" for p in pairs)
+
+
+def test_eval_cli_writes_tidy_csv_and_markdown(tmp_path, capsys):
+    ds = _dataset(tmp_path / "ds")
+    fused = tmp_path / "mine"
+    fused.mkdir()
+    for k in range(2):  # one pair has no fused image: reported, not fatal
+        a = cv2.imread(str(ds / f"p{k}" / "ir.png"))
+        cv2.imwrite(str(fused / f"p{k}.png"), a)
+    rc = main(["eval", str(fused), "--sources", str(ds), "--convention", "cddfuse", "--metrics", "EN,SSIM,MSE",
+               "--csv", str(tmp_path / "r.csv"), "--md", str(tmp_path / "r.md")])
+    assert rc == 0
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert set(rows[0]) == {"dataset", "pair", "method", "metric", "value"}
+    assert len(rows) == 2 * 3 and {r["metric"] for r in rows} == {"EN", "SSIM", "MSE"}
+    md = (tmp_path / "r.md").read_text()
+    assert "EN ↑" in md and "MSE ↓" in md and "mine" in md
+    assert "no fused image for 1 pair" in capsys.readouterr().err
+
+
+def test_summary_bolds_the_best_in_the_metric_direction():
+    rows = [{"dataset": "d", "pair": "a", "method": m, "metric": k, "value": v}
+            for m, k, v in (("x", "MSE", 1.0), ("y", "MSE", 2.0), ("x", "EN", 1.0), ("y", "EN", 2.0))]
+    md = summary_markdown(rows)
+    assert "| x | **1 ± 0** | 1 ± 0 |" in md and "| y | 2 ± 0 | **2 ± 0** |" in md
+    agg = aggregate(rows)
+    assert agg[("d", "y", "EN")] == (2.0, 0.0, 1)
+
+
+def test_bench_runs_resumes_and_writes_everything(tmp_path):
+    ds = _dataset(tmp_path / "ds")
+    peer = tmp_path / "peerA"
+    peer.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(peer / f"p{k}.jpg"), cv2.imread(str(ds / f"p{k}" / "vis.png")))
+    out = tmp_path / "bench"
+    written = run_bench([ds], ["average", "guided"], out, peers=[peer], convention="cddfuse",
+                        metrics=["EN", "SSIM", "Qabf"], progress=False, log=lambda m: None)
+    rows = list(csv.DictReader(open(written["csv"])))
+    assert {r["method"] for r in rows} == {"average", "guided", "peerA"}
+    assert len(rows) == 3 * 3 * 3
+    assert all((out / "fused" / "ds" / m / f"p{k}.png").is_file() for m in ("average", "guided") for k in range(3))
+    man = json.loads(written["manifest"].read_text())
+    assert man["versions"]["dig2dig"] and man["items"] and not man["errors"]
+    assert all(p.is_file() and p.stat().st_size > 1000 for p in written["plots"])
+    # a second run finds everything done and does not duplicate rows
+    mtime = (out / "fused" / "ds" / "guided" / "p0.png").stat().st_mtime
+    written2 = run_bench([ds], ["average", "guided"], out, peers=[peer], convention="cddfuse",
+                         metrics=["EN", "SSIM", "Qabf"], progress=False, log=lambda m: None)
+    assert len(list(csv.DictReader(open(written2["csv"])))) == len(rows)
+    assert (out / "fused" / "ds" / "guided" / "p0.png").stat().st_mtime == mtime
+
+
+def test_bench_survives_a_bad_pair(tmp_path):
+    ds = _dataset(tmp_path / "ds")
+    (ds / "p1" / "vis.png").write_bytes(b"broken")
+    written = run_bench([ds], ["average"], tmp_path / "b", convention="cddfuse", metrics=["EN"], progress=False,
+                        plots=False, log=lambda m: None)
+    man = json.loads(written["manifest"].read_text())
+    assert len(man["errors"]) == 1 and "p1" in man["errors"][0]["item"]
+    assert len(list(csv.DictReader(open(written["csv"])))) == 2
