@@ -67,7 +67,8 @@ def test_bench_runs_resumes_and_writes_everything(tmp_path):
                         metrics=["EN", "SSIM", "Qabf"], progress=False, log=lambda m: None)
     rows = list(csv.DictReader(open(written["csv"])))
     assert {r["method"] for r in rows} == {"average", "guided", "peerA"}
-    assert len(rows) == 3 * 3 * 3
+    assert len(rows) == 2 * 3 * (3 + 1) + 3 * 3  # our methods also get a time_s row; peers do not
+    assert {r["metric"] for r in rows if r["method"] == "guided"} == {"EN", "SSIM", "Qabf", "time_s"}
     assert all((out / "fused" / "ds" / m / f"p{k}.png").is_file() for m in ("average", "guided") for k in range(3))
     man = json.loads(written["manifest"].read_text())
     assert man["versions"]["dig2dig"] and man["items"] and not man["errors"]
@@ -80,6 +81,19 @@ def test_bench_runs_resumes_and_writes_everything(tmp_path):
     assert (out / "fused" / "ds" / "guided" / "p0.png").stat().st_mtime == mtime
 
 
+def test_method_specs_carry_options_and_steps(tmp_path):
+    from dig2dig.bench import parse_method
+
+    assert parse_method("dig2dig:steps=15,distance=l1,temperature=0.5,record=false") == (
+        "dig2dig:steps=15,distance=l1,temperature=0.5,record=false", "dig2dig",
+        {"steps": 15, "distance": "l1", "temperature": 0.5, "record": False})
+    ds = _dataset(tmp_path / "ds", n=1)
+    written = run_bench([ds], ["laplacian:levels=2"], tmp_path / "b", convention="cddfuse", metrics=["EN"],
+                        progress=False, plots=False, log=lambda m: None)
+    assert (tmp_path / "b" / "fused" / "ds" / "laplacian_levels_2" / "p0.png").is_file()
+    assert {r["method"] for r in csv.DictReader(open(written["csv"]))} == {"laplacian:levels=2"}
+
+
 def test_bench_survives_a_bad_pair(tmp_path):
     ds = _dataset(tmp_path / "ds")
     (ds / "p1" / "vis.png").write_bytes(b"broken")
@@ -87,4 +101,4 @@ def test_bench_survives_a_bad_pair(tmp_path):
                         plots=False, log=lambda m: None)
     man = json.loads(written["manifest"].read_text())
     assert len(man["errors"]) == 1 and "p1" in man["errors"][0]["item"]
-    assert len(list(csv.DictReader(open(written["csv"])))) == 2
+    assert len(list(csv.DictReader(open(written["csv"])))) == 2 * 2  # EN and time_s for the two good pairs

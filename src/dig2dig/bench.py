@@ -142,9 +142,40 @@ def read_csv(path: str | Path) -> list[dict]:
         return [{**r, "value": float(r["value"])} for r in csv.DictReader(f)]
 
 
+TIME_METRIC = "time_s"  # wall time per pair of the methods dig2dig runs itself
+
+
+def parse_method(spec: str) -> tuple[str, str, dict]:
+    """``"dig2dig:steps=15,distance=l1"`` → (label, method name, options incl. ``steps``).
+
+    The label is the spec itself; values are read as int, float, bool or string.
+    """
+    name, _, rest = spec.partition(":")
+    opts: dict = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise ValueError(f"bad method option {item!r} in {spec!r}: use key=value")
+        for conv in (int, float):
+            try:
+                opts[key] = conv(val)
+                break
+            except ValueError:
+                pass
+        else:
+            opts[key] = {"true": True, "false": False}.get(val.lower(), val)
+    return spec, name.strip(), opts
+
+
+def _folder_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
 def _direction(metric: str) -> bool | None:
     from .metrics import higher_is_better
 
+    if metric == TIME_METRIC:
+        return False
     try:
         return higher_is_better(metric)
     except (KeyError, ValueError):
@@ -303,8 +334,10 @@ def run_bench(
     for ds_dir in datasets:
         pairs = list_pairs(ds_dir, task)[: limit or None]
         ds = Path(ds_dir).name
-        for method in methods:
-            mdir = out / "fused" / ds / method
+        for spec in methods:
+            method, name, mopts = parse_method(spec)
+            m_steps = mopts.pop("steps", steps)
+            mdir = out / "fused" / ds / _folder_name(method)
             mdir.mkdir(parents=True, exist_ok=True)
             for pair in _progress(pairs, progress, f"{ds}/{method}"):
                 if (ds, method, pair.pair_id) in done:
@@ -315,15 +348,18 @@ def run_bench(
                     if not target.is_file():
                         item_seed = derive_seed(seed, f"{ds}/{pair.pair_id}")
                         t0 = time.perf_counter()
-                        r = fuse(list(pair.sources), method=method, steps=steps, seed=item_seed, task=pair.task,
-                                 prior=prior, prior_spec=prior_spec, device=device, **(options or {}))
+                        r = fuse(list(pair.sources), method=name, steps=m_steps, seed=item_seed, task=pair.task,
+                                 prior=prior, prior_spec=prior_spec, device=device, **{**(options or {}), **mopts})
                         r.save(target, 8)
                         manifest["items"][key] = {"seed": item_seed, "wall_s": round(time.perf_counter() - t0, 3),
                                                   "timings": r.timings, "prior": r.config.get("prior"),
                                                   "steps": r.config.get("steps"), "task": r.task}
-                    for name, value in score_pair(target, pair, convention, metrics).items():
-                        rows.append({"dataset": ds, "pair": pair.pair_id, "method": method, "metric": name,
+                    for mname, value in score_pair(target, pair, convention, metrics).items():
+                        rows.append({"dataset": ds, "pair": pair.pair_id, "method": method, "metric": mname,
                                      "value": value})
+                    if key in manifest["items"]:
+                        rows.append({"dataset": ds, "pair": pair.pair_id, "method": method, "metric": TIME_METRIC,
+                                     "value": manifest["items"][key]["wall_s"]})
                     done.add((ds, method, pair.pair_id))
                 except Exception as e:  # one bad pair must not end the run
                     errors.append({"item": key, "error": f"{type(e).__name__}: {e}",

@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "outputs, score everything and write results.csv, summary.md, manifest.json "
                                     "and plots/. Rerunning with the same --out skips finished pairs.")
     be.add_argument("--datasets", nargs="+", required=True, metavar="DIR", help="dataset folders")
-    be.add_argument("--methods", default="ddfm", help="comma-separated dig2dig methods (may be empty: '')")
+    be.add_argument("--methods", nargs="*", default=["ddfm"], metavar="METHOD",
+                    help="methods to run, each NAME or NAME:key=value,… (e.g. dig2dig:steps=15,distance=l1); "
+                         "none for peers only")
     be.add_argument("--peers", nargs="*", default=[], metavar="DIR",
                     help="folders of precomputed fused images <pair_id>.<ext>, one per peer method")
     be.add_argument("--convention", default="cddfuse", help="metric convention (default cddfuse)")
@@ -193,7 +195,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m for arg in args.methods for m in ([arg] if ":" in arg else arg.split(",")) if m.strip()]
     written = run_bench(args.datasets, methods, args.out, peers=args.peers, convention=args.convention,
                         metrics=_metric_list(args.metrics), steps=_steps_arg(args.steps), seed=args.seed,
                         prior=args.prior, prior_spec=args.prior_config, device=args.device, task=args.task,

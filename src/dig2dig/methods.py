@@ -88,18 +88,19 @@ METHODS: dict[str, Method] = {
 }
 
 
-def _classical(name: str, description: str) -> Method:
+def _classical(name: str, description: str, **defaults) -> Method:
     from . import baselines
 
     return Method(name=name, description=description, default_steps=0, min_sources=2, max_sources=None,
-                  classical=baselines.BASELINES[name])
+                  defaults=defaults, classical=baselines.BASELINES[name])
 
 
 METHODS.update({
     "average": _classical("average", "classical baseline: the mean of the sources"),
     "maxabs": _classical("maxabs", "classical baseline: per pixel the source of largest absolute value"),
-    "laplacian": _classical("laplacian", "classical baseline: Laplacian-pyramid fusion, max-abs details"),
-    "guided": _classical("guided", "classical baseline: guided-filtering fusion (GFF, Li et al. 2013)"),
+    "laplacian": _classical("laplacian", "classical baseline: Laplacian-pyramid fusion, max-abs details", levels=None),
+    "guided": _classical("guided", "classical baseline: guided-filtering fusion (GFF, Li et al. 2013)",
+                         r1=45, eps1=0.3, r2=7, eps2=1e-6),
 })
 
 
