@@ -113,3 +113,15 @@ def test_bad_options_are_errors(tiny_gray_prior):
             DIGGuidance([a, a], tiny_gray_prior, [999, 0], **kw)
     with pytest.raises(ValueError, match="two or more"):
         DIGGuidance([a], tiny_gray_prior, [999, 0])
+
+
+def test_each_refresh_is_one_batched_forward(tiny_gray_prior):
+    den = tiny_gray_prior
+    calls0, images0 = den.forward_calls, den.forward_count
+    srcs = [smooth_image(16, 24, k) for k in range(3)]
+    r = dig2dig.fuse(srcs, method="dig2dig", steps=7, interval=3, prior=den, task="mff")
+    refreshes = len(r.guidance["refreshes"])
+    assert refreshes == 3  # steps 0, 3, 6
+    assert den.forward_calls - calls0 == 7 + refreshes
+    assert den.forward_count - images0 == 7 + 3 * refreshes  # three sources per refresh
+    assert r.timings["prior_forwards"] == 7 + 3 * refreshes

@@ -261,13 +261,16 @@ def _run(den, m, opts, grid, items: list[_Item], history: bool, progress) -> lis
         elif callable(progress):
             progress(o.step.index + 1, o.step.count)
 
+    fwd0, cnt0 = den.forward_s, den.forward_count
     out = ddim(den, x_T, grid, rectify, None, callback=on_step)
+    fwd_s, fwd_n = den.forward_s - fwd0, den.forward_count - cnt0
     if bar is not None:
         bar.close()
     y = geometry.crop(color.luma_of(out.x0), pad).clamp(-1, 1)
     y = ((y + 1) / 2).float().cpu().numpy()[:, 0]
     n = len(items)
-    timings = {**{f"sample_{k}": v / n for k, v in out.timings.items()}, "per_step_s": out.timings["total_s"] / len(grid)}
+    timings = {**{f"sample_{k}": v / n for k, v in out.timings.items()}, "per_step_s": out.timings["total_s"] / len(grid),
+               "prior_forward_s": fwd_s / n, "prior_forwards": fwd_n / n}
     extra = {"steps": len(grid), "grid": list(grid), "prior": _prior_summary(den), "device": str(dev)}
     results = [_result(it, m, opts, y[b], extra, timings, (time.perf_counter() - t0) / n,
                        hist[b] if history else None) for b, it in enumerate(items)]

@@ -11,6 +11,7 @@ spatial multiple its down-sampling needs, where the weights came from -- lives i
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -61,7 +62,9 @@ class Denoiser:
         self.spec = spec
         self.module = module if module is not None else (net if isinstance(net, torch.nn.Module) else None)
         self.alphas_cumprod: np.ndarray = alphas_cumprod(spec.schedule["num_timesteps"])
-        self.forward_count = 0  # number of network calls (images, not batches); for profiling
+        self.forward_count = 0  # images passed through the network; for profiling
+        self.forward_calls = 0  # batched network calls
+        self.forward_s = 0.0  # wall time spent in network forwards (synchronised on CUDA)
 
     # --- properties ---------------------------------------------------------------------
     @property
@@ -113,9 +116,14 @@ class Denoiser:
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"H and W must be multiples of {m} for this prior, got {tuple(x.shape[-2:])}; pad first")
         t = self._timesteps(t, x.shape[0], x.device)
-        out = self.net(x.to(self.dtype), t)
+        t0 = time.perf_counter()
+        out = self.net(x.to(self.dtype), t)[:, : self.channels].to(x.dtype)
+        if out.device.type == "cuda":
+            torch.cuda.synchronize(out.device)
+        self.forward_s += time.perf_counter() - t0
         self.forward_count += x.shape[0]
-        return out[:, : self.channels].to(x.dtype)
+        self.forward_calls += 1
+        return out
 
     def x0_from_eps(self, x: torch.Tensor, eps: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor:
         """x̂0 = sqrt(1/ᾱ) x - sqrt(1/ᾱ - 1) ε (coefficients rounded to float32, as in ADM)."""
