@@ -262,7 +262,8 @@ def _run(den, m, opts, grid, items: list[_Item], history: bool, progress) -> lis
             progress(o.step.index + 1, o.step.count)
 
     fwd0, cnt0 = den.forward_s, den.forward_count
-    out = ddim(den, x_T, grid, rectify, None, callback=on_step)
+    out = ddim(den, x_T, grid, rectify, None, callback=on_step,
+               recompute_eps=getattr(rectify, "recompute_eps", True))
     fwd_s, fwd_n = den.forward_s - fwd0, den.forward_count - cnt0
     if bar is not None:
         bar.close()
