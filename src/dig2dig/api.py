@@ -213,7 +213,7 @@ def fuse_batch(
 
     groups: dict[tuple, list[int]] = {}
     for k, it in enumerate(items):
-        groups.setdefault((it.padding.shape, len(it.images)), []).append(k)
+        groups.setdefault((it.padding.shape, len(it.images), it.task.name), []).append(k)
     results: list[FusionResult | None] = [None] * len(items)
     for ks in groups.values():
         for lo in range(0, len(ks), max_batch):
@@ -239,6 +239,8 @@ def _run(den, m, opts, grid, items: list[_Item], history: bool, progress) -> lis
         torch.from_numpy(np.stack([geometry.pad(it.lum[r], pad) for it in items])[:, None] * 2 - 1).to(dev)
         for r in range(len(items[0].lum))
     ]
+    if "task" in opts and opts["task"] is None:  # methods with per-task presets get the resolved task
+        opts = {**opts, "task": items[0].task.name}
     rectify = m.build(srcs, den, grid, [it.seed for it in items], **opts)
     x_T = initial_noise((len(items), den.channels, *pad.shape), [it.seed for it in items], dev)
     hist: list[list[dict]] = [[] for _ in items]

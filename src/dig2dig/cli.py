@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exposure or focus stacks) into one image of the same size.")
     f.add_argument("sources", nargs="+", metavar="SOURCE", help="source images (PNG, JPEG, TIFF, BMP; 8/16-bit)")
     f.add_argument("-o", "--output", required=True, metavar="FILE", help="fused image to write (.png/.jpg/.tif/.bmp)")
-    f.add_argument("--method", default="ddfm", help="fusion method: ddfm (default), dig2dig; classical baselines: "
+    f.add_argument("--method", default="ddfm", help="fusion method: ddfm (default), dig2dig, ccf; classical baselines: "
                    "average, maxabs, laplacian, guided")
     f.add_argument("--steps", help="reverse steps: a count (method default if omitted), 'power:N:P' or a list '999,500,0'")
     f.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--weights", choices=("dig", "equal"), help="dig (default) or equal weights (fixed guidance)")
     d.add_argument("--mixing", choices=("complementary", "attractive"), help="EM mixing rule (default complementary)")
     d.add_argument("--save-dig", metavar="DIR", help="write the weight maps per refresh and cumulative-DIG curves")
+    c = f.add_argument_group("CCF options")
+    c.add_argument("--conditions", help="comma-separated condition bank (default: the task's preset)")
+    c.add_argument("--topk", type=int, help="conditions selected per step (default 3)")
+    c.add_argument("--lr", type=float, help="Adam step size on x̂0 (default 0.03)")
+    c.add_argument("--release-compat", action="store_true", default=None,
+                   help="reproduce the released CCF code, defects included")
+    c.add_argument("--save-selection", metavar="DIR", help="write the per-step condition selection plot and JSON")
     g = f.add_argument_group("DDFM options")
     g.add_argument("--mapping", choices=("paper", "release"), help="DDFM output mapping (default release)")
     g.add_argument("--lamb", type=float, help="DDFM λ (default 0.5)")
@@ -138,12 +145,15 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
     from .api import fuse
 
-    keys = ("mapping", "lamb", "rho", "interval", "distance", "temperature", "weights", "mixing")
+    keys = ("mapping", "lamb", "rho", "interval", "distance", "temperature", "weights", "mixing", "conditions", "topk",
+            "lr", "release_compat")
     options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.save_dig:
         if args.method != "dig2dig":
             raise ValueError("--save-dig needs --method dig2dig")
         options["record"] = True
+    if args.save_selection and args.method != "ccf":
+        raise ValueError("--save-selection needs --method ccf")
     result = fuse(args.sources, method=args.method, steps=_steps_arg(args.steps), seed=args.seed, task=args.task,
                   prior=args.prior, prior_spec=args.prior_config, device=args.device, resize=args.resize,
                   progress=not args.quiet, **options)
@@ -152,6 +162,10 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         from .viz import save_dig
 
         save_dig(result, args.save_dig)
+    if args.save_selection:
+        from .guidance.ccf import save_selection
+
+        save_selection(result.guidance, args.save_selection)
     if args.report:
         from .io import atomic_write_text
 

@@ -56,6 +56,18 @@ def _build_dig(sources, prior, grid, seeds, power: float, record: bool, **opts):
     return DIGGuidance(sources, prior, grid, noise_seeds=seeds, record=record, **opts)
 
 
+def _build_ccf(sources, prior, grid, seeds, **opts):
+    from .guidance.ccf import build_ccf
+
+    return build_ccf(sources, prior, grid, seeds, **opts)
+
+
+def _ccf_defaults() -> dict:
+    from .guidance.ccf import CCF_DEFAULTS
+
+    return dict(CCF_DEFAULTS)
+
+
 def _dig_grid(steps, power: float = 2.0, **_):
     """DIG-N: an int N means N steps on the power grid (big steps at high noise)."""
     if isinstance(steps, int):
@@ -75,6 +87,16 @@ METHODS: dict[str, Method] = {
                   "smooth": 4.0, "dig_scale": 0.5, "power": 2.0, "record": False},
         build=_build_dig,
         grid=_dig_grid,
+    ),
+    "ccf": Method(
+        name="ccf",
+        description="CCF (Cao et al., NeurIPS 2024): one Adam step per reverse step on a gated top-k "
+                    "selection from a bank of fusion conditions",
+        default_steps=200,
+        min_sources=2,
+        max_sources=None,
+        defaults=_ccf_defaults(),
+        build=_build_ccf,
     ),
     "ddfm": Method(
         name="ddfm",

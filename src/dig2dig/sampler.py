@@ -84,8 +84,10 @@ def ddim(
     """Run DDIM over ``grid`` (descending original timesteps) from ``x_T``.
 
     ``prior`` is a :class:`~dig2dig.prior.Denoiser`.  ``rectify(x̂0, step, state) -> (x̂0', state)``
-    may change x̂0; ``recompute_eps=False`` keeps ε from the un-rectified x̂0 (CCF's release does
-    this).  ``generator`` -- one per batch item, or one for the batch -- is required for η > 0.
+    may change x̂0; ``recompute_eps=False`` keeps the ε of the un-rectified x̂0, i.e.
+    (sqrt(1/ᾱ) x_t - x̂0) / sqrt(1/ᾱ - 1) with the *clipped* x̂0 -- the network's ε wherever the
+    clip is inactive (CCF's release does this).  ``generator`` -- one per batch item, or one for
+    the batch -- is required for η > 0.
     Timings: ``prior_s`` (network forwards), ``guidance_s`` (rectify) and ``total_s``.
     """
     grid = [int(t) for t in grid]
@@ -119,7 +121,9 @@ def ddim(
             x0, state = rectify(x0_hat, step, state)
             _sync(dev)
             t_guid += time.perf_counter() - s0
-        eps_used = (x * c1 - x0) / c2 if (recompute_eps and rectify is not None) else eps
+        # ε re-derived from x̂0' (as guided-diffusion's DDIM does from the clipped x̂0) -- or, with
+        # recompute_eps=False, from the clipped, un-rectified x̂0
+        eps_used = (x * c1 - (x0 if recompute_eps else x0_hat)) / c2
         sigma = eta * np.sqrt((1 - a_prev) / (1 - a)) * np.sqrt(1 - a / a_prev) if eta > 0 else 0.0
         x_prev = x0 * _f32(np.sqrt(a_prev)) + eps_used * _f32(np.sqrt(max(1.0 - a_prev - sigma**2, 0.0)))
         if sigma > 0 and t_prev >= 0:
