@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--device", help="torch device (default: cuda if available)")
     pt.add_argument("--init", metavar="PRIOR_DIR", help="start a new run from exported weights (e.g. the embedded "
                     "prior's folder) instead of random initialisation; ignored when --out has a checkpoint")
+    pt.add_argument("--threads", type=int, help="CPU threads (default: the config's); use 1 when sharing the "
+                    "machine with other jobs -- oversubscribed threads stall each other")
     pt.set_defaults(func=cmd_prior_train)
     pe = psub.add_parser("eval", help="PSNR of the prior's one-step x̂0 as a Gaussian denoiser",
                          description="Add Gaussian noise of each σ (0-255 scale) to every image of a folder, "

@@ -176,7 +176,8 @@ def export_prior(net: torch.nn.Module, arch: dict, out_dir: Path, extra: dict) -
 
 
 def train(config_path: str | Path, out: str | Path, *, data_root: str | None = None, max_steps: int | None = None,
-          minutes: float | None = None, device: str | None = None, init: str | None = None, log=print) -> Path:
+          minutes: float | None = None, device: str | None = None, init: str | None = None,
+          threads: int | None = None, log=print) -> Path:
     from ..prior.base import Denoiser, PriorSpec
     from .compact import CompactConfig, CompactUNet
     from .evaluate import denoise_scores, load_gray_folder
@@ -184,6 +185,8 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
     cfg = TrainConfig.from_toml(config_path)
     if max_steps is not None:
         cfg.max_steps = max_steps
+    if threads:
+        cfg.threads = threads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(out)
@@ -310,5 +313,5 @@ def main_train(args) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     train(args.config, args.out, data_root=args.data_root, max_steps=args.max_steps, minutes=args.minutes,
-          device=args.device, init=args.init, log=log)
+          device=args.device, init=args.init, threads=args.threads, log=log)
     return 0
