@@ -120,8 +120,10 @@ def test_bad_output_extension_fails_before_work(pair, tmp_path, capsys, tiny_rgb
 def test_unknown_method_and_option_errors(pair, tmp_path, capsys, tiny_rgb_prior_path):
     _fails([*map(str, pair), "--method", "magic", "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys,
            "unknown method")
-    _fails([*map(str, pair, ), str(pair[0]), "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys,
-           "exactly 2 sources")
+    _fails([*map(str, pair, ), str(pair[0]), "--method", "ddfm", "--prior", str(tiny_rgb_prior_path)], tmp_path,
+           capsys, "exactly 2 sources")
+    _fails([*map(str, pair), "--mapping", "paper", "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys,
+           "has no option")
 
 
 def test_prior_info_prints_the_spec(tiny_rgb_prior_path, capsys):

@@ -86,9 +86,9 @@ def test_history_and_timings(tiny_prior):
 
 def test_one_channel_prior_and_release_mapping(tiny_gray_prior, tiny_prior):
     pair = [smooth_image(16, 24, 1), smooth_image(16, 24, 2)]
-    r = dig2dig.fuse(pair, steps=3, prior=tiny_gray_prior, mapping="release")
+    r = dig2dig.fuse(pair, method="ddfm", steps=3, prior=tiny_gray_prior, mapping="release")
     assert r.image.shape == (16, 24)
-    r = dig2dig.fuse(pair, steps=3, prior=tiny_prior, mapping="release")
+    r = dig2dig.fuse(pair, method="ddfm", steps=3, prior=tiny_prior, mapping="release")
     assert r.config["options"]["mapping"] == "release"
 
 

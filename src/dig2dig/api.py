@@ -134,7 +134,7 @@ def _prepare(sources, names, task, resize, multiple, seed) -> _Item:
 def fuse(
     sources: Sequence[SourceLike],
     *,
-    method: str = "ddfm",
+    method: str = "dig2dig",
     steps: int | str | Sequence[int] | None = None,
     seed: int = 0,
     task: str = "auto",
@@ -166,7 +166,7 @@ def fuse(
 def fuse_batch(
     batch: Sequence[Sequence[SourceLike]],
     *,
-    method: str = "ddfm",
+    method: str = "dig2dig",
     steps: int | str | Sequence[int] | None = None,
     seeds: Sequence[int] | None = None,
     seed: int = 0,

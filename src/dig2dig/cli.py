@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exposure or focus stacks) into one image of the same size.")
     f.add_argument("sources", nargs="+", metavar="SOURCE", help="source images (PNG, JPEG, TIFF, BMP; 8/16-bit)")
     f.add_argument("-o", "--output", required=True, metavar="FILE", help="fused image to write (.png/.jpg/.tif/.bmp)")
-    f.add_argument("--method", default="ddfm", help="fusion method: ddfm (default), dig2dig, ccf; classical baselines: "
+    f.add_argument("--method", default="dig2dig", help="fusion method: dig2dig (default), ddfm, ccf; classical baselines: "
                    "average, maxabs, laplacian, guided")
     f.add_argument("--steps", help="reverse steps: a count (method default if omitted), 'power:N:P' or a list '999,500,0'")
     f.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "outputs, score everything and write results.csv, summary.md, manifest.json "
                                     "and plots/. Rerunning with the same --out skips finished pairs.")
     be.add_argument("--datasets", nargs="+", required=True, metavar="DIR", help="dataset folders")
-    be.add_argument("--methods", nargs="*", default=["ddfm"], metavar="METHOD",
+    be.add_argument("--methods", nargs="*", default=["dig2dig"], metavar="METHOD",
                     help="methods to run, each NAME or NAME:key=value,… (e.g. dig2dig:steps=15,distance=l1); "
                          "none for peers only")
     be.add_argument("--peers", nargs="*", default=[], metavar="DIR",
