@@ -69,8 +69,9 @@ def training_plot(log: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    tr = [(r["step"], r["loss"]) for r in recs if "loss" in r]
-    ev = [(r["step"], r["eval"]) for r in recs if "eval" in r]
+    # one record per step and kind (a resumed run may repeat a few steps); the latest wins
+    tr = sorted({r["step"]: r["loss"] for r in recs if "loss" in r}.items())
+    ev = sorted({r["step"]: r["eval"] for r in recs if "eval" in r}.items())
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     s, lo = zip(*tr)
     k = max(1, len(lo) // 60)

@@ -247,6 +247,7 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
         scores = denoise_scores(den, check, cfg.eval_sigmas)
         return {f"psnr_{int(s.sigma)}": round(s.psnr, 4) for s in scores}
 
+    lock = _acquire_lock(out)
     logf = open(out / "log.jsonl", "a")
     amp = dev.type == "cuda"
     t_run = time.time()
@@ -305,7 +306,26 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
     finally:
         save_checkpoint()
         logf.close()
+        lock.unlink(missing_ok=True)
     return out
+
+
+def _acquire_lock(out: Path) -> Path:
+    """One trainer per run folder: two would interleave checkpoints and logs."""
+    lock = out / "train.lock"
+    if lock.is_file():
+        try:
+            pid = int(lock.read_text().strip())
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError):
+            pass  # stale lock from a run that died
+        except PermissionError:
+            raise RuntimeError(f"{out} is in use by another training process (PID {lock.read_text().strip()})")
+        else:
+            if pid != os.getpid():
+                raise RuntimeError(f"{out} is in use by another training process (PID {pid}); stop it first")
+    lock.write_text(str(os.getpid()))
+    return lock
 
 
 def main_train(args) -> int:
