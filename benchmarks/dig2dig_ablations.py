@@ -10,6 +10,7 @@ Parts (each a resumable ``run_bench`` into its own folder; rerun to continue):
   of DDFM-100's time.
 * ``distance`` -- the paper's Table 3: l2 / l1 / ssim / none, and equal weights (MSRS).
 * ``interval`` -- Table 4: S ∈ {1, 5, 10, 20} (MSRS).
+* ``temperature`` -- the softmax temperature τ ∈ {0.5, 1, 2, 4} (MSRS), our choice to make.
 * ``steps``    -- Table 5: DIG-N for N ∈ {15, 20, 25, 50} against DDFM-100, with wall time (MSRS).
 * ``tasks``    -- MFF (MFFW) and MEF (SICE, IID-MEF): Dig2DIG-25, DDFM-100, average.
 
@@ -69,6 +70,7 @@ def run(args) -> int:
                               "dig2dig:steps=25,distance=ssim", "dig2dig:steps=25,distance=none",
                               "dig2dig:steps=25,weights=equal"]),
         "interval": ([msrs], [f"dig2dig:steps=25,interval={s}" for s in (1, 5, 10, 20)]),
+        "temperature": ([msrs], [f"dig2dig:steps=25,temperature={t}" for t in (0.5, 1, 2, 4)]),
         "steps": ([msrs], [f"dig2dig:steps={n}" for n in (15, 20, 25, 50)] + ["ddfm:steps=100"]),
         "tasks": ([_subset(FUSION / "mff" / "mffw", args.other, out), _subset(FUSION / "mef" / "sice", args.other, out),
                    _subset(FUSION / "mef" / "iidmef", args.other, out)],
@@ -128,7 +130,7 @@ def main() -> int:
     ap.add_argument("--msrs", type=int, default=10, help="MSRS pairs (first N)")
     ap.add_argument("--llvip", type=int, default=4, help="LLVIP pairs (first N)")
     ap.add_argument("--other", type=int, default=4, help="pairs per MFF/MEF dataset")
-    ap.add_argument("--only", help="comma-separated parts: headline,distance,interval,steps,tasks")
+    ap.add_argument("--only", help="comma-separated parts: headline,distance,interval,temperature,steps,tasks")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prior", help="prior path (default: the embedded prior)")
     ap.add_argument("--results", help="also copy the combined report into this folder")
