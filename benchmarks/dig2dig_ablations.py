@@ -1,21 +1,28 @@
 """Dig2DIG on the dev data: the headline comparison and the paper's ablations, via ``dig2dig bench``.
 
-    python benchmarks/dig2dig_ablations.py [--out runs/dig2dig_ablations] [--msrs 10] [--llvip 4]
-           [--other 4] [--only headline,distance,interval,steps,tasks] [--results benchmarks/results]
+    python benchmarks/dig2dig_ablations.py [--out runs/dig2dig_ablations] [--msrs 10] [--llvip 2]
+           [--sweep 5] [--other 3] [--only headline,distance,...] [--report-only] [--results DIR]
 
-Parts (each a resumable ``run_bench`` into its own folder; rerun to continue):
+Every run goes into one resumable ``run_bench`` folder per dataset (``OUT/<dataset>``), keyed by
+method spec, so a configuration shared by several parts (e.g. the default Dig2DIG-25) is fused once
+and two invocations working on different datasets can run at the same time.  A part is a choice of
+methods and pairs; its table is filtered from those folders.
 
-* ``headline`` -- Dig2DIG-25 vs DDFM-100 (equal weights) vs the average, MSRS + LLVIP, cddfuse
-  convention; the bar: Dig2DIG-25 wins ≥ 4 of SSIM, MSE, CC, Nabf, PSNR, Qabf and takes ≤ 1/3.5
-  of DDFM-100's time.
-* ``distance`` -- the paper's Table 3: l2 / l1 / ssim / none, and equal weights (MSRS).
-* ``interval`` -- Table 4: S ∈ {1, 5, 10, 20} (MSRS).
-* ``temperature`` -- the softmax temperature τ ∈ {0.5, 1, 2, 4} (MSRS), our choice to make.
-* ``steps``    -- Table 5: DIG-N for N ∈ {15, 20, 25, 50} against DDFM-100, with wall time (MSRS).
-* ``tasks``    -- MFF (MFFW) and MEF (SICE, IID-MEF): Dig2DIG-25, DDFM-100, average.
+* ``headline`` -- Dig2DIG-25 vs DDFM-100 (equal weights) vs Dig2DIG-25 with equal weights vs the
+  average, on the first ``--msrs`` MSRS and ``--llvip`` LLVIP pairs, cddfuse convention.  The bar:
+  Dig2DIG-25 wins ≥ 4 of SSIM, MSE, CC, Nabf, PSNR, Qabf and takes ≤ 1/3.5 of DDFM-100's time.
+* ``temperature`` -- the softmax temperature τ ∈ {0.5, 1, 2, 4} (our choice to make).
+* ``distance`` -- the paper's Table 3: l2 / l1 / ssim-map / none, and equal weights.
+* ``interval`` -- Table 4: refresh interval S ∈ {1, 5, 10, 20}.
+* ``steps``    -- Table 5: DIG-N, N ∈ {15, 20, 25, 50}, against DDFM-100 and CCF, with wall time.
+  The sweeps use the first ``--sweep`` MSRS pairs.
+* ``tasks``    -- MFF (MFFW) and MEF (SICE): Dig2DIG-25, DDFM-100, CCF and the average on the first
+  ``--other`` pairs of each.
+* ``ccf``      -- no runs of its own: CCF (200 steps, its default) against Dig2DIG-25 and DDFM-100 on
+  every dev pair the parts above ran CCF on.
 
-Each part writes its own summary.md; this script also writes one combined Markdown report with the
-headline win count and the per-part tables, which is what ``benchmarks/results`` keeps.
+``--datasets msrs`` (or ``llvip,mffw,sice``) restricts which dataset folders this invocation fuses;
+the report always covers whatever the folders hold.
 """
 
 from __future__ import annotations
@@ -27,19 +34,31 @@ from pathlib import Path
 
 SHARED = Path(os.environ.get("DIG2DIG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FUSION = SHARED / "data" / "fusion"
+DATASETS = {"msrs": FUSION / "vif" / "msrs", "llvip": FUSION / "vif" / "llvip",
+            "mffw": FUSION / "mff" / "mffw", "sice": FUSION / "mef" / "sice"}
 HEADLINE_METRICS = ["SSIM", "MSE", "CC", "Nabf", "PSNR", "Qabf"]
-ALL_CDD = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC", "MSE", "PSNR", "Nabf"]
+METRICS = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC", "MSE", "PSNR", "Nabf"]
+DIG25 = "dig2dig:steps=25"
+DDFM100 = "ddfm:steps=100"
 
 
-def _subset(dataset: Path, n: int, out: Path) -> Path:
-    """A folder of symlinks to the first n pairs (so bench's --limit stays per dataset)."""
-    dst = out / "_subsets" / dataset.name
-    dst.mkdir(parents=True, exist_ok=True)
-    for p in sorted(d for d in dataset.iterdir() if d.is_dir())[:n]:
-        link = dst / p.name
-        if not link.exists():
-            link.symlink_to(p.resolve(), target_is_directory=True)
-    return dst
+def parts(args) -> dict[str, tuple[dict[str, int], list[str]]]:
+    """part -> ({dataset: number of pairs}, [method specs]).  Defaults are spelled as ``DIG25``."""
+    sweep = {"msrs": args.sweep}
+    return {
+        "headline": ({"msrs": args.msrs, "llvip": args.llvip},
+                     [DIG25, DDFM100, "dig2dig:steps=25,weights=equal", "average"]),
+        "temperature": (sweep, ["dig2dig:steps=25,temperature=0.5", DIG25, "dig2dig:steps=25,temperature=2",
+                                "dig2dig:steps=25,temperature=4"]),
+        "distance": (sweep, [DIG25, "dig2dig:steps=25,distance=l1", "dig2dig:steps=25,distance=ssim",
+                             "dig2dig:steps=25,distance=none", "dig2dig:steps=25,weights=equal"]),
+        "interval": (sweep, ["dig2dig:steps=25,interval=1", "dig2dig:steps=25,interval=5", DIG25,
+                             "dig2dig:steps=25,interval=20"]),
+        "steps": (sweep, ["dig2dig:steps=15", "dig2dig:steps=20", DIG25, "dig2dig:steps=50", DDFM100, "ccf"]),
+        "tasks": ({"mffw": args.other, "sice": args.other}, [DIG25, DDFM100, "ccf", "average"]),
+        # no runs of its own: CCF against Dig2DIG and DDFM on every dev pair CCF was run on
+        "ccf": ({"msrs": args.sweep, "mffw": args.other, "sice": args.other}, ["ccf", DIG25, DDFM100]),
+    }
 
 
 def _pinned_prior(out: Path) -> str:
@@ -55,86 +74,106 @@ def _pinned_prior(out: Path) -> str:
     return str(pinned)
 
 
-def run(args) -> int:
-    from dig2dig.bench import aggregate, read_csv, run_bench, summary_markdown
+def _pair_ids(ds: str, n: int) -> list[str]:
+    from dig2dig.bench import list_pairs
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    prior = args.prior or _pinned_prior(out)
-    msrs = _subset(FUSION / "vif" / "msrs", args.msrs, out)
-    llvip = _subset(FUSION / "vif" / "llvip", args.llvip, out)
-    parts = {
-        "headline": ([msrs, llvip], ["dig2dig:steps=25", "ddfm:steps=100", "dig2dig:steps=25,weights=equal",
-                                     "average"]),
-        "distance": ([msrs], ["dig2dig:steps=25,distance=l2", "dig2dig:steps=25,distance=l1",
-                              "dig2dig:steps=25,distance=ssim", "dig2dig:steps=25,distance=none",
-                              "dig2dig:steps=25,weights=equal"]),
-        "interval": ([msrs], [f"dig2dig:steps=25,interval={s}" for s in (1, 5, 10, 20)]),
-        "temperature": ([msrs], [f"dig2dig:steps=25,temperature={t}" for t in (0.5, 1, 2, 4)]),
-        "steps": ([msrs], [f"dig2dig:steps={n}" for n in (15, 20, 25, 50)] + ["ddfm:steps=100"]),
-        "tasks": ([_subset(FUSION / "mff" / "mffw", args.other, out), _subset(FUSION / "mef" / "sice", args.other, out),
-                   _subset(FUSION / "mef" / "iidmef", args.other, out)],
-                  ["dig2dig:steps=25", "ddfm:steps=100", "average"]),
-    }
-    only = args.only.split(",") if args.only else list(parts)
-    report = ["# Dig2DIG on the dev data\n",
-              f"cddfuse convention; seed {args.seed}; prior: {prior} (sha256 in each part's manifest.json). "
-              "Mean ± std over pairs; `time_s` is wall time per pair on the machine that ran it.\n"]
-    for name in only:
-        datasets, methods = parts[name]
-        metrics = ALL_CDD if name in ("headline", "tasks") else HEADLINE_METRICS + ["EN", "SD", "SF", "MI"]
-        written = run_bench(datasets, methods, out / name, convention="cddfuse", metrics=metrics, seed=args.seed,
-                            prior=prior, plots=True, log=lambda m: print(m, file=sys.stderr))
-        rows = read_csv(written["csv"])
-        report.append(f"## {name}\n")
+    return [p.pair_id for p in list_pairs(DATASETS[ds])[:n]]
+
+
+def fuse_all(args, chosen: dict, out: Path, prior: str) -> None:
+    """Run every (dataset, method) the chosen parts need, one bench folder per dataset."""
+    from dig2dig.bench import run_bench
+
+    work: dict[str, dict[str, int]] = {}   # dataset -> method -> pairs
+    for pairs, methods in chosen.values():
+        for ds, n in pairs.items():
+            for m in methods:
+                work.setdefault(ds, {})[m] = max(n, work.get(ds, {}).get(m, 0))
+    only_ds = set(args.datasets.split(",")) if args.datasets else set(work)
+    for ds, methods in work.items():
+        if ds not in only_ds:
+            continue
+        by_n: dict[int, list[str]] = {}
+        for m, n in methods.items():
+            by_n.setdefault(n, []).append(m)
+        for n, ms in sorted(by_n.items()):
+            run_bench([DATASETS[ds]], ms, out / ds, convention="cddfuse", metrics=METRICS, seed=args.seed,
+                      prior=prior, limit=n, plots=False, log=lambda m: print(m, file=sys.stderr))
+
+
+def report(args, chosen: dict, out: Path, prior: str) -> str:
+    from dig2dig.bench import read_csv, summary_markdown
+
+    rows = []
+    for ds in DATASETS:
+        if (out / ds / "results.csv").is_file():
+            rows += read_csv(out / ds / "results.csv")
+    text = ["# Dig2DIG on the dev data\n",
+            f"cddfuse convention; seed {args.seed}; one fixed prior for every run (`{prior}`, sha256 in "
+            "each dataset folder's manifest.json). Mean ± std over pairs; `time_s` is the wall time per pair "
+            "of the run that fused it (runs on this 2-core CPU, one torch thread each, two at a time: "
+            "compare times within a table; the clean timing is in the headline section).\n"]
+    for name, (pairs, methods) in chosen.items():
+        keep = {(ds, p) for ds, n in pairs.items() for p in _pair_ids(ds, n)}
+        sel = [r for r in rows if r["method"] in methods and (r["dataset"], r["pair"]) in keep]
+        order = {m: i for i, m in enumerate(methods)}
+        sel.sort(key=lambda r: order[r["method"]])
+        text.append(f"## {name}\n")
         if name == "headline":
-            report.append(_headline(rows, aggregate))
-        report.append(summary_markdown(rows).replace("## ", "### "))
-    text = "\n".join(report)
-    (out / "report.md").write_text(text)
-    if args.results:
-        res = Path(args.results)
-        res.mkdir(parents=True, exist_ok=True)
-        (res / "dig2dig_ablations.md").write_text(text)
-    print(text)
-    return 0
+            text.append(_headline(sel))
+        text.append(summary_markdown(sel).replace("## ", "### "))
+    return "\n".join(text)
 
 
-def _headline(rows, aggregate) -> str:
-    """Win count of Dig2DIG-25 over DDFM-100 on the bar's six metrics, pooled over MSRS+LLVIP pairs."""
-    from dig2dig.bench import _direction
+def _headline(rows) -> str:
+    """Win count of Dig2DIG-25 over DDFM-100 on the bar's six metrics, pooled over all headline pairs."""
+    from dig2dig.bench import _direction, aggregate
 
-    pooled = [dict(r, dataset="pooled") for r in rows]
-    agg = aggregate(pooled)
-    a, b = "dig2dig:steps=25", "ddfm:steps=100"
+    agg = aggregate([dict(r, dataset="pooled") for r in rows])
     lines = ["| metric | Dig2DIG-25 | DDFM-100 | winner |", "|---|---|---|---|"]
     wins = 0
     for k in HEADLINE_METRICS + ["time_s"]:
-        if ("pooled", a, k) not in agg or ("pooled", b, k) not in agg:
+        if ("pooled", DIG25, k) not in agg or ("pooled", DDFM100, k) not in agg:
             continue
-        va, vb = agg[("pooled", a, k)][0], agg[("pooled", b, k)][0]
+        va, vb = agg[("pooled", DIG25, k)][0], agg[("pooled", DDFM100, k)][0]
         better = va > vb if _direction(k) else va < vb
-        if k in HEADLINE_METRICS:
-            wins += better
-        lines.append(f"| {k} | {va:.4g} | {vb:.4g} | {'Dig2DIG-25' if better else 'DDFM-100'} |")
-    ta, tb = agg.get(("pooled", a, "time_s"), (None,))[0], agg.get(("pooled", b, "time_s"), (None,))[0]
+        wins += better and k in HEADLINE_METRICS
+        lines.append(f"| {k} | {va:.6g} | {vb:.6g} | {'Dig2DIG-25' if better else 'DDFM-100'} |")
+    ta, tb = agg.get(("pooled", DIG25, "time_s"), (None,))[0], agg.get(("pooled", DDFM100, "time_s"), (None,))[0]
     ratio = f"{ta / tb:.3f} (bar ≤ {1 / 3.5:.3f})" if ta and tb else "n/a"
-    return ("Pooled over the MSRS and LLVIP pairs: Dig2DIG-25 wins "
+    return ("Pooled over the headline pairs: Dig2DIG-25 wins "
             f"**{wins} of {len(HEADLINE_METRICS)}** headline metrics (bar: ≥ 4); wall-time ratio Dig2DIG-25 / "
-            f"DDFM-100 = {ratio}.\n\n" + "\n".join(lines) + "\n")
+            f"DDFM-100 in these runs = {ratio}.\n\n" + "\n".join(lines) + "\n")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/dig2dig_ablations")
-    ap.add_argument("--msrs", type=int, default=10, help="MSRS pairs (first N)")
-    ap.add_argument("--llvip", type=int, default=4, help="LLVIP pairs (first N)")
-    ap.add_argument("--other", type=int, default=4, help="pairs per MFF/MEF dataset")
-    ap.add_argument("--only", help="comma-separated parts: headline,distance,interval,temperature,steps,tasks")
+    ap.add_argument("--msrs", type=int, default=10, help="MSRS pairs in the headline (first N)")
+    ap.add_argument("--llvip", type=int, default=2, help="LLVIP pairs in the headline (first N; 1280×1024)")
+    ap.add_argument("--sweep", type=int, default=5, help="MSRS pairs in the ablation sweeps")
+    ap.add_argument("--other", type=int, default=3, help="pairs per MFF/MEF dataset")
+    ap.add_argument("--only", help="comma-separated parts: headline,temperature,distance,interval,steps,tasks,ccf")
+    ap.add_argument("--datasets", help="fuse only these dataset folders (comma-separated: msrs,llvip,mffw,sice)")
+    ap.add_argument("--report-only", action="store_true", help="write the report from what the folders hold")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--prior", help="prior path (default: the embedded prior)")
-    ap.add_argument("--results", help="also copy the combined report into this folder")
-    return run(ap.parse_args())
+    ap.add_argument("--prior", help="prior path (default: a pinned copy of the embedded prior)")
+    ap.add_argument("--results", help="also write the report into this folder (dig2dig_ablations.md)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prior = args.prior or _pinned_prior(out)
+    every = parts(args)
+    chosen = {k: every[k] for k in (args.only.split(",") if args.only else every)}
+    if not args.report_only:
+        fuse_all(args, chosen, out, prior)
+    text = report(args, chosen, out, prior)
+    (out / "report.md").write_text(text)
+    if args.results:
+        Path(args.results).mkdir(parents=True, exist_ok=True)
+        (Path(args.results) / "dig2dig_ablations.md").write_text(text)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":

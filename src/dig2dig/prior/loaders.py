@@ -140,7 +140,8 @@ def load_adm_checkpoint(path: str | Path, spec: str | Path | dict | None = None)
             raise CheckpointError(
                 f"{path}: the attention head layout cannot be read from the weights; put a spec file "
                 f"{path.name}.json beside it (guided-diffusion create_model flags with num_heads / "
-                f"num_head_channels) or pass spec="
+                f"num_head_channels), pass --prior-config FILE on the command line, or "
+                f"prior_spec= from Python"
             )
         cfg = ADMConfig.infer_from_state_dict(state, **_KNOWN_ADM_HEADS.get(key, {}))
     net = ADMUNet(cfg)
