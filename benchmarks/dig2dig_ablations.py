@@ -129,7 +129,9 @@ def _headline(rows) -> str:
     """Win count of Dig2DIG-25 over DDFM-100 on the bar's six metrics, pooled over all headline pairs."""
     from dig2dig.bench import _direction, aggregate
 
-    agg = aggregate([dict(r, dataset="pooled") for r in rows])
+    have = {m: {(r["dataset"], r["pair"]) for r in rows if r["method"] == m} for m in (DIG25, DDFM100)}
+    both = have[DIG25] & have[DDFM100]   # compare on matched pairs only
+    agg = aggregate([dict(r, dataset="pooled") for r in rows if (r["dataset"], r["pair"]) in both])
     lines = ["| metric | Dig2DIG-25 | DDFM-100 | winner |", "|---|---|---|---|"]
     wins = 0
     for k in HEADLINE_METRICS + ["time_s"]:
@@ -141,9 +143,40 @@ def _headline(rows) -> str:
         lines.append(f"| {k} | {va:.6g} | {vb:.6g} | {'Dig2DIG-25' if better else 'DDFM-100'} |")
     ta, tb = agg.get(("pooled", DIG25, "time_s"), (None,))[0], agg.get(("pooled", DDFM100, "time_s"), (None,))[0]
     ratio = f"{ta / tb:.3f} (bar ≤ {1 / 3.5:.3f})" if ta and tb else "n/a"
-    return ("Pooled over the headline pairs: Dig2DIG-25 wins "
+    return (f"Pooled over the {len(both)} headline pairs both methods have run: Dig2DIG-25 wins "
             f"**{wins} of {len(HEADLINE_METRICS)}** headline metrics (bar: ≥ 4); wall-time ratio Dig2DIG-25 / "
             f"DDFM-100 in these runs = {ratio}.\n\n" + "\n".join(lines) + "\n")
+
+
+def plot_steps(part, out: Path, path: Path) -> None:
+    """Table 5 as a picture: quality against wall time per pair for DIG-N, DDFM-100 and CCF."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dig2dig.bench import aggregate, read_csv
+
+    pairs, methods = part
+    keep = {(ds, p) for ds, n in pairs.items() for p in _pair_ids(ds, n)}
+    rows = [r for ds in pairs if (out / ds / "results.csv").is_file() for r in read_csv(out / ds / "results.csv")
+            if r["method"] in methods and (r["dataset"], r["pair"]) in keep]
+    agg = aggregate([dict(r, dataset="all") for r in rows])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, metric in zip(axes, ["Qabf", "SSIM", "PSNR"]):
+        for m in methods:
+            if ("all", m, metric) in agg and ("all", m, "time_s") in agg:
+                x, y = agg[("all", m, "time_s")][0], agg[("all", m, metric)][0]
+                ax.scatter(x, y, color="C0" if m.startswith("dig2dig") else "C3")
+                label = m.replace("dig2dig:steps=", "DIG-").replace("ddfm:steps=", "DDFM-").replace("ccf", "CCF-200")
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("wall time per pair (s, log)")
+        ax.set_title(metric)
+    fig.suptitle(f"Steps against quality, first {sum(pairs.values())} MSRS pairs (cddfuse convention)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -172,6 +205,8 @@ def main() -> int:
     if args.results:
         Path(args.results).mkdir(parents=True, exist_ok=True)
         (Path(args.results) / "dig2dig_ablations.md").write_text(text)
+        if "steps" in chosen:
+            plot_steps(chosen["steps"], out, Path(args.results) / "dig2dig_steps.png")
     print(text)
     return 0
 
