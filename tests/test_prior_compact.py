@@ -1,6 +1,7 @@
 """The compact prior: architecture, export/load round trip, the denoising check, the trainer."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,6 +124,12 @@ weights = [1.0]\nexclude = ["check"]\ncheck_folder = "check"\ncrop = 16\nbatch =
     # resuming continues from the checkpoint
     train(cfg, tmp_path / "run", max_steps=210, log=lambda m: None)
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 210
+    # a warm start from the export continues its step count and keeps the earlier run on record
+    best_steps = json.loads((out / "best" / "spec.json").read_text())["extra"]["trained_steps"]
+    train(cfg, tmp_path / "run2", init=str(out / "best"), max_steps=best_steps + 5, log=lambda m: None)
+    ck = torch.load(tmp_path / "run2" / "last.pt", weights_only=False)
+    assert ck["step"] == best_steps + 5 and ck["opt_steps"] == 5
+    assert [r["steps"] for r in ck["runs"]] == [[0, best_steps]]
 
 
 def test_training_refuses_the_check_set(tmp_path):
@@ -132,3 +139,26 @@ def test_training_refuses_the_check_set(tmp_path):
     cv2.imwrite(str(tmp_path / "set" / "x.png"), np.zeros((32, 32), np.uint8))
     with pytest.raises(ValueError, match="excluded"):
         LumaCrops(tmp_path, ["set"], [1.0], ["set"], 16)
+
+
+def test_lr_schedule_warms_up_after_a_warm_start_and_decays_by_cosine():
+    cfg = TrainConfig(lr=1e-3, warmup=10, lr_schedule="cosine", decay_start=100, max_steps=200, lr_min=1e-4)
+    # a warm start at step 100 has a fresh optimiser: the warm-up counts its own updates
+    assert cfg.lr_at(100, 0) == pytest.approx(1e-4)
+    assert cfg.lr_at(100, 9) == pytest.approx(1e-3)
+    assert cfg.lr_at(150, 50) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert cfg.lr_at(200, 100) == pytest.approx(1e-4)
+    lrs = [cfg.lr_at(s, s) for s in range(100, 201)]
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert TrainConfig(lr=1e-3, warmup=1).lr_at(10_000, 5) == 1e-3  # constant by default
+
+
+def test_stage2_config_continues_stage1(tmp_path):
+    root = Path(__file__).resolve().parents[1] / "configs"
+    one, two = TrainConfig.from_toml(root / "prior.toml"), TrainConfig.from_toml(root / "prior_stage2.toml")
+    assert one.architecture == two.architecture and one.folders == two.folders and one.exclude == two.exclude
+    assert two.lr_schedule == "cosine" and two.decay_start < two.max_steps
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[optim]\nlr_schedule = "step"\n')
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig.from_toml(bad)

@@ -16,6 +16,11 @@ atomically every ``checkpoint_every`` steps and on exit; ``DIR/log.jsonl`` recor
 every ``eval_every`` steps, the EMA weights' check-set PSNR; each time that PSNR improves the EMA
 weights are exported to ``DIR/best`` in the dig2dig prior format (fp16 safetensors + spec.json).
 Mixed precision (bf16 autocast) is used on CUDA.
+
+Learning rate: linear warm-up over the optimiser's first ``warmup`` updates (again after a warm
+start, whose optimiser state is fresh), then constant or, with ``lr_schedule = "cosine"``, a cosine
+from ``lr`` at ``decay_start`` to ``lr_min`` at ``max_steps``.  Warm-started runs append to the
+``runs`` list in the exported spec, so the shipped weights' full schedule stays on record.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: float = 0.9995
     max_steps: int = 200_000
+    lr_schedule: str = "constant"  # or "cosine": from lr at decay_start down to lr_min at max_steps
+    decay_start: int = 0
+    lr_min: float = 0.0
     uniform_fraction: float = 0.4
     log_sigma_mean: float = -1.6
     log_sigma_std: float = 1.0
@@ -80,7 +88,20 @@ class TrainConfig:
         unknown = set(flat) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
-        return cls(**flat)
+        cfg = cls(**flat)
+        if cfg.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"{path}: lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+        return cfg
+
+    def lr_at(self, step: int, opt_steps: int) -> float:
+        """Learning rate for global step ``step``; ``opt_steps`` counts the optimiser's own updates, so
+        a warm start (fresh optimiser state) warms up again instead of taking full steps at once."""
+        lr = self.lr
+        if self.lr_schedule == "cosine":
+            span = max(self.max_steps - self.decay_start, 1)
+            frac = min(max((step - self.decay_start) / span, 0.0), 1.0)
+            lr = self.lr_min + (self.lr - self.lr_min) * 0.5 * (1 + math.cos(math.pi * frac))
+        return lr * min(1.0, (opt_steps + 1) / max(self.warmup, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +225,8 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
     ab = alphas_cumprod()
     ab_t = torch.from_numpy(ab).float().to(dev)
     best_key = f"psnr_{int(cfg.eval_sigmas[len(cfg.eval_sigmas) // 2])}"  # the model-selection metric
-    step, best, wall = 0, -math.inf, 0.0
+    step, best, wall, opt_steps = 0, -math.inf, 0.0, 0
+    runs: list[dict] = []  # provenance of earlier runs this one continues (warm starts)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     last = out / "last.pt"
@@ -214,6 +236,7 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
         step, best, wall = ck["step"], ck["best"], ck.get("wall", 0.0)
+        opt_steps, runs = ck.get("opt_steps", step), ck.get("runs", [])
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         log(f"resumed from {last} at step {step} (best check PSNR {best:.3f} dB, {wall / 3600:.2f} h trained)")
@@ -228,6 +251,8 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
         ema.load_state_dict(src.module.state_dict())
         step = int(src.spec.extra.get("trained_steps", 0))
         wall = float(src.spec.extra.get("train_wall_hours", 0.0)) * 3600
+        runs = list(src.spec.extra.get("runs") or [
+            {"config": src.spec.extra.get("config"), "steps": [0, step], "wall_hours": round(wall / 3600, 3)}])
         best = float(src.spec.extra.get("check_psnr", {}).get(best_key, -math.inf))
         log(f"initialised from {init} (trained {step} steps); optimiser state starts fresh")
     n_params = sum(p.numel() for p in net.parameters())
@@ -238,7 +263,7 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
 
         buf = io.BytesIO()
         torch.save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "best": best, "wall": wall, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "opt_steps": opt_steps, "runs": runs, "best": best, "wall": wall, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                     "config": cfg.__dict__}, buf)
         atomic_write_bytes(last, buf.getvalue())
 
@@ -263,7 +288,7 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
             noise = torch.randn_like(x0)
             a = ab_t[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+            lr = cfg.lr_at(step, opt_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
@@ -278,6 +303,7 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
                 for pe, pn in zip(ema.parameters(), net.parameters()):
                     pe.lerp_(pn, 1 - decay)
             step += 1
+            opt_steps += 1
             wall += time.time() - t0
             losses.append(loss.item())
             if step % cfg.log_every == 0:
@@ -298,7 +324,9 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
                         "trained_steps": step, "train_wall_hours": round(wall / 3600, 3), "check_set": cfg.check_folder,
                         "check_psnr": scores, "training_folders": cfg.folders, "crop": cfg.crop, "batch": cfg.batch,
                         "objective": "eps-MSE, linear beta schedule, mixed uniform/log-normal timesteps",
-                        "config": str(config_path)})
+                        "config": str(config_path), "runs": runs + [
+                            {"config": str(config_path), "steps": [runs[-1]["steps"][1] if runs else 0, step],
+                             "wall_hours": round((wall - 3600 * sum(r.get("wall_hours", 0) for r in runs)) / 3600, 3)}]})
                     rec["exported"] = True
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
