@@ -16,6 +16,8 @@ methods and pairs; its table is filtered from those folders.
 * ``interval`` -- Table 4: refresh interval S ∈ {1, 5, 10, 20}.
 * ``steps``    -- Table 5: DIG-N, N ∈ {15, 20, 25, 50}, against DDFM-100 and CCF, with wall time.
   The sweeps use the first ``--sweep`` MSRS pairs.
+* ``window``   -- DIG over the stretch just traversed (backward, the default) or the coming one.
+* ``accelerate`` -- DIG-driven step merging (``accelerate=0.05``) on DIG-50 and DIG-25.
 * ``tasks``    -- MFF (MFFW) and MEF (SICE): Dig2DIG-25, DDFM-100, CCF and the average on the first
   ``--other`` pairs of each.
 * ``ccf``      -- no runs of its own: CCF (200 steps, its default) against Dig2DIG-25 and DDFM-100 on
@@ -55,6 +57,9 @@ def parts(args) -> dict[str, tuple[dict[str, int], list[str]]]:
         "interval": (sweep, ["dig2dig:steps=25,interval=1", "dig2dig:steps=25,interval=5", DIG25,
                              "dig2dig:steps=25,interval=20"]),
         "steps": (sweep, ["dig2dig:steps=15", "dig2dig:steps=20", DIG25, "dig2dig:steps=50", DDFM100, "ccf"]),
+        "window": (sweep, [DIG25, "dig2dig:steps=25,window=forward", "dig2dig:steps=25,weights=equal"]),
+        "accelerate": (sweep, ["dig2dig:steps=50,window=forward", "dig2dig:steps=50,window=forward,accelerate=0.05",
+                               "dig2dig:steps=25,window=forward", "dig2dig:steps=25,window=forward,accelerate=0.05"]),
         "tasks": ({"mffw": args.other, "sice": args.other}, [DIG25, DDFM100, "ccf", "average"]),
         # no runs of its own: CCF against Dig2DIG and DDFM on every dev pair CCF was run on
         "ccf": ({"msrs": args.sweep, "mffw": args.other, "sice": args.other}, ["ccf", DIG25, DDFM100]),
@@ -122,6 +127,8 @@ def report(args, chosen: dict, out: Path, prior: str) -> str:
         if name == "headline":
             text.append(_headline(sel))
         text.append(summary_markdown(sel).replace("## ", "### "))
+        if name in ("steps", "accelerate"):
+            text.append(_forwards_table(out, keep, methods))
     return "\n".join(text)
 
 
@@ -146,6 +153,27 @@ def _headline(rows) -> str:
     return (f"Pooled over the {len(both)} headline pairs both methods have run: Dig2DIG-25 wins "
             f"**{wins} of {len(HEADLINE_METRICS)}** headline metrics (bar: ≥ 4); wall-time ratio Dig2DIG-25 / "
             f"DDFM-100 in these runs = {ratio}.\n\n" + "\n".join(lines) + "\n")
+
+
+def _forwards_table(out: Path, keep: set, methods: list[str]) -> str:
+    """Reverse steps actually taken and prior forwards (images) per pair, from the run manifests."""
+    import json
+
+    per: dict[str, list[tuple[float, float]]] = {}
+    for ds in {ds for ds, _ in keep}:
+        mf = out / ds / "manifest.json"
+        items = json.loads(mf.read_text())["items"] if mf.is_file() else {}
+        for key, it in items.items():
+            d, method, pair = key.split("/", 2)
+            if method in methods and (d, pair) in keep and "prior_forwards" in it.get("timings", {}):
+                taken = it.get("steps_taken") or it.get("steps")
+                per.setdefault(method, []).append((it["timings"]["prior_forwards"], taken or float("nan")))
+    lines = ["| method | prior forwards per pair (images) | reverse steps taken |", "|---|---|---|"]
+    for m in methods:
+        if per.get(m):
+            f, st = zip(*per[m])
+            lines.append(f"| {m} | {sum(f) / len(f):.1f} | {sum(st) / len(st):.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_steps(part, out: Path, path: Path) -> None:
@@ -186,7 +214,8 @@ def main() -> int:
     ap.add_argument("--llvip", type=int, default=2, help="LLVIP pairs in the headline (first N; 1280×1024)")
     ap.add_argument("--sweep", type=int, default=5, help="MSRS pairs in the ablation sweeps")
     ap.add_argument("--other", type=int, default=3, help="pairs per MFF/MEF dataset")
-    ap.add_argument("--only", help="comma-separated parts: headline,temperature,distance,interval,steps,tasks,ccf")
+    ap.add_argument("--only", help="comma-separated parts: headline,temperature,distance,interval,steps,window,"
+                                   "accelerate,tasks,ccf")
     ap.add_argument("--datasets", help="fuse only these dataset folders (comma-separated: msrs,llvip,mffw,sice)")
     ap.add_argument("--report-only", action="store_true", help="write the report from what the folders hold")
     ap.add_argument("--seed", type=int, default=0)

@@ -108,7 +108,8 @@ def test_equal_weights_reduce_to_the_release_ddfm_rule(tiny_gray_prior):
 def test_bad_options_are_errors(tiny_gray_prior):
     a = torch.zeros(1, 1, 16, 16)
     for kw, msg in (({"distance": "cos"}, "distance"), ({"interval": 0}, "interval"), ({"temperature": 0}, "temperature"),
-                    ({"weights": "x"}, "weights"), ({"mixing": "x"}, "mixing"), ({"dig_scale": 2}, "dig_scale")):
+                    ({"weights": "x"}, "weights"), ({"mixing": "x"}, "mixing"), ({"dig_scale": 2}, "dig_scale"),
+                    ({"window": "x"}, "window"), ({"accelerate": 1.0}, "accelerate"), ({"accelerate": -1}, "accelerate")):
         with pytest.raises(ValueError, match=msg):
             DIGGuidance([a, a], tiny_gray_prior, [999, 0], **kw)
     with pytest.raises(ValueError, match="two or more"):
@@ -125,3 +126,37 @@ def test_each_refresh_is_one_batched_forward(tiny_gray_prior):
     assert den.forward_calls - calls0 == 7 + refreshes
     assert den.forward_count - images0 == 7 + 3 * refreshes  # three sources per refresh
     assert r.timings["prior_forwards"] == 7 + 3 * refreshes
+
+
+def test_forward_window_weights_from_the_first_step_in_one_forward_per_refresh(tiny_gray_prior):
+    den = tiny_gray_prior
+    srcs = [smooth_image(16, 24, k) for k in range(3)]
+    calls0, images0 = den.forward_calls, den.forward_count
+    r = dig2dig.fuse(srcs, method="dig2dig", steps=7, interval=3, prior=den, task="mff", window="forward")
+    recs = r.guidance["refreshes"]
+    assert [x["step"] for x in recs] == [0, 3, 6]
+    grid = r.config["grid"]
+    # refresh k weighs the stretch it starts: t_k -> t_{k+S} (the last one has nothing ahead of it)
+    assert [(x["t_from"], x.get("t_to")) for x in recs[:2]] == [(grid[0], grid[3]), (grid[3], grid[6])]
+    assert "weights" in recs[0] and "weights" not in recs[2]
+    # step 0 needs two levels, step 3 reuses the level step 0 looked ahead to, step 6 (the last) none
+    assert den.forward_calls - calls0 == 7 + 2
+    assert den.forward_count - images0 == 7 + 3 * (2 + 1)
+
+
+def test_acceleration_merges_low_gain_steps_and_keeps_batches_exact(tiny_gray_prior):
+    den = tiny_gray_prior
+    pairs = [[smooth_image(16, 24, 2 * k), smooth_image(16, 24, 2 * k + 1)] for k in range(2)]
+    kw = dict(method="dig2dig", steps=12, interval=4, prior=den, task="mff", window="forward")
+    plain = dig2dig.fuse(pairs[0], seed=1, **kw)
+    fast = dig2dig.fuse(pairs[0], seed=1, accelerate=0.99, **kw)  # every window after the largest merges
+    assert plain.config["steps_taken"] == 12
+    strides = [x.get("stride") for x in fast.guidance["refreshes"] if "stride" in x]
+    assert strides[0] == 1 and 2 in strides[1:]
+    assert fast.config["steps_taken"] < 12 and fast.image.shape == (16, 24)
+    assert fast.timings["prior_forwards"] < plain.timings["prior_forwards"]
+    assert not np.array_equal(fast.image, plain.image)
+    # merged steps are decided per image, so a batch still equals its items one by one
+    batch = dig2dig.fuse_batch(pairs, seeds=[1, 2], accelerate=0.99, **kw)
+    for k, p in enumerate(pairs):
+        np.testing.assert_array_equal(batch[k].image, dig2dig.fuse(p, seed=[1, 2][k], accelerate=0.99, **kw).image)

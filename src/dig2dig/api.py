@@ -215,6 +215,8 @@ def fuse_batch(
     for k, it in enumerate(items):
         groups.setdefault((it.padding.shape, len(it.images), it.task.name), []).append(k)
     results: list[FusionResult | None] = [None] * len(items)
+    if opts.get("accelerate"):
+        max_batch = 1  # Dig2DIG's merged steps are decided per image: a batch must not share them
     for ks in groups.values():
         for lo in range(0, len(ks), max_batch):
             chunk = ks[lo: lo + max_batch]
@@ -250,7 +252,10 @@ def _run(den, m, opts, grid, items: list[_Item], history: bool, progress) -> lis
 
         bar = tqdm(total=len(grid), desc=m.name, unit="step", leave=False)
 
+    taken = [0]
+
     def on_step(o):
+        taken[0] += 1
         if history:
             y_hat = geometry.crop(color.luma_of(o.x0_hat), pad)
             y_new = geometry.crop(color.luma_of(o.x0), pad)
@@ -259,12 +264,12 @@ def _run(den, m, opts, grid, items: list[_Item], history: bool, progress) -> lis
                                 "x0_hat": ((y_hat[b, 0] + 1) / 2).float().cpu().numpy(),
                                 "x0": ((y_new[b, 0] + 1) / 2).float().cpu().numpy()})
         if bar is not None:
-            bar.update(1)
+            bar.update(o.next_index - o.step.index)
         elif callable(progress):
-            progress(o.step.index + 1, o.step.count)
+            progress(o.next_index, o.step.count)
 
     fwd0, cnt0 = den.forward_s, den.forward_count
-    out = ddim(den, x_T, grid, rectify, None, callback=on_step,
+    out = ddim(den, x_T, grid, rectify, None, callback=on_step, advance=getattr(rectify, "advance", None),
                recompute_eps=getattr(rectify, "recompute_eps", True))
     fwd_s, fwd_n = den.forward_s - fwd0, den.forward_count - cnt0
     if bar is not None:
@@ -272,9 +277,9 @@ def _run(den, m, opts, grid, items: list[_Item], history: bool, progress) -> lis
     y = geometry.crop(color.luma_of(out.x0), pad).clamp(-1, 1)
     y = ((y + 1) / 2).float().cpu().numpy()[:, 0]
     n = len(items)
-    timings = {**{f"sample_{k}": v / n for k, v in out.timings.items()}, "per_step_s": out.timings["total_s"] / len(grid),
+    timings = {**{f"sample_{k}": v / n for k, v in out.timings.items()}, "per_step_s": out.timings["total_s"] / max(taken[0], 1),
                "prior_forward_s": fwd_s / n, "prior_forwards": fwd_n / n}
-    extra = {"steps": len(grid), "grid": list(grid), "prior": _prior_summary(den), "device": str(dev)}
+    extra = {"steps": len(grid), "steps_taken": taken[0], "grid": list(grid), "prior": _prior_summary(den), "device": str(dev)}
     results = [_result(it, m, opts, y[b], extra, timings, (time.perf_counter() - t0) / n,
                        hist[b] if history else None) for b, it in enumerate(items)]
     if hasattr(rectify, "item_records"):

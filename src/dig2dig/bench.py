@@ -353,7 +353,8 @@ def run_bench(
                         r.save(target, 8)
                         manifest["items"][key] = {"seed": item_seed, "wall_s": round(time.perf_counter() - t0, 3),
                                                   "timings": r.timings, "prior": r.config.get("prior"),
-                                                  "steps": r.config.get("steps"), "task": r.task}
+                                                  "steps": r.config.get("steps"), "steps_taken": r.config.get("steps_taken"),
+                                                  "task": r.task}
                     for mname, value in score_pair(target, pair, convention, metrics).items():
                         rows.append({"dataset": ds, "pair": pair.pair_id, "method": method, "metric": mname,
                                      "value": value})

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--temperature", type=float, help="softmax temperature on normalised DIG (default 1)")
     d.add_argument("--weights", choices=("dig", "equal"), help="dig (default) or equal weights (fixed guidance)")
     d.add_argument("--mixing", choices=("complementary", "attractive"), help="EM mixing rule (default complementary)")
+    d.add_argument("--window", choices=("backward", "forward"), help="DIG over the stretch just traversed "
+                   "(backward, default) or the coming one (forward: weights from step 0)")
+    d.add_argument("--accelerate", type=float, metavar="R", help="merge pairs of steps until the next refresh "
+                   "where the total DIG is below R × its largest so far (default 0: off)")
     d.add_argument("--save-dig", metavar="DIR", help="write the weight maps per refresh and cumulative-DIG curves")
     c = f.add_argument_group("CCF options")
     c.add_argument("--conditions", help="comma-separated condition bank (default: the task's preset)")
@@ -147,8 +151,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
     from .api import fuse
 
-    keys = ("mapping", "lamb", "rho", "interval", "distance", "temperature", "weights", "mixing", "conditions", "topk",
-            "lr", "release_compat")
+    keys = ("mapping", "lamb", "rho", "interval", "distance", "temperature", "weights", "mixing", "window", "accelerate",
+            "conditions", "topk", "lr", "release_compat")
     options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.save_dig:
         if args.method != "dig2dig":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ class StepOutput:
     x0: torch.Tensor  # after rectification
     x_prev: torch.Tensor
     state: Any
+    next_index: int = -1  # grid index of x_prev (index + 1 unless steps were merged)
 
 
 @dataclass
@@ -79,6 +80,7 @@ def ddim(
     eta: float = 0.0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     recompute_eps: bool = True,
+    advance: Callable[[Step, Any], int] | None = None,
     callback: Callable[[StepOutput], None] | None = None,
 ) -> SampleOutput:
     """Run DDIM over ``grid`` (descending original timesteps) from ``x_T``.
@@ -87,7 +89,9 @@ def ddim(
     may change x̂0; ``recompute_eps=False`` keeps the ε of the un-rectified x̂0, i.e.
     (sqrt(1/ᾱ) x_t - x̂0) / sqrt(1/ᾱ - 1) with the *clipped* x̂0 -- the network's ε wherever the
     clip is inactive (CCF's release does this).  ``generator`` -- one per batch item, or one for
-    the batch -- is required for η > 0.
+    the batch -- is required for η > 0.  ``advance(step, state) -> k`` (after rectification) lets
+    the guidance merge steps: the step then goes from ``grid[i]`` straight to ``grid[i + k]`` (never
+    past the last grid point); by default every grid point is visited.
     Timings: ``prior_s`` (network forwards), ``guidance_s`` (rectify) and ``total_s``.
     """
     grid = [int(t) for t in grid]
@@ -102,7 +106,9 @@ def ddim(
     dev = x.device
     t_prior = t_guid = 0.0
     t0 = time.perf_counter()
-    for i, t in enumerate(grid):
+    i = 0
+    while i < len(grid):
+        t = grid[i]
         t_prev = grid[i + 1] if i + 1 < len(grid) else -1
         a, a_prev = float(ab[t]), (float(ab[t_prev]) if t_prev >= 0 else 1.0)
         c1, c2 = _f32(np.sqrt(1.0 / a)), _f32(np.sqrt(1.0 / a - 1.0))
@@ -121,6 +127,16 @@ def ddim(
             x0, state = rectify(x0_hat, step, state)
             _sync(dev)
             t_guid += time.perf_counter() - s0
+        nxt = i + 1
+        if advance is not None:
+            k = int(advance(step, state))
+            if k < 1:
+                raise ValueError(f"advance must return a step of at least 1 grid point, got {k}")
+            nxt = min(i + k, len(grid))
+            if nxt != i + 1:  # a merged step: it lands on a later grid point
+                t_prev = grid[nxt] if nxt < len(grid) else -1
+                a_prev = float(ab[t_prev]) if t_prev >= 0 else 1.0
+                step = replace(step, t_prev=t_prev, alpha_bar_prev=a_prev)
         # ε re-derived from x̂0' (as guided-diffusion's DDIM does from the clipped x̂0) -- or, with
         # recompute_eps=False, from the clipped, un-rectified x̂0
         eps_used = (x * c1 - (x0 if recompute_eps else x0_hat)) / c2
@@ -129,8 +145,9 @@ def ddim(
         if sigma > 0 and t_prev >= 0:
             x_prev = x_prev + _f32(sigma) * _noise_like(x, generator)
         if callback is not None:
-            callback(StepOutput(step, x0_hat, x0, x_prev, state))
+            callback(StepOutput(step, x0_hat, x0, x_prev, state, next_index=nxt))
         x = x_prev
+        i = nxt
     _sync(dev)
     return SampleOutput(x0=x, state=state,
                         timings={"prior_s": t_prior, "guidance_s": t_guid, "total_s": time.perf_counter() - t0})

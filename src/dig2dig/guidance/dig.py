@@ -23,16 +23,34 @@ Choices:
   for every source, so DIG differences reflect the sources, not the noise.  Because the noise is
   fixed, the level t_S of refresh k is the level t of refresh k - S: its distance maps are cached
   and each refresh costs **one batched prior forward of the N sources** at the new level.
-* **Refreshes** happen at steps 0, S, 2S, … (S = ``interval`` = 10 as in the paper).  At step 0
-  there is no noisier level, so the first refresh only records d_i(t_0) and the weights start
-  equal; they are held between refreshes.
+* **Refreshes** happen at steps 0, S, 2S, … (S = ``interval`` = 10 as in the paper) and the
+  weights are held between them.  ``window`` says which stretch of the trajectory a refresh
+  measures.  ``backward`` (default; the paper's formula read literally, t_S = the level S steps
+  *earlier*): the stretch just traversed.  At step 0 there is no noisier level, so the first
+  refresh only records d_i(t_0) and the first S steps run with equal weights (with DIG-25 and
+  S = 10, t = 999 … 360).  ``forward``: the stretch about to be traversed, DIG_i = d_i(t_k) -
+  d_i(t_{k+S}) (t_{k+S} capped at the last grid point), so the weights steer exactly the steps
+  whose gain they measure and act from step 0; the first refresh then denoises two levels, in the
+  same one batched forward.  Either way each level is denoised once and reused by the next refresh.
+  ``benchmarks/dig2dig_ablations.py`` (part ``window``) compares the two.
+* **x̂0 of a noised source** is clipped to [-1, 1], as the sampler clips its own x̂0.
 * **Resolution** (``dig_scale``, default 0.5): DIG maps are computed on sources resized by this
   factor and upsampled back.  The maps are smoothed anyway, and it cuts a refresh to a quarter of
   a full-size forward, which is what keeps DIG-25 under 1/3.5 of DDFM-100's time on a CPU.
 * **Distances** (``distance``): ``l2`` (default; squared error, the paper's best), ``l1``
-  (absolute error), ``ssim`` (1 - local SSIM, 7×7 window), and ``none`` -- the paper's
-  "no metric" baseline, read here as the change of the estimate itself,
-  DIG_i = G_σ * (x̂0^i(t) - x̂0^i(t_S))², with no reference to the clean source.
+  (absolute error), ``ssim`` (1 - local SSIM, 7×7 window), and ``none``: a gain with no
+  reference to the clean source, the change of the estimate itself,
+  DIG_i = G_σ * (x̂0^i(t) - x̂0^i(t_S))².  The paper's Table 3 "no metric" row equals its DDFM
+  row, i.e. fixed guidance -- ``weights="equal"`` here; ``none`` is our own variant.
+* **The grid** (DIG-N): the paper only asks for big steps at high noise and small ones at low
+  noise; we use t_i = 999·(i/(N-1))^p with p = ``power`` = 2 (:func:`dig2dig.schedule.power_grid`).
+* **Acceleration** (``accelerate`` = r, default 0 = off; the paper names DIG-driven acceleration
+  without specifying it): after a refresh, if the total gain Σ-mean of DIG_i over the window is
+  below r × the largest total gain of this image so far, the steps up to the next refresh are
+  merged in pairs (DDIM from grid point i straight to i + 2, never past the next refresh) -- the
+  sources have little left to add there.  With ``window="forward"`` the gain is that of the very
+  stretch being merged; with ``backward`` the previous stretch stands in for it.  The decision is
+  per image, so :func:`dig2dig.fuse_batch` runs accelerated items one at a time.
 
 2. Weights
 ----------
@@ -53,6 +71,10 @@ w_i = 1/N (the fixed-guidance ablation, i.e. DDFM-style guidance with N sources)
 
 3. Guidance: the DDFM EM step for N sources with per-pixel weights
 -------------------------------------------------------------------
+The paper writes the weights into the score of the guided reverse process,
+∇ log p(x_t | c) ≈ ∇ log p(x_t) + Σ_i w_i ∇ log p(c_i | x_t), and builds on DDFM, whose
+conditional term is realised as an EM rectification of x̂0.  We therefore put w_i where the
+data term of source i enters that EM step, not into an explicit likelihood gradient.
 DDFM (see :mod:`dig2dig.guidance.ddfm`) rectifies x̂0's luminance f by one EM iteration per step.
 Dropping its tiny TV term (ρ = 1e-3 against precisions ≳ 1) and the two-source cap D ≤ 2C, its
 E-step gives each source a precision from the current residual r_i = f - c_i,
@@ -85,14 +107,19 @@ from ..color import luma_of, with_luma
 DISTANCES = ("l2", "l1", "ssim", "none")
 MIXINGS = ("complementary", "attractive")
 WEIGHTINGS = ("dig", "equal")
+WINDOWS = ("backward", "forward")
 
 
 @dataclass
 class DIGState:
     tau: torch.Tensor  # (N, B, 1, 1, 1) EM scale per source
     weights: torch.Tensor  # (N, B, 1, H, W), partition of unity over N
-    prev_dist: torch.Tensor | None = None  # (N, B, 1, h, w) d_i at the last refresh level
-    scale: torch.Tensor | None = None  # running max of mean|DIG| over the refreshes so far
+    levels: dict = field(default_factory=dict)  # t -> (N, B, 1, h, w) distance maps (x̂0 for "none")
+    last_t: int | None = None  # timestep of the last refresh
+    next_refresh: int = 0  # grid index of the next refresh
+    scale: torch.Tensor | None = None  # running max of mean|DIG - mean_j DIG_j| over the refreshes so far
+    gain_max: torch.Tensor | None = None  # running max of the total gain (B,), for acceleration
+    stride: int = 1  # grid points per reverse step until the next refresh (2 = merged steps)
     history: list = field(default_factory=list)  # one record per refresh
 
 
@@ -162,6 +189,7 @@ class DIGGuidance:
     def __init__(self, sources: list[torch.Tensor], prior, grid: list[int], *, interval: int = 10,
                  distance: str = "l2", temperature: float = 1.0, weights: str = "dig",
                  mixing: str = "complementary", smooth: float = 4.0, dig_scale: float = 0.5,
+                 window: str = "backward", accelerate: float = 0.0,
                  noise_seeds: list[int] | None = None, record: bool = False):
         if len(sources) < 2:
             raise ValueError(f"Dig2DIG fuses two or more sources, got {len(sources)}")
@@ -173,6 +201,10 @@ class DIGGuidance:
             raise ValueError(f"weights must be one of {WEIGHTINGS}, got {weights!r}")
         if mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        if window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+        if not 0 <= accelerate < 1:
+            raise ValueError(f"accelerate must be in [0, 1) (0 = off), got {accelerate}")
         if interval < 1:
             raise ValueError(f"interval (S) must be >= 1, got {interval}")
         if not temperature > 0:
@@ -183,7 +215,7 @@ class DIGGuidance:
         self.prior, self.grid = prior, list(grid)
         self.interval, self.distance, self.temperature = int(interval), distance, float(temperature)
         self.weighting, self.mixing, self.smooth, self.dig_scale = weights, mixing, float(smooth), float(dig_scale)
-        self.record = record
+        self.record, self.window, self.accelerate = record, window, float(accelerate)
         n, b, _, h, w = self.src.shape
         m = prior.spatial_multiple
         # DIG works on (optionally) downscaled sources, at a size the prior accepts
@@ -201,43 +233,78 @@ class DIGGuidance:
         self.refresh_forwards = 0
 
     # --- DIG -----------------------------------------------------------------------------
-    def _denoise_sources(self, t: int) -> torch.Tensor:
-        ab = float(self.prior.alphas_cumprod[t])
-        xt = math.sqrt(ab) * self.src_small + math.sqrt(1 - ab) * self.eps
-        xt = xt.repeat(1, self.prior.channels, 1, 1)
-        x0 = luma_of(self.prior.x0(xt, t))
-        self.refresh_forwards += 1
-        return x0
+    def _levels(self, state: DIGState, ts: list[int]) -> list[torch.Tensor]:
+        """Distance maps (x̂0 for ``none``) at timesteps ``ts``; the missing ones in one batched forward."""
+        n, b = self.src.shape[:2]
+        todo = [t for t in dict.fromkeys(ts) if t not in state.levels]
+        if todo:
+            ab = [float(self.prior.alphas_cumprod[t]) for t in todo]
+            xt = torch.cat([math.sqrt(a) * self.src_small + math.sqrt(1 - a) * self.eps for a in ab])
+            tt = torch.tensor(todo, device=xt.device).repeat_interleave(n * b)
+            eps = self.prior.eps(xt.repeat(1, self.prior.channels, 1, 1), tt)
+            self.refresh_forwards += 1
+            for k, t in enumerate(todo):
+                chunk = slice(k * n * b, (k + 1) * n * b)
+                x0 = luma_of(self.prior.x0_from_eps(xt[chunk].repeat(1, self.prior.channels, 1, 1), eps[chunk], t))
+                if self.distance == "none":
+                    d = x0
+                else:
+                    d = gaussian_blur(distance_map(x0, self.src_small, self.distance), self.smooth * self.dig_scale)
+                state.levels[t] = d.reshape(n, b, 1, *self.small)
+        return [state.levels[t] for t in ts]
+
+    def _gain(self, d_from: torch.Tensor, d_to: torch.Tensor) -> torch.Tensor:
+        """DIG_i between a noisier level (``d_from``) and a less noisy one (``d_to``): (N, B, 1, h, w)."""
+        n, b = self.src.shape[:2]
+        if self.distance == "none":
+            return gaussian_blur(((d_to - d_from) ** 2).reshape(n * b, 1, *self.small),
+                                 self.smooth * self.dig_scale).reshape(n, b, 1, *self.small)
+        return d_from - d_to
 
     def refresh(self, state: DIGState, step) -> DIGState:
+        """Recompute the weights at this step: DIG over the window, softmax, hold until the next refresh."""
         n, b, _, h, w = self.src.shape
-        x0 = self._denoise_sources(step.t)
-        if self.distance == "none":
-            dist = x0
+        state.next_refresh = step.index + self.interval
+        if self.window == "forward":
+            # the gain the prior achieves over the coming stretch, step.t -> the grid point S steps on
+            t_from, t_to = step.t, self.grid[min(step.index + self.interval, len(self.grid) - 1)]
         else:
-            dist = gaussian_blur(distance_map(x0, self.src_small, self.distance), self.smooth * self.dig_scale)
-        dist = dist.reshape(n, b, 1, *self.small)
+            # the gain over the stretch just traversed, the last refresh's level -> step.t
+            t_from, t_to = state.last_t, step.t
         rec = {"step": step.index, "t": step.t, "t_from": None}
-        if state.prev_dist is not None and self.weighting == "dig":
-            if self.distance == "none":
-                dig = gaussian_blur(((dist - state.prev_dist) ** 2).reshape(n * b, 1, *self.small),
-                                    self.smooth * self.dig_scale).reshape(n, b, 1, *self.small)
-            else:
-                dig = state.prev_dist - dist
+        if t_from is not None and t_from != t_to:
+            d_from, d_to = self._levels(state, [t_from, t_to])
+            dig = self._gain(d_from, d_to)
             cur = dig_scale_of(dig)
             state.scale = cur if state.scale is None else torch.maximum(state.scale, cur)
             w_small = softmax_weights(dig, self.temperature, state.scale)
             weights = F.interpolate(w_small.reshape(n * b, 1, *self.small), size=(h, w), mode="bilinear",
                                     align_corners=False).reshape(n, b, 1, h, w)
-            weights = weights / weights.sum(0, keepdim=True)
-            state.weights = weights
-            rec.update(t_from=state.history[-1]["t"] if state.history else None,
-                       dig_mean=dig.mean(dim=(2, 3, 4)).T.tolist(), weights=weights.to("cpu", torch.float16))
+            state.weights = weights / weights.sum(0, keepdim=True)
+            gain = dig.mean(dim=(0, 2, 3, 4))  # total gain per item, (B,)
+            state.gain_max = gain if state.gain_max is None else torch.maximum(state.gain_max, gain)
+            if self.accelerate > 0:
+                # merge pairs of steps up to the next refresh when every item's gain in this window is a
+                # small share of its largest so far: the sources have little left to add there
+                small = bool((gain < self.accelerate * state.gain_max.clamp_min(1e-12)).all())
+                state.stride = 2 if small else 1
+            rec.update(t_from=t_from, t_to=t_to, dig_mean=dig.mean(dim=(2, 3, 4)).T.tolist(),
+                       gain=gain.tolist(), stride=state.stride, weights=state.weights.to("cpu", torch.float16))
             if self.record:
                 rec["dig"] = dig.cpu()
-        state.prev_dist = dist
+        elif t_from is None:
+            self._levels(state, [t_to])  # the first backward refresh only records its level
+        state.levels = {t: state.levels[t] for t in (t_to,) if t in state.levels}  # the one a later refresh reuses
+        state.last_t = step.t
         state.history.append(rec)
         return state
+
+    def advance(self, step, state: DIGState) -> int:
+        """Grid points the sampler moves on from this step (the :func:`~dig2dig.sampler.ddim` hook)."""
+        if self.accelerate <= 0 or state is None:
+            return 1
+        # merged steps never jump over the next refresh nor past the end of the grid
+        return max(1, min(state.stride, state.next_refresh - step.index))
 
     def item_records(self, state: DIGState, b: int, crop) -> dict:
         """Batch item ``b``'s refresh history: weights (N, H, W) per refresh, DIG means and maps."""
@@ -247,6 +314,7 @@ class DIGGuidance:
             if "weights" in rec:
                 r["weights"] = crop(rec["weights"][:, b, 0].float()).numpy()
                 r["dig_mean"] = rec["dig_mean"][b]
+                r.update(t_to=rec["t_to"], gain=rec["gain"][b], stride=rec["stride"])
             if "dig" in rec:
                 r["dig"] = rec["dig"][:, b, 0].float().numpy()  # at the DIG resolution, uncropped
             refreshes.append(r)
@@ -269,7 +337,7 @@ class DIGGuidance:
     def __call__(self, x0_hat: torch.Tensor, step, state: DIGState | None):
         if state is None:
             state = self.initial_state()
-        if self.weighting == "dig" and step.index % self.interval == 0:
+        if self.weighting == "dig" and step.index >= state.next_refresh:
             state = self.refresh(state, step)
         f, state = self.fuse_luma(luma_of(x0_hat), state)
         return with_luma(x0_hat, f), state
