@@ -130,3 +130,32 @@ def test_prior_info_prints_the_spec(tiny_rgb_prior_path, capsys):
     assert main(["prior", "info", "--prior", str(tiny_rgb_prior_path)]) == 0
     spec = json.loads(capsys.readouterr().out)
     assert spec["format"] == "adm" and len(spec["sha256"]) == 64 and spec["parameters"] > 0
+
+
+@pytest.mark.parametrize("weights", ["dig", "equal"])
+def test_save_dig_writes_weight_maps_curves_and_numbers(pair, tmp_path, tiny_gray_prior_path, weights):
+    out, dig = tmp_path / "fused.png", tmp_path / "dig"
+    assert main(["fuse", *map(str, pair), "-o", str(out), "--steps", "6", "--interval", "2", "--window", "forward",
+                 "--weights", weights, "--prior", str(tiny_gray_prior_path), "-q", "--save-dig", str(dig),
+                 "--dig-region", "left=0,0,20,37"]) == 0
+    summary = json.loads((dig / "dig.json").read_text())
+    assert (dig / "dig_curves.png").is_file()
+    # one point per reverse step, starting at zero gain; panels: whole image + the chosen region
+    assert summary["curve_steps"] == list(range(6)) and set(summary["curves"]) == {"whole image", "left"}
+    for curve in summary["curves"]["whole image"].values():
+        assert curve["mean"][0] == 0 and len(curve["mean"]) == 6
+    maps = sorted(dig.glob("weights_step*.png"))
+    if weights == "dig":
+        assert [p.name for p in maps] == ["weights_step000.png", "weights_step002.png", "weights_step004.png"]
+        panel = cv2.imread(str(maps[0]), cv2.IMREAD_UNCHANGED)
+        assert panel.shape == (37, 2 * 53 + 4)  # one panel per source, 4-pixel gap
+    else:
+        assert maps == []  # equal weights: nothing to map, but the gains are still plotted
+
+
+def test_dig_region_errors(pair, tmp_path, capsys, tiny_gray_prior_path):
+    for region, msg in (("left=0,0,20", "NAME=X0,Y0,X1,Y1"), ("left=0,0,99,37", "x1 <= 53")):
+        _fails([*map(str, pair), "--prior", str(tiny_gray_prior_path), "--save-dig", str(tmp_path / "d"),
+                "--dig-region", region], tmp_path, capsys, msg)
+    _fails([*map(str, pair), "--prior", str(tiny_gray_prior_path), "--dig-region", "a=0,0,1,1"], tmp_path, capsys,
+           "needs --save-dig")

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--accelerate", type=float, metavar="R", help="merge pairs of steps until the next refresh "
                    "where the total DIG is below R × its largest so far (default 0: off)")
     d.add_argument("--save-dig", metavar="DIR", help="write the weight maps per refresh and cumulative-DIG curves")
+    d.add_argument("--dig-region", action="append", metavar="NAME=X0,Y0,X1,Y1", help="with --save-dig: a region "
+                   "(box in pixels) to plot DIG curves over; repeatable (default: where each source has structure)")
     c = f.add_argument_group("CCF options")
     c.add_argument("--conditions", help="comma-separated condition bank (default: the task's preset)")
     c.add_argument("--topk", type=int, help="conditions selected per step (default 3)")
@@ -141,6 +143,20 @@ def _steps_arg(s: str | None):
     return int(s) if s.strip().isdigit() else s
 
 
+def _dig_regions(specs: list[str]) -> dict:
+    regions = {}
+    for spec in specs:
+        name, _, box = spec.partition("=")
+        try:
+            vals = [int(v) for v in box.split(",")]
+        except ValueError:
+            vals = []
+        if not name or len(vals) != 4:
+            raise ValueError(f"--dig-region {spec!r}: write NAME=X0,Y0,X1,Y1 (a box in pixels), e.g. person=200,80,320,400")
+        regions[name] = vals
+    return regions
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     from .io import WRITE_SUFFIXES
 
@@ -158,6 +174,15 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         if args.method != "dig2dig":
             raise ValueError("--save-dig needs --method dig2dig")
         options["record"] = True
+    regions = _dig_regions(args.dig_region) if args.dig_region else None
+    if regions and not args.save_dig:
+        raise ValueError("--dig-region needs --save-dig DIR")
+    if regions:  # check the boxes against the output size (the first source's) before any work
+        from .io import read_image
+        from .viz import region_masks
+
+        size = read_image(args.sources[0]).data.shape[:2]
+        region_masks(regions, size, size)
     if args.save_selection and args.method != "ccf":
         raise ValueError("--save-selection needs --method ccf")
     result = fuse(args.sources, method=args.method, steps=_steps_arg(args.steps), seed=args.seed, task=args.task,
@@ -167,7 +192,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     if args.save_dig:
         from .viz import save_dig
 
-        save_dig(result, args.save_dig)
+        save_dig(result, args.save_dig, regions=regions)
     if args.save_selection:
         from .guidance.ccf import save_selection
 

@@ -36,8 +36,39 @@ def _structure_regions(sources: list[np.ndarray], size: tuple[int, int], top: fl
     return regions
 
 
-def save_dig(result, out_dir: str | Path, sources: list[np.ndarray] | None = None) -> list[Path]:
-    """Write the weight maps and DIG curves; ``sources`` (role order) default to the result's files."""
+def region_masks(regions: dict, full: tuple[int, int], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """User regions -- boxes (x0, y0, x1, y1) in pixels of the image, or boolean masks of its size --
+    as masks at the DIG resolution ``size``."""
+    import cv2
+
+    masks = {}
+    for name, reg in regions.items():
+        if isinstance(reg, np.ndarray):
+            if reg.shape != full:
+                raise ValueError(f"region {name!r}: mask of shape {reg.shape}, the image is {full}")
+            m = cv2.resize(reg.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
+        else:
+            x0, y0, x1, y1 = (int(v) for v in reg)
+            if not (0 <= x0 < x1 <= full[1] and 0 <= y0 < y1 <= full[0]):
+                raise ValueError(f"region {name!r}: box {reg} must satisfy 0 <= x0 < x1 <= {full[1]} and "
+                                 f"0 <= y0 < y1 <= {full[0]} (x0,y0,x1,y1 in pixels)")
+            m = np.zeros(size, bool)
+            sy, sx = size[0] / full[0], size[1] / full[1]
+            m[int(y0 * sy): max(int(np.ceil(y1 * sy)), int(y0 * sy) + 1),
+              int(x0 * sx): max(int(np.ceil(x1 * sx)), int(x0 * sx) + 1)] = True
+        masks[name] = m
+    return masks
+
+
+def save_dig(result, out_dir: str | Path, sources: list[np.ndarray] | None = None,
+             regions: dict | None = None) -> list[Path]:
+    """Write the weight maps and DIG curves; ``sources`` (role order) default to the result's files.
+
+    ``regions`` (name -> box ``(x0, y0, x1, y1)`` in image pixels, or a boolean mask of the image's
+    size) adds a curve panel per region; without it the panels are the regions where each source
+    carries the most local structure.  Curves have a point per reverse step when the result holds
+    the per-level record (``record=True`` runs compute it), else a point per refresh.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,27 +91,41 @@ def save_dig(result, out_dir: str | Path, sources: list[np.ndarray] | None = Non
         panel = np.concatenate(sum(([w[i].astype(np.float32), gap] for i in range(len(w))), [])[:-1], axis=1)
         written.append(write_image(out / f"weights_step{r['step']:03d}.png", np.clip(panel, 0, 1)))
 
-    with_maps = [r for r in refreshes if "dig" in r]
     summary: dict = {"names": names, "steps": [r["step"] for r in refreshes], "t": [r["t"] for r in refreshes],
                      "t_from": [r["t_from"] for r in refreshes], "dig_mean": [r["dig_mean"] for r in refreshes]}
-    if with_maps:
-        maps = np.stack([r["dig"] for r in with_maps])  # (R, N, h, w)
-        cum = np.cumsum(maps, axis=0)
-        srcs = [luminance(im) for im in (sources if sources is not None else _source_images(result))]
-        regions = _structure_regions(srcs, maps.shape[-2:]) if srcs else {}
-        panels = [("whole image", np.ones(maps.shape[-2:], bool))]
-        panels += [(f"where {names[i]} has structure", m) for i, m in regions.items()]
+    curve = g.get("curve")
+    with_maps = [r for r in refreshes if "dig" in r]
+    if curve is not None:  # cumulative DIG from the first grid level down to each level
+        d = np.asarray(curve["dist"])  # (K, N, h, w)
+        cum, xs, xlabel = d[:1] - d, list(range(len(d))), "reverse step"
+        summary["curve_t"] = list(curve["t"])
+    elif with_maps:
+        cum = np.cumsum(np.stack([r["dig"] for r in with_maps]), axis=0)  # (R, N, h, w)
+        xs, xlabel = [r["step"] for r in with_maps], "reverse step (refresh)"
+    else:
+        cum = None
+    if cum is not None:
+        size = cum.shape[-2:]
+        if regions:
+            masks = region_masks(regions, tuple(result.image.shape[:2]), size)
+        else:
+            srcs = [luminance(im) for im in (sources if sources is not None else _source_images(result))]
+            masks = {f"where {names[i]} has structure": m for i, m in
+                     (_structure_regions(srcs, size).items() if srcs else [])}
+        panels = [("whole image", np.ones(size, bool))] + list(masks.items())
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-        steps = [r["step"] for r in with_maps]
         summary["curves"] = {}
+        summary["curve_steps"] = xs
         for ax, (title, mask) in zip(axes[0], panels):
-            for i in range(maps.shape[1]):
+            for i in range(cum.shape[1]):
                 vals = cum[:, i][:, mask]
                 mean, std = vals.mean(axis=1), vals.std(axis=1)
-                ax.plot(steps, mean, marker="o", label=names[i])
-                ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+                ax.plot(xs, mean, marker="o", markersize=3, label=names[i])
+                ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
                 summary["curves"].setdefault(title, {})[names[i]] = {"mean": mean.tolist(), "std": std.tolist()}
-            ax.set(title=title, xlabel="reverse step (refresh)", ylabel="cumulative DIG")
+            for k in summary["steps"]:
+                ax.axvline(k, color="0.8", lw=0.8, zorder=0)
+            ax.set(title=title, xlabel=xlabel, ylabel="cumulative DIG")
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = out / "dig_curves.png"

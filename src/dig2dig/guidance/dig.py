@@ -231,6 +231,7 @@ class DIGGuidance:
                          for s in seeds]).to(self.src.device, self.src.dtype)
         self.eps = eps.repeat(n, 1, 1, 1)  # the same ε for every source of an item
         self.refresh_forwards = 0
+        self._curve = None  # record mode: d_i at every grid level, computed once after sampling
 
     # --- DIG -----------------------------------------------------------------------------
     def _levels(self, state: DIGState, ts: list[int]) -> list[torch.Tensor]:
@@ -306,6 +307,21 @@ class DIGGuidance:
         # merged steps never jump over the next refresh nor past the end of the grid
         return max(1, min(state.stride, state.next_refresh - step.index))
 
+    def gain_curve(self, chunk: int = 4) -> dict:
+        """d_i at every grid timestep (record mode, after sampling): the data of the cumulative-DIG figure.
+
+        DIG depends on the sources, the prior and the shared ε only -- not on the fused trajectory --
+        so the curves are computed apart from the sampling state (which they cannot change), a few
+        levels per batched forward.  Returns ``{"t": [...], "dist": (K, N, B, h, w)}``.
+        """
+        scratch = DIGState(tau=torch.empty(0), weights=torch.empty(0))
+        maps = []
+        for lo in range(0, len(self.grid), chunk):
+            ts = self.grid[lo: lo + chunk]
+            maps += [d.cpu() for d in self._levels(scratch, ts)]
+            scratch.levels.clear()
+        return {"t": list(self.grid), "dist": torch.stack(maps)[:, :, :, 0]}
+
     def item_records(self, state: DIGState, b: int, crop) -> dict:
         """Batch item ``b``'s refresh history: weights (N, H, W) per refresh, DIG means and maps."""
         refreshes = []
@@ -318,8 +334,13 @@ class DIGGuidance:
             if "dig" in rec:
                 r["dig"] = rec["dig"][:, b, 0].float().numpy()  # at the DIG resolution, uncropped
             refreshes.append(r)
-        return {"method": "dig2dig", "refreshes": refreshes, "dig_size": list(self.small),
+        out = {"method": "dig2dig", "refreshes": refreshes, "dig_size": list(self.small),
                 "refresh_forwards": self.refresh_forwards, "sources": int(self.src.shape[0])}
+        if self.record and self.distance != "none":
+            if self._curve is None:
+                self._curve = self.gain_curve()
+            out["curve"] = {"t": self._curve["t"], "dist": self._curve["dist"][:, :, b].float().numpy()}
+        return out
 
     # --- the rectifier -----------------------------------------------------------------------
     def initial_state(self) -> DIGState:
