@@ -115,6 +115,10 @@ def test_missing_prior_says_prior_is_required(pair, tmp_path, capsys, monkeypatc
 def test_bad_output_extension_fails_before_work(pair, tmp_path, capsys, tiny_rgb_prior_path):
     rc = main(["fuse", *map(str, pair), "-o", str(tmp_path / "out.xyz"), "--prior", str(tiny_rgb_prior_path)])
     assert rc == 2 and "extension" in capsys.readouterr().err
+    rc = main(["fuse", *map(str, pair), "-o", str(tmp_path / "out.jpg"), "--bit-depth", "16", "--prior",
+               str(tiny_rgb_prior_path)])
+    assert rc == 2 and "--bit-depth 16 needs a .png or .tif" in capsys.readouterr().err
+    assert not (tmp_path / "out.jpg").exists()
 
 
 def test_unknown_method_and_option_errors(pair, tmp_path, capsys, tiny_rgb_prior_path):

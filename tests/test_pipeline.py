@@ -126,6 +126,16 @@ def test_file_round_trip_8_and_16_bit(tmp_path):
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_sixteen_bit_sources_give_sixteen_bit_output(tmp_path):
+    a = write_image(tmp_path / "ir.png", smooth_image(24, 40, 1), 16)
+    b = write_image(tmp_path / "vis.png", smooth_image(24, 40, 2), 8)
+    r = dig2dig.fuse([a, b], method="average")
+    assert read_image(r.save(tmp_path / "f.png")).bit_depth == 16
+    assert read_image(r.save(tmp_path / "f.tif")).bit_depth == 16
+    assert read_image(r.save(tmp_path / "f.jpg")).bit_depth == 8  # JPEG has no 16-bit: falls back to 8
+    assert read_image(r.save(tmp_path / "f8.png", 8)).bit_depth == 8
+
+
 def test_rgba_alpha_is_dropped_with_a_warning(tmp_path):
     import cv2
 

@@ -35,10 +35,10 @@ class FusionResult:
 
     def save(self, path: str | os.PathLike, bit_depth: int | None = None) -> Path:
         """Write :attr:`image` atomically; 16-bit when the sources were 16-bit and the format allows."""
-        from .io import _SIXTEEN_BIT_SUFFIXES, write_image
+        from .io import SIXTEEN_BIT_SUFFIXES, write_image
 
         if bit_depth is None:
-            bit_depth = 16 if self.bit_depth == 16 and Path(path).suffix.lower() in _SIXTEEN_BIT_SUFFIXES else 8
+            bit_depth = 16 if self.bit_depth == 16 and Path(path).suffix.lower() in SIXTEEN_BIT_SUFFIXES else 8
         return write_image(path, self.image, bit_depth)
 
 

@@ -158,13 +158,15 @@ def _dig_regions(specs: list[str]) -> dict:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from .io import WRITE_SUFFIXES
+    from .io import SIXTEEN_BIT_SUFFIXES, WRITE_SUFFIXES
 
     out = Path(args.output)
     if out.suffix.lower() not in WRITE_SUFFIXES:
         raise ValueError(f"output {out.name!r} needs one of the extensions {', '.join(WRITE_SUFFIXES)}")
     if not out.parent.exists():
         raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
+    if args.bit_depth == 16 and out.suffix.lower() not in SIXTEEN_BIT_SUFFIXES:
+        raise ValueError(f"--bit-depth 16 needs a .png or .tif output, not {out.name!r}")
     from .api import fuse
 
     keys = ("mapping", "lamb", "rho", "interval", "distance", "temperature", "weights", "mixing", "window", "accelerate",

@@ -21,7 +21,7 @@ from .errors import ImageError
 
 READ_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 WRITE_SUFFIXES = READ_SUFFIXES
-_SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
+SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
 MIN_SIDE = 8  # smallest height/width dig2dig fuses
 
 
@@ -139,7 +139,7 @@ def write_image(path: str | os.PathLike, data: np.ndarray, bit_depth: int | None
     if suffix not in WRITE_SUFFIXES:
         raise ImageError(f"cannot write {p.name}: unknown extension {p.suffix!r}; use one of {', '.join(WRITE_SUFFIXES)}")
     bit_depth = 8 if bit_depth is None else bit_depth
-    if bit_depth == 16 and suffix not in _SIXTEEN_BIT_SUFFIXES:
+    if bit_depth == 16 and suffix not in SIXTEEN_BIT_SUFFIXES:
         raise ImageError(f"{p.name}: 16-bit output needs .png or .tif")
     if not p.parent.exists():
         raise FileNotFoundError(f"output folder {str(p.parent)!r} does not exist")
