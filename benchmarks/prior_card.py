@@ -1,6 +1,6 @@
 """Figures and numbers for the prior's model card (docs/prior.md).
 
-    python benchmarks/prior_card.py [--prior DIR] [--log runs/prior/log.jsonl] [--out docs/img]
+    python benchmarks/prior_card.py [--prior DIR] [--log runs/prior/log.jsonl ...] [--out docs/img]
 
 Writes
 * ``prior_samples.png``   -- unconditional samples: DDIM, 50 uniform steps, from pure noise;
@@ -62,22 +62,31 @@ def denoise_panel(den, out: Path) -> None:
     write_image(out / "prior_denoise.png", np.concatenate(rows, axis=0).astype(np.float32))
 
 
-def training_plot(log: Path, out: Path) -> None:
+def training_plot(logs: list[Path], out: Path, extra: dict | None = None) -> None:
+    """Loss from the run logs; check-set PSNR from the logs and the spec's ``check_history``
+    (which keeps the numbers of earlier runs whose logs are gone); run boundaries from ``runs``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    extra = extra or {}
+    recs = [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.strip()]
     # one record per step and kind (a resumed run may repeat a few steps); the latest wins
     tr = sorted({r["step"]: r["loss"] for r in recs if "loss" in r}.items())
-    ev = sorted({r["step"]: r["eval"] for r in recs if "eval" in r}.items())
+    evals = {h["step"]: {k: v for k, v in h.items() if k != "step"} for h in extra.get("check_history", [])}
+    evals.update({r["step"]: r["eval"] for r in recs if "eval" in r})
+    ev = sorted(evals.items())
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    s, lo = zip(*tr)
-    k = max(1, len(lo) // 60)
-    smooth = np.convolve(lo, np.ones(k) / k, mode="valid")
-    ax[0].plot(s[k - 1:], smooth)
-    ax[0].set(xlabel="step", ylabel="ε-MSE (running mean)", title="training loss")
+    if tr:
+        s, lo = zip(*tr)
+        k = max(1, len(lo) // 60)
+        smooth = np.convolve(lo, np.ones(k) / k, mode="valid")
+        ax[0].plot(s[k - 1:], smooth)
+    ax[0].set(xlabel="step", ylabel="ε-MSE (running mean)", title="training loss (logged runs)")
+    for r in extra.get("runs", [])[1:]:
+        for a in ax:
+            a.axvline(r["steps"][0], color="0.7", lw=0.8, ls=":")
     if ev:
         for key in ev[0][1]:
             ax[1].plot([e[0] for e in ev], [e[1][key] for e in ev], marker="o", ms=3, label=f"σ = {key.split('_')[1]}")
@@ -93,7 +102,7 @@ def training_plot(log: Path, out: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prior", help="prior folder (default: the embedded prior)")
-    ap.add_argument("--log", help="training log.jsonl for the curve")
+    ap.add_argument("--log", nargs="*", default=[], help="training log.jsonl file(s) for the curves")
     ap.add_argument("--out", default="docs/img")
     ap.add_argument("--no-samples", action="store_true")
     args = ap.parse_args()
@@ -107,8 +116,8 @@ def main() -> int:
     if not args.no_samples:
         samples(den, out)
     denoise_panel(den, out)
-    if args.log:
-        training_plot(Path(args.log), out)
+    if args.log or den.spec.extra.get("check_history"):
+        training_plot([Path(p) for p in args.log], out, den.spec.extra)
     scores = denoise_scores(den, load_gray_folder(SHARED / "data/prior/set12"), (15, 25, 50))
     for s in scores:
         print(f"Set12 sigma {s.sigma:g} (t={s.t}): {s.psnr:.2f} dB")

@@ -130,6 +130,9 @@ weights = [1.0]\nexclude = ["check"]\ncheck_folder = "check"\ncrop = 16\nbatch =
     ck = torch.load(tmp_path / "run2" / "last.pt", weights_only=False)
     assert ck["step"] == best_steps + 5 and ck["opt_steps"] == 5
     assert [r["steps"] for r in ck["runs"]] == [[0, best_steps]]
+    hist = json.loads((out / "best" / "spec.json").read_text())["extra"]["check_history"]
+    assert [h["step"] for h in hist] == sorted({100, 200} & {h["step"] for h in hist}) and hist[-1]["step"] == best_steps
+    assert ck["history"] == hist
 
 
 def test_training_refuses_the_check_set(tmp_path):

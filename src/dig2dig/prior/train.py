@@ -227,6 +227,7 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
     best_key = f"psnr_{int(cfg.eval_sigmas[len(cfg.eval_sigmas) // 2])}"  # the model-selection metric
     step, best, wall, opt_steps = 0, -math.inf, 0.0, 0
     runs: list[dict] = []  # provenance of earlier runs this one continues (warm starts)
+    history: list[dict] = []  # check-set numbers of those runs
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     last = out / "last.pt"
@@ -237,6 +238,7 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
         opt.load_state_dict(ck["opt"])
         step, best, wall = ck["step"], ck["best"], ck.get("wall", 0.0)
         opt_steps, runs = ck.get("opt_steps", step), ck.get("runs", [])
+        history = ck.get("history", [])
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         log(f"resumed from {last} at step {step} (best check PSNR {best:.3f} dB, {wall / 3600:.2f} h trained)")
@@ -253,6 +255,8 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
         wall = float(src.spec.extra.get("train_wall_hours", 0.0)) * 3600
         runs = list(src.spec.extra.get("runs") or [
             {"config": src.spec.extra.get("config"), "steps": [0, step], "wall_hours": round(wall / 3600, 3)}])
+        history = list(src.spec.extra.get("check_history") or
+                       [{"step": step, **src.spec.extra.get("check_psnr", {})}])
         best = float(src.spec.extra.get("check_psnr", {}).get(best_key, -math.inf))
         log(f"initialised from {init} (trained {step} steps); optimiser state starts fresh")
     n_params = sum(p.numel() for p in net.parameters())
@@ -263,7 +267,7 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
 
         buf = io.BytesIO()
         torch.save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "opt_steps": opt_steps, "runs": runs, "best": best, "wall": wall, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "opt_steps": opt_steps, "runs": runs, "history": history, "best": best, "wall": wall, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                     "config": cfg.__dict__}, buf)
         atomic_write_bytes(last, buf.getvalue())
 
@@ -324,7 +328,9 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
                         "trained_steps": step, "train_wall_hours": round(wall / 3600, 3), "check_set": cfg.check_folder,
                         "check_psnr": scores, "training_folders": cfg.folders, "crop": cfg.crop, "batch": cfg.batch,
                         "objective": "eps-MSE, linear beta schedule, mixed uniform/log-normal timesteps",
-                        "config": str(config_path), "runs": runs + [
+                        "config": str(config_path), "check_history": _merge_history(
+                            history, _log_evals(out / "log.jsonl"), [{"step": step, **scores}]),
+                        "runs": runs + [
                             {"config": str(config_path), "steps": [runs[-1]["steps"][1] if runs else 0, step],
                              "wall_hours": round((wall - 3600 * sum(r.get("wall_hours", 0) for r in runs)) / 3600, 3)}]})
                     rec["exported"] = True
@@ -336,6 +342,22 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
         logf.close()
         lock.unlink(missing_ok=True)
     return out
+
+
+def _merge_history(*parts: list[dict]) -> list[dict]:
+    """Check-set records by step, later parts winning."""
+    by_step = {r["step"]: r for part in parts for r in part}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def _log_evals(log: Path) -> list[dict]:
+    """This run's check-set numbers, one record per step (a resumed run may have logged a step twice)."""
+    evals = {}
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        rec = json.loads(line) if line.strip() else {}
+        if "eval" in rec:
+            evals[rec["step"]] = {"step": rec["step"], **rec["eval"]}
+    return _merge_history(list(evals.values()))
 
 
 def _acquire_lock(out: Path) -> Path:
