@@ -161,8 +161,11 @@ def test_adam_matches_torch_optim():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,tiebreak", [("ccf_case1.npz", "torch"), ("ccf_case1_stabletopk.npz", "stable")])
-def test_release_end_to_end(tiny_adm, name, tiebreak):
+# the 1e-4 for the default case; the stable-top-k case's own run-to-run spread in the
+# fixture README is 1.3e-4 (x_t) / 1.25e-3 (x0), so it gets 3e-4 (we measure 1.3e-4 / 1.0e-4)
+@pytest.mark.parametrize("name,tiebreak,atol", [("ccf_case1.npz", "torch", 1e-4),
+                                                ("ccf_case1_stabletopk.npz", "stable", 3e-4)])
+def test_release_end_to_end(tiny_adm, name, tiebreak, atol):
     d = _npz(name)
     _need_fixture_ties(tiebreak)
     g = CCFGuidance([_t(d["ir_slot"]), _t(d["vis_slot"])], release_compat=True, tiebreak=tiebreak)
@@ -175,8 +178,8 @@ def test_release_end_to_end(tiny_adm, name, tiebreak):
     hist = out.state.history
     assert np.array_equal(np.stack([h["selected"][0].numpy() for h in hist]), d["topk"])
     np.testing.assert_allclose(np.stack([h["w_after"][0].numpy() for h in hist]), d["w_after"], atol=1e-5)
-    np.testing.assert_allclose(np.stack([x.numpy() for x in xs[:-1]]), d["x_t"][1:], atol=1e-3)
-    np.testing.assert_allclose(out.x0.numpy(), d["x0_final"], rtol=0, atol=2e-3)
+    np.testing.assert_allclose(np.stack([x.numpy() for x in xs[:-1]]), d["x_t"][1:], rtol=0, atol=atol)
+    np.testing.assert_allclose(out.x0.numpy(), d["x0_final"], rtol=0, atol=atol)
 
 
 # --------------------------------------------------------------------------------------------
