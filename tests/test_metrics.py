@@ -494,3 +494,25 @@ def test_lpips_missing_or_wrong_weights(lpips_files, monkeypatch, tmp_path):
     torch.save(bad, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="shape"):
         M.lpips_distance(x, x, weights=[lpips_files / "alexnet.pth", tmp_path / "bad.pth"])
+
+
+def test_eval_cli_takes_lpips_weights(lpips_files, monkeypatch, tmp_path):
+    import csv
+    import os
+
+    import cv2
+
+    from dig2dig.cli import main
+
+    monkeypatch.setenv(M.lpips.ENV_VAR, "unset-by-the-test")  # restored afterwards; the flag must win
+    fused, ir, vis = _rgb_pair(64, 64)
+    (tmp_path / "ds" / "p0").mkdir(parents=True)
+    (tmp_path / "mine").mkdir()
+    cv2.imwrite(str(tmp_path / "ds" / "p0" / "ir.png"), ir[..., ::-1])
+    cv2.imwrite(str(tmp_path / "ds" / "p0" / "vis.png"), vis[..., ::-1])
+    cv2.imwrite(str(tmp_path / "mine" / "p0.png"), fused[..., ::-1])
+    weights = os.pathsep.join(str(lpips_files / n) for n in ("alexnet.pth", "alex.pth"))
+    assert main(["eval", str(tmp_path / "mine"), "--sources", str(tmp_path / "ds"), "--metrics", "LPIPS,SSIM",
+                 "--lpips-weights", weights, "--csv", str(tmp_path / "r.csv"), "-q"]) == 0
+    rows = {r["metric"]: float(r["value"]) for r in csv.DictReader(open(tmp_path / "r.csv"))}
+    assert set(rows) == {"LPIPS", "SSIM"} and rows["LPIPS"] > 0

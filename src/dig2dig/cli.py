@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--convention", default="cddfuse", help="metric convention: cddfuse (default), vifb, mefb")
     ev.add_argument("--metrics", help="comma-separated metric names (default: the convention's set)")
     ev.add_argument("--method", help="method name for the table (default: the folder name)")
+    _add_lpips_arg(ev)
     ev.add_argument("--csv", required=True, metavar="OUT.csv", help="tidy CSV: dataset, pair, method, metric, value")
     ev.add_argument("--md", metavar="OUT.md", help="Markdown summary (mean ± std, best in bold)")
     ev.add_argument("-q", "--quiet", action="store_true")
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--convention", default="cddfuse", help="metric convention (default cddfuse)")
     be.add_argument("--metrics", help="comma-separated metric names (default: the convention's set)")
     be.add_argument("--out", required=True, help="output folder")
+    _add_lpips_arg(be)
     be.add_argument("--steps", help="reverse steps for diffusion methods (method default if omitted)")
     be.add_argument("--seed", type=int, default=0, help="global seed; each pair's seed derives from it and its id")
     be.add_argument("--task", default="auto", choices=TASK_CHOICES)
@@ -223,9 +226,23 @@ def _metric_list(text: str | None):
     return [m.strip() for m in text.split(",") if m.strip()] if text else None
 
 
+def _add_lpips_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lpips-weights", metavar="PATHS", help="local LPIPS weights (AlexNet trunk and lpips v0.1 heads, "
+                   "':'-separated; default $DIG2DIG_LPIPS_WEIGHTS) for --metrics LPIPS; nothing is downloaded")
+
+
+def _use_lpips_weights(args: argparse.Namespace) -> None:
+    if args.lpips_weights:
+        from .metrics.lpips import ENV_VAR
+
+        os.environ[ENV_VAR] = args.lpips_weights
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .bench import evaluate_folder, summary_markdown, write_csv
     from .io import atomic_write_text
+
+    _use_lpips_weights(args)
 
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     rows = evaluate_folder(args.fused_dir, args.sources, convention=args.convention,
@@ -242,6 +259,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
+    _use_lpips_weights(args)
     methods = [m for arg in args.methods for m in ([arg] if ":" in arg else arg.split(",")) if m.strip()]
     written = run_bench(args.datasets, methods, args.out, peers=args.peers, convention=args.convention,
                         metrics=_metric_list(args.metrics), steps=_steps_arg(args.steps), seed=args.seed,
