@@ -136,6 +136,20 @@ def test_prior_info_prints_the_spec(tiny_rgb_prior_path, capsys):
     assert spec["format"] == "adm" and len(spec["sha256"]) == 64 and spec["parameters"] > 0
 
 
+def test_prior_info_of_the_embedded_prior(capsys):
+    from dig2dig.prior import embedded_available
+
+    if not embedded_available():
+        pytest.skip("no embedded prior installed")
+    assert main(["prior", "info"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["format"] == "dig2dig" and spec["prediction"] == "eps" and spec["data_range"] == [-1.0, 1.0]
+    assert spec["stored"]["dtype"] == "float16" and spec["stored"]["megabytes"] <= 30
+    assert spec["schedule"] == {"kind": "linear", "beta_start": 0.0001, "beta_end": 0.02, "num_timesteps": 1000}
+    for key in ("trained_steps", "check_psnr", "training_folders"):
+        assert key in spec["extra"]
+
+
 @pytest.mark.parametrize("weights", ["dig", "equal"])
 def test_save_dig_writes_weight_maps_curves_and_numbers(pair, tmp_path, tiny_gray_prior_path, weights):
     out, dig = tmp_path / "fused.png", tmp_path / "dig"

@@ -277,6 +277,12 @@ def cmd_prior_info(args: argparse.Namespace) -> int:
     den = load_prior(args.prior, spec=args.prior_config, device=args.device or "cpu")
     spec = den.spec.to_dict()
     spec["parameters"] = sum(p.numel() for p in den.module.parameters())
+    stored = Path(spec.get("source") or "") / "spec.json"
+    if stored.is_file():  # a dig2dig prior folder: how its weights are stored
+        raw = json.loads(stored.read_text())
+        weights = stored.parent / raw.get("weights", "weights.safetensors")
+        spec["stored"] = {"file": weights.name, "dtype": raw.get("dtype"),
+                          "megabytes": round(weights.stat().st_size / 1e6, 2) if weights.is_file() else None}
     print(json.dumps(spec, indent=2))
     return 0
 
@@ -318,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dig2dig: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `dig2dig prior info | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
