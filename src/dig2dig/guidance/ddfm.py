@@ -63,6 +63,10 @@ source and leave patchy seams.  Differences from the paper, each kept only in th
 5. **Final image**: the release min–max normalises the final Y before saving; dig2dig clips the
    final luminance to [-1, 1] and maps it linearly to [0, 1] (min–max would change contrast per
    image).  This is done by the pipeline, not here.
+6. **Size**: the release crops each source to a multiple of 32 (a 70×100 pair is fused at
+   64×96 and the rest is lost); dig2dig reflect-pads to the prior's multiple and crops back, so
+   every input pixel is fused and the output has the input's size.  The fixtures are compared at
+   the release's cropped size.
 
 What is shared: the EM iteration above (one per diffusion step), λ = 0.5, ρ = 0.001, the E-step
 regularisers (1e-6, 1e-10), the cap D ≤ 2C and the FFT solve.  (``EM_onestep``'s default
