@@ -516,3 +516,15 @@ def test_eval_cli_takes_lpips_weights(lpips_files, monkeypatch, tmp_path):
                  "--lpips-weights", weights, "--csv", str(tmp_path / "r.csv"), "-q"]) == 0
     rows = {r["metric"]: float(r["value"]) for r in csv.DictReader(open(tmp_path / "r.csv"))}
     assert set(rows) == {"LPIPS", "SSIM"} and rows["LPIPS"] > 0
+
+
+def test_every_registered_metric_is_reachable_from_a_convention():
+    from dig2dig.metrics import REGISTRY, list_conventions, list_metrics
+
+    reachable = {(m.spec.name, m.spec.variant) for c in list_conventions() for m in list_metrics(c)}
+    names = {m[0] for m in reachable}
+    assert {name for name, _ in REGISTRY} <= names  # every metric, in at least one of its variants
+    fused, ir, vis = _rgb_pair(176, 184)  # MS-SSIM's five scales need 176 pixels
+    extras = [m.name for m in list_metrics("cddfuse") if not m.default and m.name != "LPIPS"]
+    out = score(fused, [ir, vis], convention="cddfuse", metrics=extras)
+    assert set(out) == set(extras) and all(np.isfinite(v) for v in out.values())

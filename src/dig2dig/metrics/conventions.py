@@ -3,7 +3,9 @@
 * ``cddfuse`` -- the CDDFuse evaluator (``utils/Evaluator.py`` + ``test_IVF.py``), the convention
   behind DDFM / CCF / Dig2DIG tables.  Every image is reduced to luminance the way
   ``image_read_cv2(path, 'GRAY')`` does it (OpenCV BGR->GRAY on float32, then ``np.round``) and
-  kept in float32.  Plus Kumar's Nabf and (on request, with local weights) LPIPS.
+  kept in float32.  Plus Kumar's Nabf and, on request (``metrics=[...]``), LPIPS (with local
+  weights) and every other registered metric on the same luminance planes (EI, CE, NMI, FMI,
+  Qncie, TE, RMSE, MS-SSIM, MEF-SSIM, Petrović's Nabf1 and Labf, Qc, Qy, Qw, Qe, VIFF, Qcb, Qcv).
 * ``vifb`` -- the VIFB MATLAB toolbox's 13 metrics.  Colour images are scored per RGB channel and
   the channel values averaged; a single-channel source is paired with every channel of F; SF
   treats an RGB image as one M x 3N plane (``[m,n] = size(F)`` on a 3-D array).
@@ -238,6 +240,13 @@ _CDD_METRICS = (
     _cm("Nabf", "kumar", colour="luminance", note="not in the evaluator; Tang analysis_nabf.m on 0..255"),
     _cm("LPIPS", "alex-v0.1", colour="luminance replicated to 3 channels", default=False,
         note="needs local weights (lpips_weights= or DIG2DIG_LPIPS_WEIGHTS)"),
+) + tuple(  # on request only: not in the evaluator; computed on the same luminance planes
+    _cm(name, variant, colour="luminance", default=False, note="extra: not in the evaluator")
+    for name, variant in (("EI", "vifb"), ("CE", "vifb"), ("NMI", "mefb"), ("FMI", "none"), ("Qncie", "mefb"),
+                          ("TE", "mefb"), ("RMSE", "vifb"), ("MS_SSIM", "wang"), ("MEF_SSIM", "ma"),
+                          ("Nabf1", "petrovic"), ("Labf", "petrovic"), ("Qc", "cvejic"), ("Qy", "yang"),
+                          ("Qw", "sw2"), ("Qe", "sw3"), ("VIFF", "han"), ("Qcb", "chen-blum"),
+                          ("Qcv", "chen-varshney"))
 )
 
 _VIFB_METRICS = (
