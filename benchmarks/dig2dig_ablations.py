@@ -16,6 +16,7 @@ methods and pairs; its table is filtered from those folders.
 * ``interval`` -- Table 4: refresh interval S ∈ {1, 5, 10, 20}.
 * ``steps``    -- Table 5: DIG-N, N ∈ {15, 20, 25, 50}, against DDFM-100 and CCF, with wall time.
   The sweeps use the first ``--sweep`` MSRS pairs.
+* ``smooth``   -- the Gaussian σ (pixels) on the DIG maps: 4, 12 (default), 24.
 * ``window``   -- DIG over the stretch just traversed (backward, the default) or the coming one.
 * ``accelerate`` -- DIG-driven step merging (``accelerate=0.05``) on DIG-50 and DIG-25.
 * ``tasks``    -- MFF (MFFW) and MEF (SICE): Dig2DIG-25, DDFM-100, CCF and the average on the first
@@ -57,6 +58,7 @@ def parts(args) -> dict[str, tuple[dict[str, int], list[str]]]:
         "interval": (sweep, ["dig2dig:steps=25,interval=1", "dig2dig:steps=25,interval=5", DIG25,
                              "dig2dig:steps=25,interval=20"]),
         "steps": (sweep, ["dig2dig:steps=15", "dig2dig:steps=20", DIG25, "dig2dig:steps=50", DDFM100, "ccf"]),
+        "smooth": (sweep, ["dig2dig:steps=25,smooth=4", DIG25, "dig2dig:steps=25,smooth=24"]),
         "window": (sweep, [DIG25, "dig2dig:steps=25,window=forward", "dig2dig:steps=25,weights=equal"]),
         "accelerate": (sweep, ["dig2dig:steps=50,window=forward", "dig2dig:steps=50,window=forward,accelerate=0.05",
                                "dig2dig:steps=25,window=forward", "dig2dig:steps=25,window=forward,accelerate=0.05"]),
@@ -214,8 +216,8 @@ def main() -> int:
     ap.add_argument("--llvip", type=int, default=2, help="LLVIP pairs in the headline (first N; 1280×1024)")
     ap.add_argument("--sweep", type=int, default=5, help="MSRS pairs in the ablation sweeps")
     ap.add_argument("--other", type=int, default=3, help="pairs per MFF/MEF dataset")
-    ap.add_argument("--only", help="comma-separated parts: headline,temperature,distance,interval,steps,window,"
-                                   "accelerate,tasks,ccf")
+    ap.add_argument("--only", help="comma-separated parts: headline,temperature,distance,interval,steps,smooth,"
+                                   "window,accelerate,tasks,ccf")
     ap.add_argument("--datasets", help="fuse only these dataset folders (comma-separated: msrs,llvip,mffw,sice)")
     ap.add_argument("--report-only", action="store_true", help="write the report from what the folders hold")
     ap.add_argument("--seed", type=int, default=0)

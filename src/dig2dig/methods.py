@@ -84,7 +84,7 @@ METHODS: dict[str, Method] = {
         min_sources=2,
         max_sources=None,
         defaults={"interval": 10, "distance": "l2", "temperature": 1.0, "weights": "dig", "mixing": "complementary",
-                  "smooth": 4.0, "dig_scale": 0.5, "window": "backward", "accelerate": 0.0, "power": 2.0,
+                  "smooth": 12.0, "dig_scale": 0.5, "window": "backward", "accelerate": 0.0, "power": 2.0,
                   "record": False},
         build=_build_dig,
         grid=_dig_grid,
