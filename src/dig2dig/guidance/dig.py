@@ -109,7 +109,7 @@ Everything is per batch item (τ means are per image), so a batch equals its ite
 (``benchmarks/results/dig2dig_ablations.md``: embedded prior, cddfuse convention, MSRS/LLVIP.)
 Against DDFM-100 on the first 10 MSRS + 2 LLVIP pairs, Dig2DIG-25 wins SSIM, Nabf, PSNR and Qabf
 and loses MSE and CC by < 0.3 % -- the two metrics a plain average of the sources maximises.
-Over equal weights the DIG weights raise Qabf by ~6 % and SSIM slightly.  ℓ2 is the best
+Over equal weights the DIG weights raise Qabf by 6-12 % and SSIM slightly.  ℓ2 is the best
 distance (ℓ1 trades Nabf and CC for Qabf; the SSIM map is clearly worse).  The refresh interval
 and the step count share one failure mode: the weights are strongest at the first informative
 refresh (the running-max scale makes later ones milder), and if that refresh is the *last* one
