@@ -270,7 +270,7 @@ def plot_results(rows: list[dict], out_dir: str | Path) -> list[Path]:
                 ax.axis("off")
             fig.suptitle(f"{ds}: {'mean ± std over pairs' if kind == 'bars' else 'per-pair distribution'}",
                          fontsize=10)
-            fig.tight_layout()
+            fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the suptitle
             path = out_dir / f"{ds or 'results'}_{kind}.png"
             fig.savefig(path, dpi=100)
             plt.close(fig)

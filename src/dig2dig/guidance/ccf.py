@@ -99,8 +99,9 @@ Cost and steps
 --------------
 Per step: one prior forward, one forward of every condition on x̂0 and one backward per
 condition (the gate needs every ‖∂L_i/∂z‖; the UNet is never differentiated).  Measured with
-``benchmarks/ccf_step_cost.py`` (embedded luminance prior, VIF bank, 1 CPU thread): 256×256
-35 ms of CCF against a 330 ms forward (≈ 11 %), 480×640 147 ms against 1.28 s (≈ 11.5 %).
+``benchmarks/ccf_step_cost.py`` (embedded luminance prior, VIF bank): 256×256 at 1 CPU thread,
+35 ms of CCF against a 330 ms forward (≈ 11 %); 480×640 at 2 threads, 41 ms (losses 14, gradients
+26, gate + Adam 1) against a 498 ms forward: 7.6 % of the step (``benchmarks/results/step_time.md``).
 Adam moves each pixel by about ``lr`` per step, so the sources shape the image only over many
 steps: the release samples 200; at 25 steps the result is still mostly the prior's.
 
