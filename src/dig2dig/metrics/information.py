@@ -6,6 +6,9 @@ All functions take 2-D planes on the 0..255 scale (``fused`` first, then the sou
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -383,6 +386,30 @@ def _fmi_pass(xw: np.ndarray, fpdf: np.ndarray, fcdf: np.ndarray, fsd: np.ndarra
         return np.where(mi == 0, 0.0, 2.0 * mi / (h_x + h_f))
 
 
+def _fmi_chunk(xa: np.ndarray, xb: np.ndarray, xf: np.ndarray) -> float:
+    """Sum over one chunk of windows of (FMI_AF + FMI_BF) / 2."""
+    ll = xf.shape[1]
+    idx = np.arange(1, ll + 1, dtype=np.float64)
+    fn = _minmax_rows(xf)
+    fpdf = fn / fn.sum(axis=1, keepdims=True)
+    fcdf = np.cumsum(fpdf, axis=1)
+    e = fpdf @ idx
+    with np.errstate(invalid="ignore"):
+        fsd = np.sqrt(fpdf @ (idx * idx) - e * e)
+    h_f = _entropy_bits(fpdf)
+
+    same_a = np.all(xa == xf, axis=1)
+    fmi_a = _fmi_pass(xa, fpdf, fcdf, fsd, h_f)
+    fmi_a = np.where(same_a, 1.0, fmi_a)
+    # the original overwrites F's window by its normalised version unless the A pass
+    # short-circuited; the B pass compares against that
+    f_seen = np.where(same_a[:, None], xf, fn)
+    same_b = np.all(xb == f_seen, axis=1)
+    fmi_b = _fmi_pass(xb, fpdf, fcdf, fsd, h_f)
+    fmi_b = np.where(same_b, 1.0, fmi_b)
+    return float(np.sum((fmi_a + fmi_b) / 2.0))
+
+
 def fmi(fused, a, b, *, feature: str = "none", window: int = 3, chunk: int = 16384) -> float:
     """FMI: Haghighat's fast feature mutual information, mean over w x w sliding windows.
 
@@ -402,27 +429,17 @@ def fmi(fused, a, b, *, feature: str = "none", window: int = 3, chunk: int = 163
         raise MetricInputError(f"FMI needs images of at least {window}x{window} pixels, got {f.shape}")
     fa, fb, ff = (_fmi_features(x, feature) for x in (a, b, f))
     wa, wb, wf = (_windows(x, window) for x in (fa, fb, ff))
-    ll = window * window
-    idx = np.arange(1, ll + 1, dtype=np.float64)
+    starts = range(0, wf.shape[0], chunk)
+    # chunks are independent and numpy releases the GIL in the heavy calls (sort, einsum, log):
+    # two threads on two cores; the chunk sums are added in order, so the result does not depend
+    # on the thread count
+    workers = min(2, os.cpu_count() or 1, len(starts))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            sums = list(pool.map(lambda s: _fmi_chunk(wa[s : s + chunk], wb[s : s + chunk], wf[s : s + chunk]), starts))
+    else:
+        sums = [_fmi_chunk(wa[s : s + chunk], wb[s : s + chunk], wf[s : s + chunk]) for s in starts]
     total = 0.0
-    for s in range(0, wf.shape[0], chunk):
-        xa, xb, xf = wa[s : s + chunk], wb[s : s + chunk], wf[s : s + chunk]
-        fn = _minmax_rows(xf)
-        fpdf = fn / fn.sum(axis=1, keepdims=True)
-        fcdf = np.cumsum(fpdf, axis=1)
-        e = fpdf @ idx
-        with np.errstate(invalid="ignore"):
-            fsd = np.sqrt(fpdf @ (idx * idx) - e * e)
-        h_f = _entropy_bits(fpdf)
-
-        same_a = np.all(xa == xf, axis=1)
-        fmi_a = _fmi_pass(xa, fpdf, fcdf, fsd, h_f)
-        fmi_a = np.where(same_a, 1.0, fmi_a)
-        # the original overwrites F's window by its normalised version unless the A pass
-        # short-circuited; the B pass compares against that
-        f_seen = np.where(same_a[:, None], xf, fn)
-        same_b = np.all(xb == f_seen, axis=1)
-        fmi_b = _fmi_pass(xb, fpdf, fcdf, fsd, h_f)
-        fmi_b = np.where(same_b, 1.0, fmi_b)
-        total += float(np.sum((fmi_a + fmi_b) / 2.0))
+    for v in sums:
+        total += v
     return total / wf.shape[0]
