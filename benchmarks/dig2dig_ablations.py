@@ -119,7 +119,7 @@ def report(args, chosen: dict, out: Path, prior: str) -> str:
             f"cddfuse convention; seed {args.seed}; one fixed prior for every run (`{prior}`, sha256 in "
             "each dataset folder's manifest.json). Mean ± std over pairs; `time_s` is the wall time per pair "
             "of the run that fused it (runs on this 2-core CPU, one torch thread each, two at a time: "
-            "compare times within a table; the clean timing is in the headline section).\n"]
+            "compare times within a table; clean single-process timings are in `step_time.md`).\n"]
     for name, (pairs, methods) in chosen.items():
         keep = {(ds, p) for ds, n in pairs.items() for p in _pair_ids(ds, n)}
         sel = [r for r in rows if r["method"] in methods and (r["dataset"], r["pair"]) in keep]
@@ -151,7 +151,7 @@ def _headline(rows) -> str:
         wins += better and k in HEADLINE_METRICS
         lines.append(f"| {k} | {va:.6g} | {vb:.6g} | {'Dig2DIG-25' if better else 'DDFM-100'} |")
     ta, tb = agg.get(("pooled", DIG25, "time_s"), (None,))[0], agg.get(("pooled", DDFM100, "time_s"), (None,))[0]
-    ratio = f"{ta / tb:.3f} (bar ≤ {1 / 3.5:.3f})" if ta and tb else "n/a"
+    ratio = f"{ta / tb:.4f} (bar ≤ {1 / 3.5:.4f})" if ta and tb else "n/a"
     return (f"Pooled over the {len(both)} headline pairs both methods have run: Dig2DIG-25 wins "
             f"**{wins} of {len(HEADLINE_METRICS)}** headline metrics (bar: ≥ 4); wall-time ratio Dig2DIG-25 / "
             f"DDFM-100 in these runs = {ratio}.\n\n" + "\n".join(lines) + "\n")
