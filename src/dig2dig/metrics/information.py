@@ -434,12 +434,13 @@ def fmi(fused, a, b, *, feature: str = "none", window: int = 3, chunk: int = 163
     # two threads on two cores; the chunk sums are added in order, so the result does not depend
     # on the thread count
     workers = min(2, os.cpu_count() or 1, len(starts))
+
+    def part(s: int) -> float:
+        return _fmi_chunk(wa[s : s + chunk], wb[s : s + chunk], wf[s : s + chunk])
+
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
-            sums = list(pool.map(lambda s: _fmi_chunk(wa[s : s + chunk], wb[s : s + chunk], wf[s : s + chunk]), starts))
+            sums = list(pool.map(part, starts))
     else:
-        sums = [_fmi_chunk(wa[s : s + chunk], wb[s : s + chunk], wf[s : s + chunk]) for s in starts]
-    total = 0.0
-    for v in sums:
-        total += v
-    return total / wf.shape[0]
+        sums = [part(s) for s in starts]
+    return sum(sums) / wf.shape[0]
