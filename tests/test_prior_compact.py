@@ -166,3 +166,23 @@ def test_stage2_config_continues_stage1(tmp_path):
     bad.write_text('[optim]\nlr_schedule = "step"\n')
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig.from_toml(bad)
+
+
+def test_a_grown_network_computes_what_the_smaller_one_did():
+    small = CompactUNet(CompactConfig.from_dict(SMALL)).eval()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.normal_(0, 0.05)
+    big = CompactUNet(CompactConfig.from_dict({**SMALL, "blocks": [2, 3], "stem": 4, "head": 8})).eval()
+    big.load_grown(small.state_dict())
+    x, t = torch.randn(2, 1, 20, 28), torch.tensor([5, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(big(x, t), small(x, t), atol=0, rtol=0)
+        # once the new parts have weights of their own, the output changes
+        big.head_out.weight.normal_(0, 0.1)
+        assert (big(x, t) - small(x, t)).abs().max() > 1e-3
+    wider = CompactUNet(CompactConfig.from_dict({**SMALL, "base": 32}))
+    with pytest.raises(ValueError, match="cannot grow"):
+        wider.load_grown(small.state_dict())
+    with pytest.raises(ValueError, match="positive sizes"):
+        CompactConfig.from_dict({**SMALL, "head": -1})

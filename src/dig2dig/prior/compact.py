@@ -12,6 +12,15 @@ Design (sized for a 2-core CPU: one forward at 640×480 in about a second):
   context is cheap;
 * the output is ε (the DDPM noise) at the given original timestep on the linear schedule, so the
   prior plugs into the sampler unchanged.
+
+Folding predicts each of the 2×2 pixel phases from its own output channel; phase-to-phase
+differences in those predictions show in samples as a faint 2-pixel grid.  Two optional
+full-resolution layers remove it: ``stem`` (a 3×3 convolution at full resolution whose features are
+folded beside the raw pixels) and ``head`` (a small 3×3 refinement at full resolution that sees the
+input, the unfolded ε and the unfolded last features, and adds a correction to ε).  Both are
+zero-initialised where they join the network, so :meth:`CompactUNet.load_grown` can warm-start a
+larger configuration (more ResBlocks, a stem, a head) from a smaller one's weights with exactly the
+same output at the start.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ class CompactConfig:
     head_channels: int = 64
     fold: int = 2  # pixel-unshuffle factor
     groups: int = 16
+    stem: int = 0  # channels of a full-resolution 3×3 convolution folded beside the pixels (0: none)
+    head: int = 0  # hidden channels of the full-resolution refinement of ε (0: none)
 
     @property
     def spatial_multiple(self) -> int:
@@ -55,6 +66,10 @@ class CompactConfig:
         cfg = cls(**d)
         if len(cfg.mults) != len(cfg.blocks):
             raise ValueError(f"mults {cfg.mults} and blocks {cfg.blocks} must have one entry per level")
+        bad = {k: getattr(cfg, k) for k in ("base", "head_channels", "fold", "groups") if getattr(cfg, k) < 1}
+        bad.update({k: getattr(cfg, k) for k in ("stem", "head") if getattr(cfg, k) < 0})
+        if bad or min(cfg.mults) < 1 or min(cfg.blocks) < 1:
+            raise ValueError(f"compact-prior architecture needs positive sizes (stem/head >= 0), got {cfg.to_dict()}")
         return cfg
 
 
@@ -105,7 +120,8 @@ class CompactUNet(nn.Module):
         emb = 4 * cfg.base
         fold_ch = cfg.in_channels * cfg.fold**2
         self.time = nn.Sequential(nn.Linear(cfg.base, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.inp = nn.Conv2d(fold_ch, chans[0], 3, padding=1)
+        self.stem = nn.Conv2d(cfg.in_channels, cfg.stem, 3, padding=1) if cfg.stem else None
+        self.inp = nn.Conv2d(fold_ch + cfg.stem * cfg.fold**2, chans[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.downs = nn.ModuleList()
         for i, (c, n) in enumerate(zip(chans, cfg.blocks)):
@@ -128,10 +144,22 @@ class CompactUNet(nn.Module):
         self.out = nn.Conv2d(chans[0], fold_ch, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if cfg.head:
+            feats = chans[0] // cfg.fold**2
+            self.head_in = nn.Conv2d(2 * cfg.in_channels + feats, cfg.head, 3, padding=1)
+            self.head_out = nn.Conv2d(cfg.head, cfg.in_channels, 3, padding=1)
+            nn.init.zeros_(self.head_out.weight)
+            nn.init.zeros_(self.head_out.bias)
+        else:
+            self.head_in = self.head_out = None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        fold = self.cfg.fold
         emb = self.time(timestep_embedding(t, self.cfg.base).to(x.dtype))
-        h = self.inp(F.pixel_unshuffle(x, self.cfg.fold))
+        u = F.pixel_unshuffle(x, fold)
+        if self.stem is not None:
+            u = torch.cat([u, F.pixel_unshuffle(F.silu(self.stem(x)), fold)], dim=1)
+        h = self.inp(u)
         skips = []
         for i, blocks in enumerate(self.down_blocks):
             for blk in blocks:
@@ -149,4 +177,39 @@ class CompactUNet(nn.Module):
             h = torch.cat([h, skips.pop()], dim=1)
             for blk in blocks:
                 h = blk(h, emb)
-        return F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), self.cfg.fold)
+        h = F.silu(self.out_norm(h))
+        eps = F.pixel_shuffle(self.out(h), fold)
+        if self.head_in is None:
+            return eps
+        feats = F.pixel_shuffle(h[:, : (h.shape[1] // fold**2) * fold**2], fold)
+        return eps + self.head_out(F.silu(self.head_in(torch.cat([x, eps, feats], dim=1))))
+
+    def load_grown(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the weights of a smaller configuration (fewer ResBlocks, no stem or head).
+
+        Every tensor of ``state`` must exist here; tensors that exist only here keep their
+        initialisation (new ResBlocks, the head's output and the stem's columns of the input
+        convolution start at zero, so the grown network computes exactly what the smaller one did).
+        The input convolution takes the old weights for the raw-pixel channels and zeros for the stem's.
+        """
+        own = self.state_dict()
+        extra = sorted(set(state) - set(own))
+        if extra:
+            raise ValueError(f"cannot grow from these weights: {len(extra)} tensor(s) have no place here, "
+                             f"e.g. {extra[:4]}")
+        grown = {}
+        for k, v in own.items():
+            if k not in state:
+                grown[k] = v
+                continue
+            old = state[k].to(v.dtype)
+            if old.shape == v.shape:
+                grown[k] = old
+            elif k == "inp.weight" and old.shape[0] == v.shape[0] and old.shape[2:] == v.shape[2:]:
+                w = torch.zeros_like(v)
+                w[:, : old.shape[1]] = old
+                grown[k] = w
+            else:
+                raise ValueError(f"cannot grow {k}: {tuple(old.shape)} -> {tuple(v.shape)}; only depth, the stem "
+                                 f"and the head may change")
+        self.load_state_dict(grown)

@@ -247,10 +247,16 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
         from .loaders import load_dig2dig_folder
 
         src = load_dig2dig_folder(init)
-        if CompactConfig.from_dict(src.spec.architecture) != arch:
-            raise ValueError(f"--init {init} has architecture {src.spec.architecture}, the config asks for {arch}")
-        net.load_state_dict(src.module.state_dict())
-        ema.load_state_dict(src.module.state_dict())
+        if CompactConfig.from_dict(src.spec.architecture) == arch:
+            net.load_state_dict(src.module.state_dict())
+        else:  # a deeper network, or one with a stem/head: grown from the smaller one, same output at start
+            try:
+                net.load_grown(src.module.state_dict())
+            except ValueError as e:
+                raise ValueError(f"--init {init} has architecture {src.spec.architecture}, which cannot grow into "
+                                 f"the config's {arch.to_dict()}: {e}") from None
+            log(f"grown from {src.spec.architecture} to {arch.to_dict()} (same output at the start)")
+        ema.load_state_dict(net.state_dict())
         step = int(src.spec.extra.get("trained_steps", 0))
         wall = float(src.spec.extra.get("train_wall_hours", 0.0)) * 3600
         runs = list(src.spec.extra.get("runs") or [
