@@ -4,10 +4,10 @@
                                        [--prior PATH] [--conditions ...] [--json out.json]
 
 Runs CCF's DDIM with random sources of each size (timing does not depend on image content) and
-reports, per step, the network forward (the sampler's ``prior_s``) and CCF's rectification split
-into condition losses (forward), per-condition gradients (one backward each) and the gate + Adam
-update; then each condition's own forward/backward time on one x̂0.  The first step of each run
-is a warm-up and is not counted.  Without --prior it uses the embedded luminance prior.
+reports, per step, the network forward (timed by :class:`dig2dig.prior.TimedDenoiser`) and the
+rest of the step, which is CCF's rectification (condition losses, one backward per condition, the
+gate and Adam); then each condition's own forward/backward time on one x̂0.  The first step of each
+run is a warm-up and is not counted.  Without --prior it uses the embedded luminance prior.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> int:
 
     from dig2dig.guidance.ccf import CCFGuidance
     from dig2dig.guidance.ccf_conditions import iter_gradients
-    from dig2dig.prior import load_prior
+    from dig2dig.prior import TimedDenoiser, load_prior
     from dig2dig.sampler import ddim
     from dig2dig.schedule import uniform_grid
 
@@ -46,24 +46,21 @@ def main() -> int:
         x_T = torch.randn((1, den.channels, h, w), generator=g)
         grid = uniform_grid(args.steps + 1)
         ccf = CCFGuidance(srcs, conditions=args.conditions, release_compat=args.release_compat)
-        per_step = {"prior_s": [], "losses_s": [], "gradients_s": [], "update_s": [], "rectify_s": []}
-        last = {"losses_s": 0.0, "gradients_s": 0.0, "update_s": 0.0}
-        prior_before = [den.forward_s]
+        prior = TimedDenoiser(den, sync=True)
+        per_step = {"prior_s": [], "rectify_s": []}
+        mark = [time.perf_counter(), 0.0]
 
         def on_step(o):
-            tm = o.state.timings
-            for k in last:
-                per_step[k].append(tm[k] - last[k])
-                last[k] = tm[k]
-            per_step["prior_s"].append(den.forward_s - prior_before[0])
-            prior_before[0] = den.forward_s
+            now = time.perf_counter()
+            per_step["prior_s"].append(prior.seconds - mark[1])
+            per_step["rectify_s"].append(now - mark[0] - per_step["prior_s"][-1])
+            mark[:] = [now, prior.seconds]
 
         t0 = time.perf_counter()
-        out = ddim(den, x_T, grid, ccf, None, recompute_eps=False, callback=on_step)
+        out = ddim(prior, x_T, grid, ccf, callback=on_step)
         wall = time.perf_counter() - t0
         n = len(grid) - 1  # drop the warm-up step
-        mean = {k: sum(v[1:]) / n for k, v in per_step.items() if k != "rectify_s"}
-        mean["rectify_s"] = mean["losses_s"] + mean["gradients_s"] + mean["update_s"]
+        mean = {k: sum(v[1:]) / n for k, v in per_step.items()}
         step_s = mean["prior_s"] + mean["rectify_s"]
         # each condition alone, on the last x̂0
         x0 = out.x0.detach()
@@ -85,8 +82,7 @@ def main() -> int:
                "rectify_over_prior": mean["rectify_s"] / mean["prior_s"], "per_condition": per_cond}
         results.append(res)
         ms = res["per_step_ms"]
-        print(f"{h}x{w}: step {1e3 * step_s:.1f} ms = prior {ms['prior_s']:.1f} + CCF {ms['rectify_s']:.1f} "
-              f"(losses {ms['losses_s']:.1f}, gradients {ms['gradients_s']:.1f}, gate+Adam {ms['update_s']:.1f}); "
+        print(f"{h}x{w}: step {1e3 * step_s:.1f} ms = prior {ms['prior_s']:.1f} + CCF {ms['rectify_s']:.1f}; "
               f"CCF share {100 * res['rectify_share_of_step']:.1f}% of the step, "
               f"{100 * res['rectify_over_prior']:.1f}% of a prior forward")
         print("   per condition (fwd/bwd ms): " + ", ".join(

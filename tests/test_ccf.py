@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from dig2dig.guidance.ccf import (
-    CCF_DEFAULTS,
     RELEASE_BANK,
     CCFGuidance,
     adam_step,
@@ -88,7 +87,7 @@ def test_one_release_step_on_fixed_x0(case):
     _need_fixture_ties()
     x0 = _t(d[f"{case}_x0"])
     g = CCFGuidance([_t(d["ir_slot"]), _t(d["vis_slot"])], release_compat=True)
-    x_new, state = g(x0, _step(x=x0), None)
+    x_new, state = g(x0, _step(x=x0), g.initial_state(x0))
     rec = state.history[0]
     assert rec["selected"][0].tolist() == d[f"{case}_topk"].tolist()
     np.testing.assert_allclose(float(rec["total"][0]), float(d[f"{case}_total_loss"]), rtol=1e-5)
@@ -173,8 +172,7 @@ def test_release_end_to_end(tiny_adm, name, tiebreak, atol):
     grid = uniform_grid(10)
     assert grid == d["step_t_orig"].tolist()
     xs = []
-    out = ddim(tiny_adm, _t(d["x_T"]), grid, g, None, recompute_eps=g.recompute_eps,
-               callback=lambda o: xs.append(o.x_prev))
+    out = ddim(tiny_adm, _t(d["x_T"]), grid, g, callback=lambda o: xs.append(o.x_prev))
     hist = out.state.history
     assert np.array_equal(np.stack([h["selected"][0].numpy() for h in hist]), d["topk"])
     np.testing.assert_allclose(np.stack([h["w_after"][0].numpy() for h in hist]), d["w_after"], atol=1e-5)
@@ -328,7 +326,7 @@ def test_feature_condition_pulls_features_together():
         before = float(cond(x))
     state = None
     for k in range(15):  # feed the rectified estimate back as the next x̂0
-        x, state = g(x, _step(k, x=x), state)
+        x, state = g(x, _step(k, x=x), state if k else g.initial_state(x))
     with torch.no_grad():
         after = float(cond(x))
     assert after < 0.8 * before
@@ -348,8 +346,8 @@ def test_batch_equals_single(tiny_gray_prior):
     grid = uniform_grid(4)
 
     def run(b):
-        g = build_ccf([s[b] for s in srcs], tiny_gray_prior, grid, [0])
-        out = ddim(tiny_gray_prior, x_T[b], grid, g, None, recompute_eps=g.recompute_eps)
+        g = build_ccf([s[b] for s in srcs], tiny_gray_prior)
+        out = ddim(tiny_gray_prior, x_T[b], grid, g)
         return out, g
 
     both, gb = run(slice(0, 2))
@@ -366,9 +364,9 @@ def test_batch_equals_single(tiny_gray_prior):
 def test_records_and_selection_figure(tiny_gray_prior, tmp_path):
     srcs = [_image(24), _image(25)]
     grid = uniform_grid(5)
-    g = build_ccf(srcs, tiny_gray_prior, grid, [0], task="mef")
+    g = build_ccf(srcs, tiny_gray_prior, task="mef")
     assert g.names == ("mse", "edge", "lowfreq", "highfreq")
-    out = ddim(tiny_gray_prior, torch.randn(1, 1, 48, 64), grid, g, None, recompute_eps=False)
+    out = ddim(tiny_gray_prior, torch.randn(1, 1, 48, 64), grid, g)
     rec = g.item_records(out.state, 0, lambda a: a)
     assert rec["method"] == "ccf" and len(rec["steps"]) == 5
     assert all(len(s["selected"]) == 3 and set(s["selected"]) <= set(rec["conditions"]) for s in rec["steps"])
@@ -380,7 +378,10 @@ def test_records_and_selection_figure(tiny_gray_prior, tmp_path):
 
 
 def test_options_and_presets():
-    assert set(CCF_DEFAULTS) >= {"conditions", "topk", "lr", "alpha", "release_compat", "feature_extractor", "task"}
+    from dig2dig.options import CCFOptions
+
+    assert {i.name for i in CCFOptions.infos()} == {"conditions", "topk", "lr", "alpha", "release_compat",
+                                                    "feature_extractor", "tiebreak"}
     assert parse_conditions(None, "vif") == RELEASE_BANK == parse_conditions(None, "mif")
     assert parse_conditions(None, "mff") == ("mse", "edge", "lowfreq", "highfreq")
     assert parse_conditions("mse, ssim,cc") == ("mse", "ssim", "cc")
@@ -388,7 +389,73 @@ def test_options_and_presets():
         parse_conditions(["mse", "nope"])
     with pytest.raises(ValueError, match="feature_extractor"):
         parse_conditions(["feature"])
-    with pytest.raises(ValueError, match="unknown CCF option"):
-        build_ccf([_image(1), _image(2)], None, [], [0], nope=1)
+    with pytest.raises(ValueError, match=r"ccf has no option\(s\) \['nope'\]"):
+        build_ccf([_image(1), _image(2)], None, nope=1)
     g = CCFGuidance([_image(1), _image(2)], conditions=["ssim", "sd"], topk=5)
     assert g.topk == 2 and len(g.bank(1)) == 3  # topk capped; the MSE anchor is added unselectable
+
+
+# --------------------------------------------------------------------------------------------
+# conditions of one's own: the registry and the feature extractor flag
+# --------------------------------------------------------------------------------------------
+
+
+class Brighter:
+    """A user condition: pull x̂0 toward a bright gray (lower is better, one loss per item)."""
+
+    def __init__(self, sources, **context):
+        self.level = 0.8
+
+    def __call__(self, x):
+        return ((x - self.level) ** 2).flatten(1).mean(1)
+
+
+class PooledFeatures(torch.nn.Module):
+    """A 'feature extractor' for the CLI test: 4×4 average pooling."""
+
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x, 4)
+
+
+def test_a_registered_condition_is_selected_by_the_gate_and_changes_the_output(tiny_gray_prior):
+    import dig2dig
+    from dig2dig.guidance.ccf_conditions import CONDITIONS, register_condition
+
+    from .conftest import smooth_image
+
+    register_condition("brighter", Brighter)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_condition("brighter", Brighter)
+        pair = [smooth_image(32, 40, 1) * 0.5, smooth_image(32, 40, 2) * 0.5]
+        kw = dict(method="ccf", steps=6, seed=1, prior=tiny_gray_prior, task="mff", topk=1, lr=0.05)
+        plain = dig2dig.fuse(pair, conditions="mse,edge", **kw)
+        mine = dig2dig.fuse(pair, conditions="brighter,mse,edge", **kw)
+        chosen = [s["selected"] for s in mine.guidance["steps"]]
+        assert ["brighter"] in chosen, chosen
+        # with a random tiny prior the sample is nearly binary; the pull toward bright gray still shows
+        assert np.abs(mine.luminance - plain.luminance).max() > 1e-3
+        assert mine.luminance.mean() > plain.luminance.mean()
+    finally:
+        del CONDITIONS["brighter"]
+    with pytest.raises(ValueError, match="unknown CCF condition"):
+        dig2dig.fuse(pair, conditions="brighter,mse", **kw)
+
+
+def test_feature_extractor_flag_adds_the_feature_condition(tmp_path, tiny_gray_prior_path, capsys):
+    import cv2
+
+    from dig2dig.cli import main
+
+    from .conftest import smooth_image
+
+    for name, seed in (("ir", 1), ("vis", 2)):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.round(smooth_image(32, 40, seed) * 255).astype(np.uint8))
+    out, sel = tmp_path / "f.png", tmp_path / "sel"
+    args = ["fuse", str(tmp_path / "ir.png"), str(tmp_path / "vis.png"), "-o", str(out), "--method", "ccf",
+            "--steps", "3", "--prior", str(tiny_gray_prior_path), "-q", "--save-selection", str(sel)]
+    assert main([*args, "--feature-extractor", "tests.test_ccf:PooledFeatures"]) == 0
+    record = json.loads((sel / "ccf_selection.json").read_text())
+    assert record["conditions"][-1] == "feature" and out.is_file()
+    assert main([*args, "--conditions", "mse,feature"]) == 2
+    assert "needs feature_extractor" in capsys.readouterr().err

@@ -80,8 +80,11 @@ def test_history_and_timings(tiny_prior):
     r = dig2dig.fuse([smooth_image(16, 24, 1), smooth_image(16, 24, 2)], steps=3, prior=tiny_prior, history=True)
     assert [h["t"] for h in r.history] == r.config["grid"] and len(r.history) == 3
     assert r.history[0]["x0"].shape == (16, 24)
-    for key in ("sample_prior_s", "sample_guidance_s", "sample_total_s", "per_step_s"):
+    for key in ("prior_forward_s", "outside_prior_s", "sample_total_s", "per_step_s"):
         assert r.timings[key] >= 0
+    refreshes = len(r.guidance["refreshes"])  # one batched forward of both sources each (at half size)
+    assert r.timings["prior_calls"] == 3 + refreshes and r.timings["prior_forwards"] == 3 + 2 * refreshes
+    assert r.timings["sample_total_s"] == pytest.approx(r.timings["prior_forward_s"] + r.timings["outside_prior_s"])
 
 
 def test_one_channel_prior_and_release_mapping(tiny_gray_prior, tiny_prior):

@@ -114,8 +114,8 @@ def test_training_loop_runs_and_the_loss_decreases(tmp_path):
     cfg = tmp_path / "t.toml"
     cfg.write_text(f"""[architecture]\n{arch}\n[data]\nroot = "{tmp_path / 'data'}"\nfolders = ["train"]
 weights = [1.0]\nexclude = ["check"]\ncheck_folder = "check"\ncrop = 16\nbatch = 8
-[optim]\nlr = 2e-3\nwarmup = 1\nmax_steps = 200\nuniform_fraction = 1.0
-[run]\nlog_every = 50\neval_every = 100\ncheckpoint_every = 100\neval_sigmas = [25]\n""")
+[optim]\nlr = 2e-3\nwarmup = 1\nmax_steps = 100\nuniform_fraction = 1.0
+[run]\nlog_every = 25\neval_every = 50\ncheckpoint_every = 50\neval_sigmas = [25]\n""")
     root = str(tmp_path / "data")  # explicit: $DIG2DIG_SHARED would otherwise take precedence
     out = train(cfg, tmp_path / "run", data_root=root, log=lambda m: None)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -123,8 +123,8 @@ weights = [1.0]\nexclude = ["check"]\ncheck_folder = "check"\ncrop = 16\nbatch =
     assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
     assert any("eval" in r for r in log) and (out / "best" / "spec.json").is_file()
     # resuming continues from the checkpoint
-    train(cfg, tmp_path / "run", data_root=root, max_steps=210, log=lambda m: None)
-    assert torch.load(out / "last.pt", weights_only=False)["step"] == 210
+    train(cfg, tmp_path / "run", data_root=root, max_steps=105, log=lambda m: None)
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 105
     # a warm start from the export continues its step count and keeps the earlier run on record
     best_steps = json.loads((out / "best" / "spec.json").read_text())["extra"]["trained_steps"]
     train(cfg, tmp_path / "run2", data_root=root, init=str(out / "best"), max_steps=best_steps + 5, log=lambda m: None)
@@ -132,7 +132,7 @@ weights = [1.0]\nexclude = ["check"]\ncheck_folder = "check"\ncrop = 16\nbatch =
     assert ck["step"] == best_steps + 5 and ck["opt_steps"] == 5
     assert [r["steps"] for r in ck["runs"]] == [[0, best_steps]]
     hist = json.loads((out / "best" / "spec.json").read_text())["extra"]["check_history"]
-    assert [h["step"] for h in hist] == sorted({100, 200} & {h["step"] for h in hist}) and hist[-1]["step"] == best_steps
+    assert [h["step"] for h in hist] == sorted({50, 100} & {h["step"] for h in hist}) and hist[-1]["step"] == best_steps
     assert ck["history"] == hist
 
 

@@ -65,13 +65,25 @@ def test_ddim_advance_hook_merges_steps_onto_later_grid_points(tiny_gray_prior):
     grid = [999, 800, 600, 400, 200, 0]
     x = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     seen = []
-    out = ddim(tiny_gray_prior, x, grid, advance=lambda step, s: 2 if step.index == 1 else 1,
+    from dig2dig.sampler import Rectifier
+
+    class Merge(Rectifier):  # no change to x̂0; merges steps as ``rule`` says
+        def __init__(self, rule):
+            self.rule = rule
+
+        def __call__(self, x0_hat, step, state):
+            return x0_hat, state
+
+        def advance(self, step, state):
+            return self.rule(step)
+
+    out = ddim(tiny_gray_prior, x, grid, Merge(lambda step: 2 if step.index == 1 else 1),
                callback=lambda o: seen.append((o.step.t, o.step.t_prev, o.next_index)))
     assert seen == [(999, 800, 1), (800, 400, 3), (400, 200, 4), (200, 0, 5), (0, -1, 6)]
     # merging every step from the start is the same as sampling on the thinned grid
     thin = ddim(tiny_gray_prior, x, grid[::2])
-    merged = ddim(tiny_gray_prior, x, grid, advance=lambda step, s: 2)
+    merged = ddim(tiny_gray_prior, x, grid, Merge(lambda step: 2))
     torch.testing.assert_close(merged.x0, thin.x0, atol=0, rtol=0)
-    assert out.x0.shape == x.shape
+    assert out.x0.shape == x.shape and out.steps_taken == 5
     with pytest.raises(ValueError, match="advance"):
-        ddim(tiny_gray_prior, x, grid, advance=lambda step, s: 0)
+        ddim(tiny_gray_prior, x, grid, Merge(lambda step: 0))

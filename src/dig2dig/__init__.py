@@ -9,7 +9,7 @@ Importing the package is cheap: torch and the rest load on first use.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["FusionResult", "__version__", "derive_seed", "fuse", "fuse_batch", "load_prior"]
 

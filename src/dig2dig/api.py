@@ -62,30 +62,6 @@ def derive_seed(seed: int, item_id: str | int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-_PRIORS: dict[tuple, Any] = {}
-
-
-def resolve_prior(prior=None, *, prior_spec=None, device=None):
-    """A :class:`~dig2dig.prior.Denoiser` from a Denoiser, a path, or None (embedded); cached."""
-    import torch
-
-    from .prior import Denoiser, load_prior
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if isinstance(prior, Denoiser):
-        return prior.to(device)
-    if prior is None or str(prior) == "embedded":
-        from .prior import embedded
-
-        prior = None
-        key = ("embedded", str(embedded.EMBEDDED_DIR), str(device))
-    else:
-        key = (str(prior), str(prior_spec), str(device))
-    if key not in _PRIORS:
-        _PRIORS[key] = load_prior(prior, spec=prior_spec, device=device)
-    return _PRIORS[key]
-
-
 def _load(sources: Sequence[SourceLike], names: Sequence[str] | None) -> tuple[list[np.ndarray], list[str], int]:
     from .io import read_image, to_float_image
 
@@ -144,23 +120,28 @@ def fuse(
     resize: bool = False,
     names: Sequence[str] | None = None,
     history: bool = False,
+    record: bool = False,
+    profile: bool = False,
     progress: bool | Callable[[int, int], None] = False,
     **options,
 ) -> FusionResult:
     """Fuse two or more registered images of one scene.
 
     ``sources``: file paths or arrays (uint8/uint16, or float in [0, 1]; (H, W) or (H, W, 3)).
-    ``method``: ``"dig2dig"``, ``"ddfm"`` or a classical baseline.  ``steps``: a step count, ``"power:N:P"`` or an explicit timestep list.
-    ``seed`` fixes the initial noise (the same seed gives the same output, bit for bit, on one
-    machine).  ``task``: ``auto``, ``vif``, ``mif``, ``mef`` or ``mff``.  ``prior``: a
-    :class:`~dig2dig.prior.Denoiser`, a checkpoint path, or None for the embedded prior.
-    Extra keyword arguments are the method's options (Dig2DIG: ``interval``, ``distance``,
-    ``temperature``, ``weights``, ``mixing``, ``smooth``, ``dig_scale``, ``power``, ``record``;
-    DDFM: ``mapping``, ``lamb``, ``rho``).
+    ``method``: ``"dig2dig"``, ``"ddfm"``, ``"ccf"`` or a classical baseline.  ``steps``: a step
+    count, ``"power:N:P"``, ``"uniform:N"`` or an explicit timestep list.  ``seed`` fixes the initial
+    noise (the same seed gives the same output, bit for bit, on one machine).  ``task``: ``auto``,
+    ``vif``, ``mif``, ``mef`` or ``mff``.  ``prior``: a :class:`~dig2dig.prior.Denoiser`, a checkpoint
+    path, or None for the embedded prior.  ``history`` keeps x̂0 before and after guidance at every
+    step; ``record`` keeps what a method's figures need (Dig2DIG's DIG maps, for
+    :func:`dig2dig.viz.save_dig`); ``profile`` synchronises the device after each prior forward so
+    that ``timings`` are exact on a GPU.  Extra keyword arguments are the method's options:
+
+    {options}
     """
     return fuse_batch([sources], method=method, steps=steps, seeds=[seed], task=task, prior=prior,
                       prior_spec=prior_spec, device=device, resize=resize, names=[names] if names else None,
-                      history=history, progress=progress, **options)[0]
+                      history=history, record=record, profile=profile, progress=progress, **options)[0]
 
 
 def fuse_batch(
@@ -177,6 +158,8 @@ def fuse_batch(
     resize: bool = False,
     names: Sequence[Sequence[str] | None] | None = None,
     history: bool = False,
+    record: bool = False,
+    profile: bool = False,
     progress: bool | Callable[[int, int], None] = False,
     max_batch: int = 8,
     **options,
@@ -184,17 +167,19 @@ def fuse_batch(
     """Fuse several source sets; sets of one padded size run together through one sampler call.
 
     Item ``k`` uses ``seeds[k]`` (default ``derive_seed(seed, k)``), so ``fuse_batch(items)[k]``
-    equals ``fuse(items[k], seed=seeds[k])``.
+    equals ``fuse(items[k], seed=seeds[k])``.  Arguments as for :func:`fuse`.
     """
-    import torch
-
     from .methods import get_method
+    from .prior import resolve_prior
 
     t_start = time.perf_counter()
     m = get_method(method)
-    opts = m.options(options)
+    opts = m.configure(options)
+    if int(max_batch) < 1:
+        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    max_batch = min(int(max_batch), opts.max_batch() or int(max_batch))
     if m.needs_prior:
-        grid = m.grid(steps if steps is not None else m.default_steps, **opts)
+        grid = m.grid(steps if steps is not None else m.default_steps, opts)
         den = resolve_prior(prior, prior_spec=prior_spec, device=device)
         multiple = den.spatial_multiple
     else:
@@ -215,91 +200,101 @@ def fuse_batch(
     for k, it in enumerate(items):
         groups.setdefault((it.padding.shape, len(it.images), it.task.name), []).append(k)
     results: list[FusionResult | None] = [None] * len(items)
-    if opts.get("accelerate"):
-        max_batch = 1  # Dig2DIG's merged steps are decided per image: a batch must not share them
+    run = _Run(m, opts, grid, den, history=history, record=record, profile=profile, progress=progress)
     for ks in groups.values():
         for lo in range(0, len(ks), max_batch):
             chunk = ks[lo: lo + max_batch]
-            run = _run if m.needs_prior else _run_classical
-            outs = run(den, m, opts, grid, [items[k] for k in chunk], history, progress)
-            for k, r in zip(chunk, outs):
+            for k, r in zip(chunk, run([items[k] for k in chunk])):
                 r.timings["prepare_s"] = t_prep / len(items)
                 results[k] = r
     return results  # type: ignore[return-value]
 
 
-def _run(den, m, opts, grid, items: list[_Item], history: bool, progress) -> list[FusionResult]:
-    import torch
+@dataclass
+class _Run:
+    """One method with its options, grid and prior, applied to batches of prepared items."""
 
-    from . import color, geometry
-    from .sampler import ddim, initial_noise
+    method: Any
+    opts: Any
+    grid: list[int]
+    den: Any
+    history: bool = False
+    record: bool = False
+    profile: bool = False
+    progress: Any = False
 
-    dev = den.device
-    pad = items[0].padding
-    t0 = time.perf_counter()
-    srcs = [
-        torch.from_numpy(np.stack([geometry.pad(it.lum[r], pad) for it in items])[:, None] * 2 - 1).to(dev)
-        for r in range(len(items[0].lum))
-    ]
-    if "task" in opts and opts["task"] is None:  # methods with per-task presets get the resolved task
-        opts = {**opts, "task": items[0].task.name}
-    rectify = m.build(srcs, den, grid, [it.seed for it in items], **opts)
-    x_T = initial_noise((len(items), den.channels, *pad.shape), [it.seed for it in items], dev)
-    hist: list[list[dict]] = [[] for _ in items]
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
+    def __call__(self, items: list[_Item]) -> list[FusionResult]:
+        return self.diffusion(items) if self.method.needs_prior else self.classical(items)
 
-        bar = tqdm(total=len(grid), desc=m.name, unit="step", leave=False)
+    def diffusion(self, items: list[_Item]) -> list[FusionResult]:
+        import torch
 
-    taken = [0]
+        from . import geometry
+        from .functional import luma, to_signed, to_unit
+        from .methods import BuildContext
+        from .prior import TimedDenoiser
+        from .sampler import ddim, initial_noise
 
-    def on_step(o):
-        taken[0] += 1
-        if history:
-            y_hat = geometry.crop(color.luma_of(o.x0_hat), pad)
-            y_new = geometry.crop(color.luma_of(o.x0), pad)
-            for b in range(len(items)):
-                hist[b].append({"step": o.step.index, "t": o.step.t,
-                                "x0_hat": ((y_hat[b, 0] + 1) / 2).float().cpu().numpy(),
-                                "x0": ((y_new[b, 0] + 1) / 2).float().cpu().numpy()})
+        m, grid = self.method, self.grid
+        prior = TimedDenoiser(self.den, sync=self.profile)
+        dev = prior.device
+        pad = items[0].padding
+        t0 = time.perf_counter()
+        seeds = [it.seed for it in items]
+        srcs = [torch.from_numpy(to_signed(np.stack([geometry.pad(it.lum[r], pad) for it in items])[:, None])).to(dev)
+                for r in range(len(items[0].lum))]
+        rectify = m.build(BuildContext(srcs, prior, grid, seeds, items[0].task.name, self.record), self.opts)
+        x_T = initial_noise((len(items), prior.channels, *pad.shape), seeds, dev)
+        hist: list[list[dict]] = [[] for _ in items]
+        bar = None
+        if self.progress is True:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(grid), desc=m.name, unit="step", leave=False)
+
+        def on_step(o):
+            if self.history:
+                y_hat = to_unit(geometry.crop(luma(o.x0_hat), pad)).float().cpu().numpy()
+                y_new = to_unit(geometry.crop(luma(o.x0), pad)).float().cpu().numpy()
+                for b in range(len(items)):
+                    hist[b].append({"step": o.step.index, "t": o.step.t, "x0_hat": y_hat[b, 0], "x0": y_new[b, 0]})
+            if bar is not None:
+                bar.update(o.next_index - o.step.index)
+            elif callable(self.progress):
+                self.progress(o.next_index, o.step.count)
+
+        s0 = time.perf_counter()
+        out = ddim(prior, x_T, grid, rectify, callback=on_step)
+        y = to_unit(geometry.crop(luma(out.x0), pad).clamp(-1, 1)).float().cpu().numpy()[:, 0]
+        sample_s = time.perf_counter() - s0
         if bar is not None:
-            bar.update(o.next_index - o.step.index)
-        elif callable(progress):
-            progress(o.next_index, o.step.count)
-
-    fwd0, cnt0 = den.forward_s, den.forward_count
-    out = ddim(den, x_T, grid, rectify, None, callback=on_step, advance=getattr(rectify, "advance", None),
-               recompute_eps=getattr(rectify, "recompute_eps", True))
-    fwd_s, fwd_n = den.forward_s - fwd0, den.forward_count - cnt0
-    if bar is not None:
-        bar.close()
-    y = geometry.crop(color.luma_of(out.x0), pad).clamp(-1, 1)
-    y = ((y + 1) / 2).float().cpu().numpy()[:, 0]
-    n = len(items)
-    timings = {**{f"sample_{k}": v / n for k, v in out.timings.items()}, "per_step_s": out.timings["total_s"] / max(taken[0], 1),
-               "prior_forward_s": fwd_s / n, "prior_forwards": fwd_n / n}
-    extra = {"steps": len(grid), "steps_taken": taken[0], "grid": list(grid), "prior": _prior_summary(den), "device": str(dev)}
-    results = [_result(it, m, opts, y[b], extra, timings, (time.perf_counter() - t0) / n,
-                       hist[b] if history else None) for b, it in enumerate(items)]
-    if hasattr(rectify, "item_records"):
+            bar.close()
+        n = len(items)
+        timings = {"sample_total_s": sample_s / n, "prior_forward_s": prior.seconds / n,
+                   "outside_prior_s": (sample_s - prior.seconds) / n, "prior_forwards": prior.images / n,
+                   "prior_calls": prior.calls, "per_step_s": sample_s / max(out.steps_taken, 1),
+                   "synchronised": bool(self.profile or dev.type != "cuda")}
+        extra = {"steps": len(grid), "steps_taken": out.steps_taken, "grid": list(grid),
+                 "prior": _prior_summary(self.den), "device": str(dev)}
+        results = [_result(it, m, self.opts, y[b], extra, timings, (time.perf_counter() - t0) / n,
+                           hist[b] if self.history else None) for b, it in enumerate(items)]
         for b, r in enumerate(results):
             r.guidance = rectify.item_records(out.state, b, lambda a: geometry.crop(a, pad))
-    return results
+        return results
 
-
-def _run_classical(den, m, opts, grid, items: list[_Item], history: bool, progress) -> list[FusionResult]:
-    results = []
-    for it in items:
-        t0 = time.perf_counter()
-        y = np.clip(m.classical(it.lum, **opts), 0.0, 1.0).astype(np.float32)
-        results.append(_result(it, m, opts, y, {"steps": 0, "grid": [], "prior": None, "device": "cpu"}, {},
-                               time.perf_counter() - t0, None))
-    return results
+    def classical(self, items: list[_Item]) -> list[FusionResult]:
+        results = []
+        for it in items:
+            t0 = time.perf_counter()
+            y = np.clip(self.method.classical(it.lum, **self.opts.values()), 0.0, 1.0).astype(np.float32)
+            results.append(_result(it, self.method, self.opts, y, {"steps": 0, "grid": [], "prior": None,
+                                                                    "device": "cpu"}, {}, time.perf_counter() - t0, None))
+        return results
 
 
 def _result(it: _Item, m, opts, y: np.ndarray, extra: dict, timings: dict, run_s: float, hist) -> FusionResult:
-    from . import __version__, color
+    from . import color
+    from ._version import __version__
     from .tasks import chroma_order
 
     t1 = time.perf_counter()
@@ -307,7 +302,7 @@ def _result(it: _Item, m, opts, y: np.ndarray, extra: dict, timings: dict, run_s
     image = color.compose(y, chroma)
     pad = it.padding
     config = {
-        "dig2dig": __version__, "method": m.name, "options": dict(opts), **extra, "seed": it.seed,
+        "dig2dig": __version__, "method": m.name, "options": opts.to_dict(), **extra, "seed": it.seed,
         "task": it.task.name, "task_reason": it.task.reason, "roles": dict(zip(it.task.roles, it.names)),
         "size": [pad.height, pad.width], "padded_size": list(pad.shape), "notes": it.notes,
     }
@@ -319,3 +314,13 @@ def _result(it: _Item, m, opts, y: np.ndarray, extra: dict, timings: dict, run_s
 def _prior_summary(den) -> dict:
     s = den.spec
     return {"format": s.format, "name": s.name, "source": s.source, "sha256": s.sha256, "channels": s.channels}
+
+
+def _document_options() -> None:
+    from .methods import options_markdown
+
+    table = options_markdown().replace("\n", "\n    ")
+    fuse.__doc__ = fuse.__doc__.replace("{options}", table.rstrip())
+
+
+_document_options()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import READ_SUFFIXES, atomic_write_text
+from .io import READ_SUFFIXES, atomic_write_text, list_images, read_raw
 
 CSV_FIELDS = ("dataset", "pair", "method", "metric", "value")
 
@@ -50,7 +50,7 @@ def list_pairs(dataset_dir: str | Path, task: str = "auto") -> list[Pair]:
         raise FileNotFoundError(f"dataset folder {str(root)!r} does not exist")
     pairs = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in READ_SUFFIXES)
+        files = list_images(d)
         if len(files) < 2:
             continue
         info = resolve_task(task, lambda files=files: [read_image(f).data for f in files], [str(f) for f in files])
@@ -58,20 +58,6 @@ def list_pairs(dataset_dir: str | Path, task: str = "auto") -> list[Pair]:
     if not pairs:
         raise FileNotFoundError(f"no <pair_id>/<source> image folders in {root}")
     return pairs
-
-
-def read_raw(path: Path) -> np.ndarray:
-    """Decoded pixels as stored (uint8/uint16), RGB order for colour; for the metric conventions."""
-    import cv2
-
-    from .errors import ImageError
-
-    arr = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise ImageError(f"{path}: cannot decode the file as an image")
-    if arr.ndim == 3:
-        arr = arr[..., 2::-1] if arr.shape[2] >= 3 else arr[..., 0]
-    return np.ascontiguousarray(arr)
 
 
 def find_fused(folder: Path, pair_id: str) -> Path | None:
@@ -286,7 +272,7 @@ def _versions() -> dict:
     import cv2
     import torch
 
-    from . import __version__
+    from ._version import __version__
 
     return {"dig2dig": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
             "numpy": np.__version__, "torch": torch.__version__, "opencv": cv2.__version__}

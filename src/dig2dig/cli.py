@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 
 TASK_CHOICES = ("auto", "vif", "mif", "mef", "mff")
 
@@ -20,6 +20,42 @@ def _add_prior_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior-config", metavar="FILE", help="architecture spec for a guided-diffusion checkpoint "
                    "(JSON/YAML create_model flags); by default read from a file beside the checkpoint")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+
+
+_ARG_TYPES = {"int": int, "float": float, "str": str, "any": str}
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """One flag per method option, derived from the option records (:mod:`dig2dig.options`)."""
+    from .methods import METHODS
+
+    seen: dict[str, str] = {}
+    for m in METHODS.values():
+        infos = [i for i in m.options.infos() if i.cli]
+        if not infos:
+            continue
+        group = p.add_argument_group(f"{m.name} options", f"(--method {m.name}; see docs/options.md)")
+        for i in infos:
+            if i.name in seen:  # one flag for an option name that several methods share
+                continue
+            seen[i.name] = m.name
+            extra = f"; {i.range_text()}" if i.kind in ("int", "float") and i.range_text() else ""
+            kw: dict = {"dest": i.name, "default": None, "help": f"{i.help} (default: {i.default_text()}{extra})"}
+            if i.kind == "bool":
+                kw["action"] = argparse.BooleanOptionalAction
+            else:
+                kw.update(type=_ARG_TYPES[i.kind], metavar=i.metavar or i.name.upper())
+                if i.choices:
+                    kw.update(choices=i.choices, metavar=None)
+            group.add_argument(i.flag, **kw)
+
+
+def method_options_from_args(args: argparse.Namespace) -> dict:
+    """The method options given on the command line (flags left out are not passed)."""
+    from .methods import METHODS
+
+    names = {i.name for m in METHODS.values() for i in m.options.infos() if i.cli}
+    return {k: getattr(args, k) for k in sorted(names) if getattr(args, k, None) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,30 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resize", action="store_true", help="resample sources of other sizes to the first source's size")
     f.add_argument("--bit-depth", type=int, choices=(8, 16), help="output bit depth (default: 16 if any source is "
                    "16-bit and the format allows, else 8)")
-    d = f.add_argument_group("Dig2DIG options")
-    d.add_argument("--interval", type=int, help="S: refresh the DIG weights every S steps (default 10)")
-    d.add_argument("--distance", choices=("l2", "l1", "ssim", "none"), help="DIG distance (default l2)")
-    d.add_argument("--temperature", type=float, help="softmax temperature on normalised DIG (default 1)")
-    d.add_argument("--weights", choices=("dig", "equal"), help="dig (default) or equal weights (fixed guidance)")
-    d.add_argument("--mixing", choices=("complementary", "attractive"), help="EM mixing rule (default complementary)")
-    d.add_argument("--window", choices=("backward", "forward"), help="DIG over the stretch just traversed "
-                   "(backward, default) or the coming one (forward: weights from step 0)")
-    d.add_argument("--accelerate", type=float, metavar="R", help="merge pairs of steps until the next refresh "
-                   "where the total DIG is below R × its largest so far (default 0: off)")
-    d.add_argument("--save-dig", metavar="DIR", help="write the weight maps per refresh and cumulative-DIG curves")
-    d.add_argument("--dig-region", action="append", metavar="NAME=X0,Y0,X1,Y1", help="with --save-dig: a region "
+    _add_method_options(f)
+    f.add_argument("--save-dig", metavar="DIR", help="dig2dig: write the weight maps per refresh and cumulative-DIG curves")
+    f.add_argument("--dig-region", action="append", metavar="NAME=X0,Y0,X1,Y1", help="with --save-dig: a region "
                    "(box in pixels) to plot DIG curves over; repeatable (default: where each source has structure)")
-    c = f.add_argument_group("CCF options")
-    c.add_argument("--conditions", help="comma-separated condition bank (default: the task's preset)")
-    c.add_argument("--topk", type=int, help="conditions selected per step (default 3)")
-    c.add_argument("--lr", type=float, help="Adam step size on x̂0 (default 0.03)")
-    c.add_argument("--release-compat", action="store_true", default=None,
-                   help="reproduce the released CCF code, defects included")
-    c.add_argument("--save-selection", metavar="DIR", help="write the per-step condition selection plot and JSON")
-    g = f.add_argument_group("DDFM options")
-    g.add_argument("--mapping", choices=("paper", "release"), help="DDFM output mapping (default release)")
-    g.add_argument("--lamb", type=float, help="DDFM λ (default 0.5)")
-    g.add_argument("--rho", type=float, help="DDFM ρ (default 0.001)")
+    f.add_argument("--save-selection", metavar="DIR", help="ccf: write the per-step condition selection plot and JSON")
     f.add_argument("--report", metavar="FILE", help="also write the run's config and timings as JSON")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     f.set_defaults(func=cmd_fuse)
@@ -172,13 +189,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         raise ValueError(f"--bit-depth 16 needs a .png or .tif output, not {out.name!r}")
     from .api import fuse
 
-    keys = ("mapping", "lamb", "rho", "interval", "distance", "temperature", "weights", "mixing", "window", "accelerate",
-            "conditions", "topk", "lr", "release_compat")
-    options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    if args.save_dig:
-        if args.method != "dig2dig":
-            raise ValueError("--save-dig needs --method dig2dig")
-        options["record"] = True
+    options = method_options_from_args(args)
+    if args.save_dig and args.method != "dig2dig":
+        raise ValueError("--save-dig needs --method dig2dig")
     regions = _dig_regions(args.dig_region) if args.dig_region else None
     if regions and not args.save_dig:
         raise ValueError("--dig-region needs --save-dig DIR")
@@ -192,7 +205,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         raise ValueError("--save-selection needs --method ccf")
     result = fuse(args.sources, method=args.method, steps=_steps_arg(args.steps), seed=args.seed, task=args.task,
                   prior=args.prior, prior_spec=args.prior_config, device=args.device, resize=args.resize,
-                  progress=not args.quiet, **options)
+                  record=bool(args.save_dig), progress=not args.quiet, **options)
     path = result.save(out, args.bit_depth)
     if args.save_dig:
         from .viz import save_dig

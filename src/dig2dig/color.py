@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-KR, KB = 0.299, 0.114
-KG = 1.0 - KR - KB
+KR, KG, KB = 0.299, 0.587, 0.114  # BT.601 luma weights, the one definition (arrays here, tensors in functional)
 GRAY_TOLERANCE = 2.5 / 255.0  # max |R-G|, |G-B| for "three equal channels" (JPEG rounding)
 SATURATION_FLOOR = 1.0 / 255.0
 CHROMA_POLICIES = ("source", "saturation")
@@ -81,23 +80,3 @@ def compose(y: np.ndarray, chroma: tuple[np.ndarray, np.ndarray] | None) -> np.n
     if chroma is None:
         return y
     return ycbcr_to_rgb(y, *chroma)
-
-
-# --- the prior's side: luminance of a [-1, 1] tensor batch ---------------------------------
-
-
-def luma_of(x):
-    """Luminance of a (B, C, H, W) tensor in [-1, 1]: C = 1 -> itself, C = 3 -> BT.601 luma.
-
-    BT.601 weights sum to one, so the same formula holds on [-1, 1] as on [0, 1].
-    """
-    if x.shape[1] == 1:
-        return x
-    return KR * x[:, 0:1] + KG * x[:, 1:2] + KB * x[:, 2:3]
-
-
-def with_luma(x, y_new):
-    """Replace the luminance of ``x`` by ``y_new`` keeping its chroma (Cb, Cr ∝ B - Y, R - Y)."""
-    if x.shape[1] == 1:
-        return y_new
-    return x + (y_new - luma_of(x))

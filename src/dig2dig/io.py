@@ -49,8 +49,21 @@ def _cv2():
     return cv2
 
 
-def read_image(path: str | os.PathLike) -> Image:
-    """Decode an image file; raise FileNotFoundError / ImageError with the fix on failure."""
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The image files (by suffix, :data:`READ_SUFFIXES`) in ``folder``, sorted; sub-folders too if
+    ``recursive``."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder {str(root)!r} does not exist")
+    found = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in READ_SUFFIXES and p.is_file())
+
+
+def decode(path: str | os.PathLike) -> np.ndarray:
+    """The pixels of an image file as stored (uint8/uint16 in OpenCV's layout: BGR[A] for colour).
+
+    Raises FileNotFoundError / ImageError with the fix on failure.
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"image {str(p)!r} does not exist")
@@ -63,6 +76,22 @@ def read_image(path: str | os.PathLike) -> Image:
     arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if arr is None:
         raise ImageError(f"{p}: cannot decode the file as an image (corrupt or truncated?)")
+    return arr
+
+
+def read_raw(path: str | os.PathLike) -> np.ndarray:
+    """Decoded pixels as stored (uint8/uint16), RGB order for colour (alpha dropped): what the metric
+    conventions score."""
+    arr = decode(path)
+    if arr.ndim == 3:
+        arr = arr[..., 2::-1] if arr.shape[2] >= 3 else arr[..., 0]
+    return np.ascontiguousarray(arr)
+
+
+def read_image(path: str | os.PathLike) -> Image:
+    """Decode an image file to float [0, 1]; raise FileNotFoundError / ImageError with the fix on failure."""
+    arr = decode(path)
+    p = Path(path)
     return Image(_to_float(arr, p.name, bgr=True), 16 if arr.dtype == np.uint16 else 8, str(p))
 
 

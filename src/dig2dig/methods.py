@@ -1,41 +1,70 @@
-"""The fusion methods dig2dig knows, as small declarative records.
+"""The fusion methods dig2dig knows: one record each, with the one definition of its options.
 
-A method turns the sources' luminance (tensors (B, 1, H, W) in [-1, 1], in the task's role
-order) into a rectifier for :func:`dig2dig.sampler.ddim`, and a step count into a timestep grid.
-The math of each method lives in its own module under :mod:`dig2dig.guidance`.
+A diffusion method turns the sources' luminance (tensors (B, 1, H, W) in [-1, 1], in the task's
+role order) into a :class:`~dig2dig.sampler.Rectifier` for :func:`dig2dig.sampler.ddim`, and a step
+count into a timestep grid; a classical method maps the luminances to a fused one directly.  The
+math of each diffusion method lives in its own module under :mod:`dig2dig.guidance`; what each
+option means is explained there, and its name, type, default and range are declared here, once
+(:mod:`dig2dig.options`).  This module imports neither torch nor the method code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from .options import (
+    CCFOptions,
+    DDFMOptions,
+    DIGOptions,
+    GuidedOptions,
+    LaplacianOptions,
+    NoOptions,
+    Options,
+    markdown_table,
+)
 from .schedule import make_grid, power_grid
+
+# --------------------------------------------------------------------------------------------
+# methods
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a diffusion method's builder gets besides its options."""
+
+    sources: list  # N tensors (B, 1, H, W) in [-1, 1], role order
+    prior: Any  # the Denoiser (possibly a timing wrapper)
+    grid: list[int]
+    seeds: list[int]  # one per batch item
+    task: str  # the resolved fusion task
+    record: bool = False  # keep what the method's figures need (Dig2DIG's DIG maps)
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     description: str
-    default_steps: int
-    min_sources: int
-    max_sources: int | None
-    defaults: dict[str, Any] = field(default_factory=dict)
-    build: Callable[..., Any] | None = None  # diffusion: (sources, prior, grid, seeds, **options) -> rectifier
-    grid: Callable[..., list[int]] = lambda steps, **opts: make_grid(steps)  # (steps, **options) -> grid
+    options: type[Options]
+    default_steps: int = 0
+    min_sources: int = 2
+    max_sources: int | None = None
+    build: Callable[[BuildContext, Options], Any] | None = None  # diffusion: -> Rectifier
+    grid: Callable[[Any, Options], list[int]] = lambda steps, opts: make_grid(steps)
     classical: Callable[..., Any] | None = None  # classical: (luminances, **options) -> luminance
 
     @property
     def needs_prior(self) -> bool:
         return self.classical is None
 
-    def options(self, given: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(given) - set(self.defaults)
-        if unknown:
-            raise ValueError(f"method {self.name!r} has no option(s) {sorted(unknown)}; "
-                             f"its options are {sorted(self.defaults) or 'none'}")
-        return {**self.defaults, **given}
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {i.name: i.default for i in self.options.infos()}
+
+    def configure(self, given: dict[str, Any] | None = None) -> Options:
+        """Validated options (defaults filled in), or a ValueError naming the bad value and the fix."""
+        return self.options.create(given)
 
     def check_sources(self, n: int) -> None:
         hi = self.max_sources
@@ -44,91 +73,84 @@ class Method:
             raise ValueError(f"method {self.name!r} fuses {want} sources, got {n}")
 
 
-def _build_ddfm(sources, prior, grid, seeds, mapping: str, lamb: float, rho: float):
+def _build_ddfm(ctx: BuildContext, opts: DDFMOptions):
     from .guidance.ddfm import DDFMGuidance
 
-    return DDFMGuidance(sources[0], sources[1], mapping=mapping, lamb=lamb, rho=rho)
+    return DDFMGuidance(ctx.sources[0], ctx.sources[1], **opts.values())
 
 
-def _build_dig(sources, prior, grid, seeds, power: float, record: bool, **opts):
+def _build_dig(ctx: BuildContext, opts: DIGOptions):
     from .guidance.dig import DIGGuidance
 
-    return DIGGuidance(sources, prior, grid, noise_seeds=seeds, record=record, **opts)
+    return DIGGuidance(ctx.sources, ctx.prior, ctx.grid, noise_seeds=ctx.seeds, record=ctx.record, **opts.values())
 
 
-def _build_ccf(sources, prior, grid, seeds, **opts):
+def _build_ccf(ctx: BuildContext, opts: CCFOptions):
     from .guidance.ccf import build_ccf
 
-    return build_ccf(sources, prior, grid, seeds, **opts)
+    return build_ccf(ctx.sources, ctx.prior, task=ctx.task, **opts.values())
 
 
-def _ccf_defaults() -> dict:
-    from .guidance.ccf import CCF_DEFAULTS
-
-    return dict(CCF_DEFAULTS)
-
-
-def _dig_grid(steps, power: float = 2.0, **_):
+def _dig_grid(steps, opts: DIGOptions) -> list[int]:
     """DIG-N: an int N means N steps on the power grid (big steps at high noise)."""
     if isinstance(steps, int):
-        return power_grid(steps, power)
+        return power_grid(steps, opts.power)
     return make_grid(steps)
 
 
-METHODS: dict[str, Method] = {
-    "dig2dig": Method(
-        name="dig2dig",
-        description="Dig2DIG (Cao et al. 2025): DDFM-style EM guidance weighted per pixel by diffusion "
-                    "information gains, refreshed every S steps, on a non-uniform DIG-N grid",
-        default_steps=25,
-        min_sources=2,
-        max_sources=None,
-        defaults={"interval": 10, "distance": "l2", "temperature": 1.0, "weights": "dig", "mixing": "complementary",
-                  "smooth": 12.0, "dig_scale": 0.5, "window": "backward", "accelerate": 0.0, "power": 2.0,
-                  "record": False},
-        build=_build_dig,
-        grid=_dig_grid,
-    ),
-    "ccf": Method(
-        name="ccf",
-        description="CCF (Cao et al., NeurIPS 2024): one Adam step per reverse step on a gated top-k "
-                    "selection from a bank of fusion conditions",
-        default_steps=200,
-        min_sources=2,
-        max_sources=None,
-        defaults=_ccf_defaults(),
-        build=_build_ccf,
-    ),
-    "ddfm": Method(
-        name="ddfm",
-        description="DDFM (Zhao et al., ICCV 2023): one EM step on x̂0's luminance per diffusion step",
-        default_steps=100,
-        min_sources=2,
-        max_sources=2,
-        defaults={"mapping": "release", "lamb": 0.5, "rho": 0.001},
-        build=_build_ddfm,
-    ),
-}
+def _baseline(name: str) -> Callable:
+    def run(lum, **opts):
+        from . import baselines
+
+        return baselines.BASELINES[name](lum, **opts)
+
+    return run
 
 
-def _classical(name: str, description: str, **defaults) -> Method:
-    from . import baselines
-
-    return Method(name=name, description=description, default_steps=0, min_sources=2, max_sources=None,
-                  defaults=defaults, classical=baselines.BASELINES[name])
-
-
-METHODS.update({
-    "average": _classical("average", "classical baseline: the mean of the sources"),
-    "maxabs": _classical("maxabs", "classical baseline: per pixel the source of largest absolute value"),
-    "laplacian": _classical("laplacian", "classical baseline: Laplacian-pyramid fusion, max-abs details", levels=None),
-    "guided": _classical("guided", "classical baseline: guided-filtering fusion (GFF, Li et al. 2013)",
-                         r1=45, eps1=0.3, r2=7, eps2=1e-6),
-})
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("dig2dig", "Dig2DIG (Cao et al. 2025): DDFM-style EM guidance weighted per pixel by diffusion information "
+           "gains, refreshed every S steps, on a non-uniform DIG-N grid", DIGOptions, default_steps=25,
+           build=_build_dig, grid=_dig_grid),
+    Method("ccf", "CCF (Cao et al., NeurIPS 2024): one Adam step per reverse step on a gated top-k selection from a "
+           "bank of fusion conditions", CCFOptions, default_steps=200, build=_build_ccf),
+    Method("ddfm", "DDFM (Zhao et al., ICCV 2023): one EM step on x̂0's luminance per diffusion step", DDFMOptions,
+           default_steps=100, max_sources=2, build=_build_ddfm),
+    Method("average", "classical baseline: the mean of the sources", NoOptions, classical=_baseline("average")),
+    Method("maxabs", "classical baseline: per pixel the source of largest absolute value", NoOptions,
+           classical=_baseline("maxabs")),
+    Method("laplacian", "classical baseline: Laplacian-pyramid fusion, max-abs details", LaplacianOptions,
+           classical=_baseline("laplacian")),
+    Method("guided", "classical baseline: guided-filtering fusion (GFF, Li et al. 2013)", GuidedOptions,
+           classical=_baseline("guided")),
+)}
 
 
 def get_method(name: str) -> Method:
     try:
-        return METHODS[name.lower()]
+        return METHODS[str(name).lower()]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}") from None
+
+
+def options_markdown(methods: Sequence[str] | None = None) -> str:
+    """The table of every method option (``docs/options.md`` and the ``fuse`` documentation)."""
+    names = list(methods or METHODS)
+    return markdown_table([(n, METHODS[n].options) for n in names if METHODS[n].options.infos()])
+
+
+def options_document() -> str:
+    """``docs/options.md``: regenerate with ``python -m dig2dig.methods > docs/options.md``."""
+    lines = ["# Method options", "",
+             "Every option of every method, generated from the option records in `src/dig2dig/options.py` (the one",
+             "place each is defined). The same records give `dig2dig fuse --help`, the `dig2dig.fuse` documentation",
+             "and the validation that runs before any work. Python: `dig2dig.fuse(..., name=value)`; command line:",
+             "the flag. Regenerate this page with `python -m dig2dig.methods > docs/options.md`.", "",
+             "| method | default steps | sources | what it is |", "|---|---|---|---|"]
+    for m in METHODS.values():
+        n = f"exactly {m.max_sources}" if m.max_sources == m.min_sources else f"{m.min_sources} or more"
+        lines.append(f"| `{m.name}` | {m.default_steps or '–'} | {n} | {m.description} |")
+    return "\n".join(lines) + "\n\n" + options_markdown()
+
+
+if __name__ == "__main__":
+    print(options_document(), end="")

@@ -45,7 +45,7 @@ channels, and edge, SF and EI use the BT.601 luminance, as the release's do; CC,
 
 Presets
 -------
-``conditions=None`` takes the task's preset (``task``): VIF and MIF use the release's full bank
+``conditions=None`` takes the fusion task's preset: VIF and MIF use the release's full bank
 (ssim, mse, edge, lowfreq, highfreq, sf, ei, sd -- in this order, which fixes tie-breaking and the
 gate's indices); MEF and MFF use the basic conditions mse, edge, lowfreq, highfreq.  With a
 ``feature_extractor`` the ``feature`` condition is appended to the preset.  ``topk`` larger than
@@ -115,7 +115,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,25 +122,15 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .ccf_conditions import CONDITIONS, Condition, iter_gradients, make_condition
+from ..options import CCFOptions
+from ..sampler import Rectifier
+from .ccf_conditions import check_condition_names, iter_gradients, make_condition
 
 RELEASE_BANK = ("ssim", "mse", "edge", "lowfreq", "highfreq", "sf", "ei", "sd")
 BASIC_BANK = ("mse", "edge", "lowfreq", "highfreq")
 TASK_PRESETS = {"vif": RELEASE_BANK, "mif": RELEASE_BANK, "mef": BASIC_BANK, "mff": BASIC_BANK}
 TIEBREAKS = ("stable", "torch")
 ANCHOR = "mse"  # the basic condition added at every step, selected or not
-
-CCF_DEFAULTS: dict[str, Any] = {
-    "conditions": None,  # None = the task's preset; else a list or a comma-separated string of names
-    "task": None,  # preset for conditions=None: vif | mif (full bank) | mef | mff (basic); None = vif
-    "topk": 3,
-    "lr": 0.03,
-    "alpha": 1.5,
-    "release_compat": False,
-    "tiebreak": None,  # None = "torch" with release_compat, else "stable"
-    "feature_extractor": None,  # a torch callable (or "module:attr") for the 'feature' condition
-}
-
 
 # --------------------------------------------------------------------------------------------
 # the gate (SCS) and the optimiser, as pure functions
@@ -226,11 +215,10 @@ class CCFState:
     first: torch.Tensor | None = None  # (B, n) losses of the first step (GradNorm's L(0))
     adam: AdamMoments | None = None
     history: list[dict] = field(default_factory=list)  # one record per step (CPU tensors)
-    timings: dict[str, float] = field(default_factory=lambda: {"losses_s": 0.0, "gradients_s": 0.0, "update_s": 0.0})
 
 
 def parse_conditions(conditions, task: str | None = None, feature_extractor=None) -> tuple[str, ...]:
-    """The bank's names: a preset for ``conditions=None``, else the given list / comma string."""
+    """The bank's names: the task's preset for ``conditions=None``, else the given list / comma string."""
     if conditions is None:
         key = (task or "vif").lower()
         if key not in TASK_PRESETS:
@@ -244,13 +232,9 @@ def parse_conditions(conditions, task: str | None = None, feature_extractor=None
         names = [str(c).strip().lower() for c in conditions if str(c).strip()]
     if not names:
         raise ValueError("CCF needs at least one condition")
-    unknown = [c for c in names if c not in CONDITIONS]
-    if unknown:
-        raise ValueError(f"unknown CCF condition(s) {unknown}; available: {', '.join(CONDITIONS)}")
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate CCF conditions in {names}")
-    if "feature" in names and feature_extractor is None:
-        raise ValueError("the 'feature' condition needs feature_extractor=")
+    check_condition_names(names, feature_extractor)
     return tuple(names)
 
 
@@ -270,40 +254,35 @@ def resolve_extractor(obj):
     raise ValueError(f"feature_extractor must be a torch callable or 'module:attr', got {obj!r}")
 
 
-class CCFGuidance:
+class CCFGuidance(Rectifier):
     """The CCF rectifier ``(x̂0, step, state) -> (x̂0', state)`` for :func:`dig2dig.sampler.ddim`.
 
     ``sources``: N tensors (B, C_s, H, W) in [-1, 1], role order (VIF: infrared, visible); one-
-    channel sources are replicated to x̂0's channel count.  See the module docstring for the rest.
+    channel sources are replicated to x̂0's channel count.  ``task`` picks the preset bank when the
+    ``conditions`` option is not given.  Keyword options: :class:`dig2dig.options.CCFOptions`; see the
+    module docstring for the rest.
     """
 
     name = "ccf"
     recompute_eps = False  # ε of the un-rectified x̂0 drives the DDIM update (as released)
 
-    def __init__(self, sources: Sequence[torch.Tensor], *, conditions=None, task: str | None = None, topk: int = 3,
-                 lr: float = 0.03, alpha: float = 1.5, release_compat: bool = False, tiebreak: str | None = None,
-                 feature_extractor: Callable | str | None = None):
+    def __init__(self, sources: Sequence[torch.Tensor], *, task: str | None = None, **options):
+        self.opts = o = CCFOptions.create(options)
         sources = list(sources)
         if not sources or any(s.ndim != 4 for s in sources) or len({tuple(s.shape) for s in sources}) != 1:
             raise ValueError("sources must be one or more (B, C, H, W) tensors of one shape")
-        if int(topk) < 1:
-            raise ValueError(f"topk must be >= 1, got {topk}")
-        if not lr > 0 or not alpha >= 0:
-            raise ValueError(f"need lr > 0 and alpha >= 0, got lr={lr}, alpha={alpha}")
-        self.release_compat = bool(release_compat)
-        self.tiebreak = tiebreak or ("torch" if self.release_compat else "stable")
-        if self.tiebreak not in TIEBREAKS:
-            raise ValueError(f"tiebreak must be one of {TIEBREAKS}, got {tiebreak!r}")
-        self.feature_extractor = resolve_extractor(feature_extractor)
-        self.names = parse_conditions(conditions, task, self.feature_extractor)
-        self.topk = min(int(topk), len(self.names))
-        self.lr, self.alpha = float(lr), float(alpha)
+        self.release_compat = o.release_compat
+        self.tiebreak = o.tiebreak or ("torch" if self.release_compat else "stable")
+        self.feature_extractor = resolve_extractor(o.feature_extractor)
+        self.names = parse_conditions(o.conditions, task, self.feature_extractor)
+        self.topk = min(o.topk, len(self.names))
+        self.lr, self.alpha = o.lr, o.alpha
         self.sources = sources
-        self._bank: list[Condition] | None = None  # built for x̂0's channel count on first use
+        self._bank: list | None = None  # built for x̂0's channel count on first use
         self._channels: int | None = None
 
     # --- the bank --------------------------------------------------------------------------
-    def bank(self, channels: int) -> list[Condition]:
+    def bank(self, channels: int) -> list:
         """The gated conditions (in ``names`` order), plus the MSE anchor when it is not among them."""
         if self._bank is None or self._channels != channels:
             srcs = []
@@ -332,25 +311,20 @@ class CCFGuidance:
         return c
 
     # --- one step ----------------------------------------------------------------------------
-    def __call__(self, x0_hat: torch.Tensor, step, state: CCFState | None) -> tuple[torch.Tensor, CCFState]:
-        if state is None:
-            state = self.initial_state(x0_hat)
+    def __call__(self, x0_hat: torch.Tensor, step, state: CCFState) -> tuple[torch.Tensor, CCFState]:
         bank = self.bank(x0_hat.shape[1])
         n = len(self.names)
         selected = select_topk(state.w, self.topk, self.tiebreak)
         coef = self.coefficients(state.w, selected, len(bank))
 
-        t0 = time.perf_counter()
         with torch.enable_grad():
             z = x0_hat.detach().clone().requires_grad_(True)
             per_condition = [c(z) for c in bank]
-            t1 = time.perf_counter()
             zgrad = torch.zeros_like(z)
             norms = torch.zeros(coef.shape, dtype=z.dtype, device=z.device)
             for i, g in enumerate(iter_gradients(per_condition, z)):
                 norms[:, i] = torch.linalg.vector_norm(g.flatten(1), dim=1)
                 zgrad += coef[:, i].view(-1, 1, 1, 1) * g
-        t2 = time.perf_counter()
         losses = torch.stack([v.detach() for v in per_condition], dim=1)
         if state.first is None:
             state.first = losses[:, :n].clone()
@@ -362,12 +336,6 @@ class CCFGuidance:
             "target": gate.target.cpu(), "w_grad": gate.w_grad.cpu(), "total": (coef * losses).sum(1).cpu(),
         })
         state.w = gate.w
-        if x0_new.device.type == "cuda":
-            torch.cuda.synchronize(x0_new.device)
-        t3 = time.perf_counter()
-        state.timings["losses_s"] += t1 - t0
-        state.timings["gradients_s"] += t2 - t1
-        state.timings["update_s"] += t3 - t2
         return x0_new, state
 
     # --- records -------------------------------------------------------------------------------
@@ -387,19 +355,13 @@ class CCFGuidance:
                 "first_losses": state.first[b].tolist() if state.first is not None else None, "steps": steps}
 
 
-def build_ccf(sources, prior, grid, seeds, **options) -> CCFGuidance:
-    """The pipeline's builder: ``build(sources, prior, grid, seeds, **options)`` (see :data:`CCF_DEFAULTS`).
-
-    ``sources`` are (B, 1, H, W) luminance tensors; they are replicated to the prior's channels.
-    CCF is deterministic given x_T, so ``grid`` and ``seeds`` are not needed.
-    """
-    unknown = set(options) - set(CCF_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown CCF option(s) {sorted(unknown)}; options are {sorted(CCF_DEFAULTS)}")
-    opts = {**CCF_DEFAULTS, **options}
-    guidance = CCFGuidance(sources, **opts)
+def build_ccf(sources, prior, *, task: str | None = None, **options) -> CCFGuidance:
+    """CCF for the pipeline: ``sources`` are (B, 1, H, W) luminance tensors, replicated to the prior's
+    channels; the bank is built now, so source-side targets are computed once.  CCF is deterministic
+    given x_T: it needs no grid or seeds."""
+    guidance = CCFGuidance(sources, task=task, **options)
     if prior is not None:
-        guidance.bank(prior.channels)  # build the bank now: source-side targets are computed once
+        guidance.bank(prior.channels)
     return guidance
 
 
@@ -469,7 +431,7 @@ def save_selection(records: dict, out_dir: str | Path, stem: str = "ccf_selectio
 
 
 __all__ = [
-    "ANCHOR", "BASIC_BANK", "CCF_DEFAULTS", "CCFGuidance", "CCFState", "RELEASE_BANK", "TASK_PRESETS", "AdamMoments",
+    "ANCHOR", "BASIC_BANK", "CCFGuidance", "CCFState", "RELEASE_BANK", "TASK_PRESETS", "AdamMoments",
     "GateUpdate", "adam_step", "build_ccf", "gradnorm_update", "loss_ratios", "parse_conditions", "save_selection",
     "select_topk", "selection_matrix",
 ]

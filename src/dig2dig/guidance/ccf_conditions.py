@@ -40,6 +40,10 @@ feature     task      mean_i mean ‖F(x) - F(s_i)‖² for a user torch callabl
                       tensors (each term averaged over its elements, then summed)
 ==========  ========  ========================================================================
 
+The bank is a registry: :func:`register_condition` adds a condition of your own under a name
+(``feature`` is registered the same way, needing the ``feature_extractor`` option), after which
+``conditions="ssim,mse,<name>"`` selects it and the gate treats it like the others.
+
 The optional conditions (cc, scd, vif, msssim) and ``feature`` are not used by the release's
 sampler (its ``conditions.py`` defines CC/SCD/VIFF helpers it never calls), so they have one
 definition in both modes.
@@ -59,24 +63,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-SQRT_EPS = 1e-12  # inside square roots: finite gradients on flat images
+from ..functional import SQRT_EPS, gaussian_filter, gaussian_taps, luma, separable_filter, sobel_magnitude, ssim_terms
+from ..functional import to_unit
+
 _INV_SQRT2 = float(torch.tensor(1.0 / math.sqrt(2.0), dtype=torch.float32))  # pytorch_wavelets' haar taps
 
 
 # --------------------------------------------------------------------------------------------
 # building blocks
 # --------------------------------------------------------------------------------------------
-
-
-def gray(x: torch.Tensor) -> torch.Tensor:
-    """BT.601 luminance of a (B, 3, H, W) batch (the release's ``rgb2gray``); 1 channel passes."""
-    if x.shape[1] == 1:
-        return x
-    return x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
 
 
 def _item_mean(x: torch.Tensor) -> torch.Tensor:
@@ -103,30 +103,6 @@ def haar_dwt(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return y[:, :, 0], y[:, :, 1:]
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Normalised 1-D Gaussian taps (pytorch_ssim's ``gaussian``)."""
-    g = torch.tensor([math.exp(-((i - size // 2) ** 2) / (2 * sigma**2)) for i in range(size)], dtype=torch.float32)
-    return (g / g.sum()).to(dtype=dtype, device=device)
-
-
-def separable_filter(x: torch.Tensor, g: torch.Tensor, padding: int = 0) -> torch.Tensor:
-    """Filter every channel with the separable kernel g ⊗ g (zero ``padding`` on each side).
-
-    Depthwise and channels-last: oneDNN runs that layout several times faster on a CPU than
-    NCHW depthwise or one-channel convolutions (forward and backward), with identical results.
-    """
-    c = x.shape[1]
-    x = x.contiguous(memory_format=torch.channels_last)
-    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, padding), groups=c)
-    x = F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(padding, 0), groups=c)
-    return x.contiguous()
-
-
-def gaussian_filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """'Same'-size separable filtering with zero padding, per channel (pytorch_ssim's window)."""
-    return separable_filter(x, g, g.numel() // 2)
-
-
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
 
 
@@ -148,9 +124,7 @@ class _SSIMStats:
         out = []
         for i, (mu_r, var_r) in enumerate(zip(self.mu, self.var)):
             cov = f[:, (2 + i) * c: (3 + i) * c] - mu_r * mu_x
-            cs = (2 * cov + SSIM_C2) / (var_r + var_x + SSIM_C2)
-            lum = (2 * mu_r * mu_x + SSIM_C1) / (mu_r**2 + mu_x**2 + SSIM_C1)
-            out.append((lum * cs, cs))
+            out.append(ssim_terms(mu_r, mu_x, var_r, var_x, cov, SSIM_C1, SSIM_C2))
         return out
 
 
@@ -158,23 +132,9 @@ def _kernel(rows, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(rows, dtype=like.dtype, device=like.device).view(1, 1, 3, 3)
 
 
-def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
-    """|∇| of the luminance on a [0, 1] scale: Sobel with replicate borders, sqrt(gx² + gy² + ε).
-
-    Written with shifted slices (smooth [1, 2, 1] one way, difference the other): on a CPU this
-    is several times faster than a one-channel 3×3 convolution, forward and backward.
-    """
-    y = F.pad((gray(x) + 1) * 0.5, (1, 1, 1, 1), mode="replicate")
-    sv = y[..., :-2, :] + 2 * y[..., 1:-1, :] + y[..., 2:, :]  # smoothed along the height
-    sh = y[..., :, :-2] + 2 * y[..., :, 1:-1] + y[..., :, 2:]  # smoothed along the width
-    gx = sv[..., 2:] - sv[..., :-2]
-    gy = sh[..., 2:, :] - sh[..., :-2, :]
-    return torch.sqrt(gx * gx + gy * gy + SQRT_EPS)
-
-
 def release_edge_map(x: torch.Tensor) -> torch.Tensor:
     """The release's ``Sobel.sobel``: an 8-neighbour Laplacian on 0..255, clipped, back to [-1, 1]."""
-    y = (gray(x) + 1) * 127.5
+    y = (luma(x) + 1) * 127.5
     e = F.conv2d(y, _kernel([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]], y), padding=1)
     return torch.clip(e, 0, 255) / 127.5 - 1
 
@@ -182,7 +142,7 @@ def release_edge_map(x: torch.Tensor) -> torch.Tensor:
 def release_edge_intensity(x: torch.Tensor) -> torch.Tensor:
     """The release's EI value (B,), computed without a gradient as the release does."""
     with torch.no_grad():
-        y = (gray(x) + 1) * 127.5
+        y = (luma(x) + 1) * 127.5
         h = torch.clip(F.conv2d(y, _kernel([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], y), padding=1), 0, 255) / 127.5 - 1
         v = torch.clip(F.conv2d(y, _kernel([[-1, 0, -1], [2, 0, -2], [1, 0, -1]], y), padding=1), 0, 255) / 127.5 - 1
         return _item_mean(torch.sqrt(h**2 + v**2))
@@ -200,12 +160,16 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class Condition:
-    """A differentiable loss of x̂0 against fixed sources: ``cond(x) -> (B,)`` (lower is better)."""
+    """A differentiable loss of x̂0 against fixed sources: ``cond(x) -> (B,)`` (lower is better).
+
+    Built by the registry as ``cls(sources, release_compat=..., feature_extractor=...)``; conditions
+    that do not use the extractor ignore it.
+    """
 
     name = ""
     group = ""
 
-    def __init__(self, sources: Sequence[torch.Tensor], *, release_compat: bool = False):
+    def __init__(self, sources: Sequence[torch.Tensor], *, release_compat: bool = False, feature_extractor=None):
         if not sources:
             raise ValueError(f"condition {self.name!r} needs at least one source")
         self.sources = [s.detach() for s in sources]
@@ -272,11 +236,11 @@ class SSIM(Condition):
 
     def __init__(self, sources, **kw):
         super().__init__(sources, **kw)
-        self.stats = _SSIMStats([(s + 1) / 2 for s in self.sources], gaussian_window(11, 1.5, self.sources[0].dtype,
-                                                                                      self.sources[0].device))
+        self.stats = _SSIMStats([to_unit(s) for s in self.sources], gaussian_taps(1.5, 11, self.sources[0].dtype,
+                                                                                  self.sources[0].device))
 
     def __call__(self, x):
-        mean_ssim = sum(_item_mean(m) for m, _ in self.stats.ssim_and_cs((x + 1) / 2)) / len(self.sources)
+        mean_ssim = sum(_item_mean(m) for m, _ in self.stats.ssim_and_cs(to_unit(x))) / len(self.sources)
         return -mean_ssim if self.release_compat else 1 - mean_ssim
 
 
@@ -293,7 +257,7 @@ class SpatialFrequency(Condition):
     name, group = "sf", "enhanced"
 
     def __call__(self, x):
-        y = gray(x)
+        y = luma(x)
         rf = _item_mean((y[..., 1:, :] - y[..., :-1, :]) ** 2)
         cf = _item_mean((y[..., :, 1:] - y[..., :, :-1]) ** 2)
         return -torch.sqrt(rf + cf + SQRT_EPS)
@@ -313,10 +277,10 @@ class CorrelationCoefficient(Condition):
 
     def __init__(self, sources, **kw):
         super().__init__(sources, **kw)
-        self.grays = [gray(s) for s in self.sources]
+        self.grays = [luma(s) for s in self.sources]
 
     def __call__(self, x):
-        y = gray(x)
+        y = luma(x)
         return 1 - sum(_corr(y, s) for s in self.grays) / len(self.grays)
 
 
@@ -327,12 +291,12 @@ class SCD(Condition):
         super().__init__(sources, **kw)
         if len(self.sources) < 2:
             raise ValueError("scd needs at least two sources")
-        self.grays = [gray(s) for s in self.sources]
+        self.grays = [luma(s) for s in self.sources]
         n = len(self.grays)
         self.others = [sum(g for j, g in enumerate(self.grays) if j != i) / (n - 1) for i in range(n)]
 
     def __call__(self, x):
-        y = gray(x)
+        y = luma(x)
         scd = sum(_corr(y - o, s) for s, o in zip(self.grays, self.others))
         return 1 - scd / len(self.grays)
 
@@ -376,7 +340,7 @@ class VIF(Condition):
             self.taps.append(_vif_taps(n, like.dtype, like.device))
         if not self.taps:
             raise ValueError(f"image too small for VIF: {tuple(like.shape[-2:])}")
-        self.refs = [self._pyramid((gray(s) + 1) * 127.5) for s in self.sources]  # [source][scale]
+        self.refs = [self._pyramid((luma(s) + 1) * 127.5) for s in self.sources]  # [source][scale]
         self.mu, self.var, self.den = [], [], []
         for levels in self.refs:
             mus, vars_, den = [], [], 0.0
@@ -398,7 +362,7 @@ class VIF(Condition):
         return levels
 
     def __call__(self, x):
-        ys = self._pyramid((gray(x) + 1) * 127.5)
+        ys = self._pyramid((luma(x) + 1) * 127.5)
         n_src = len(self.refs)
         num = [0.0] * n_src
         for k, (y, g) in enumerate(zip(ys, self.taps)):
@@ -431,8 +395,8 @@ class MSSSIM(Condition):
         self.levels = max(1, min(len(MSSSIM_WEIGHTS), int(math.floor(math.log2(min(h, w) / 11))) + 1))
         wts = torch.tensor(MSSSIM_WEIGHTS[: self.levels], dtype=torch.float64)
         self.weights = (wts / wts.sum()).tolist()
-        g = gaussian_window(11, 1.5, self.sources[0].dtype, self.sources[0].device)
-        refs = [(s + 1) / 2 for s in self.sources]
+        g = gaussian_taps(1.5, 11, self.sources[0].dtype, self.sources[0].device)
+        refs = [to_unit(s) for s in self.sources]
         self.stats = []
         for lvl in range(self.levels):
             self.stats.append(_SSIMStats(refs, g))
@@ -440,7 +404,7 @@ class MSSSIM(Condition):
                 refs = [F.avg_pool2d(r, 2) for r in refs]
 
     def __call__(self, x):
-        x = (x + 1) / 2
+        x = to_unit(x)
         per_ref = [1.0] * len(self.sources)
         for lvl, (stats, wt) in enumerate(zip(self.stats, self.weights)):
             last = lvl + 1 == self.levels
@@ -468,7 +432,7 @@ class FeatureMatch(Condition):
     name, group = "feature", "task"
 
     def __init__(self, sources, *, feature_extractor: Callable | None = None, **kw):
-        super().__init__(sources, **kw)
+        super().__init__(sources, feature_extractor=feature_extractor, **kw)
         if feature_extractor is None or not callable(feature_extractor):
             raise ValueError("the 'feature' condition needs a callable feature_extractor")
         self.extractor = feature_extractor
@@ -485,22 +449,62 @@ class FeatureMatch(Condition):
         return total / len(self.targets)
 
 
-CONDITIONS: dict[str, type[Condition]] = {c.name: c for c in (
-    MSE, LowFrequency, HighFrequency, Edge, SSIM, StandardDeviation, SpatialFrequency, EdgeIntensity,
-    CorrelationCoefficient, SCD, VIF, MSSSIM, FeatureMatch)}
-GROUPS = {name: cls.group for name, cls in CONDITIONS.items()}
+@dataclass(frozen=True)
+class ConditionEntry:
+    """A registered condition: ``factory(sources, *, release_compat, feature_extractor) -> condition``."""
+
+    name: str
+    factory: Callable[..., Callable[[torch.Tensor], torch.Tensor]]
+    group: str
+    needs_extractor: bool = False
+
+
+CONDITIONS: dict[str, ConditionEntry] = {}
+
+
+def register_condition(name: str, factory: Callable[..., Callable[[torch.Tensor], torch.Tensor]], *,
+                       group: str = "user", needs_extractor: bool = False, replace: bool = False) -> ConditionEntry:
+    """Add a condition to CCF's bank under ``name``.
+
+    ``factory(sources, *, release_compat, feature_extractor)`` gets the N source tensors (B, C, H, W)
+    in [-1, 1] and returns ``cond(x) -> (B,)``: one loss per batch item, lower is better,
+    differentiable in x, items never mixed (a :class:`Condition` subclass is such a factory).
+    ``needs_extractor`` makes the ``feature_extractor`` option required.  Names are lower case; an
+    existing name is refused unless ``replace=True``.
+    """
+    key = str(name).strip().lower()
+    if not key or "," in key:
+        raise ValueError(f"a condition name must be non-empty and contain no comma, got {name!r}")
+    if key in CONDITIONS and not replace:
+        raise ValueError(f"a CCF condition named {key!r} is already registered; pass replace=True to replace it")
+    if not callable(factory):
+        raise ValueError(f"the factory for condition {key!r} must be callable, got {factory!r}")
+    CONDITIONS[key] = entry = ConditionEntry(key, factory, group, needs_extractor)
+    return entry
+
+
+for _cls in (MSE, LowFrequency, HighFrequency, Edge, SSIM, StandardDeviation, SpatialFrequency, EdgeIntensity,
+             CorrelationCoefficient, SCD, VIF, MSSSIM):
+    register_condition(_cls.name, _cls, group=_cls.group)
+register_condition(FeatureMatch.name, FeatureMatch, group=FeatureMatch.group, needs_extractor=True)
+
+
+def check_condition_names(names: Sequence[str], feature_extractor=None) -> None:
+    """Every name registered, and the extractor given where a condition needs one."""
+    unknown = [c for c in names if c not in CONDITIONS]
+    if unknown:
+        raise ValueError(f"unknown CCF condition(s) {unknown}; available: {', '.join(CONDITIONS)}")
+    needy = [c for c in names if CONDITIONS[c].needs_extractor]
+    if needy and feature_extractor is None:
+        raise ValueError(f"the {', '.join(repr(c) for c in needy)} condition needs feature_extractor= "
+                         f"(--feature-extractor MODULE:ATTR)")
 
 
 def make_condition(name: str, sources: Sequence[torch.Tensor], *, release_compat: bool = False,
-                   feature_extractor: Callable | None = None) -> Condition:
-    """Build the condition ``name`` for these sources (see :data:`CONDITIONS`)."""
-    try:
-        cls = CONDITIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown CCF condition {name!r}; available: {', '.join(CONDITIONS)}") from None
-    if cls is FeatureMatch:
-        return cls(sources, feature_extractor=feature_extractor, release_compat=release_compat)
-    return cls(sources, release_compat=release_compat)
+                   feature_extractor: Callable | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Build the registered condition ``name`` for these sources (see :data:`CONDITIONS`)."""
+    check_condition_names([name], feature_extractor)
+    return CONDITIONS[name].factory(sources, release_compat=release_compat, feature_extractor=feature_extractor)
 
 
 def condition_gradients(conditions: Sequence[Condition], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,9 +81,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..color import luma_of, with_luma
-
-MAPPINGS = ("paper", "release")
+from ..functional import luma, with_luma
+from ..options import DDFMOptions
+from ..sampler import Rectifier
 
 # skimage.color's BT.601 studio-swing matrix (rgb2ycbcr) and its inverse, float64
 _YCBCR_FROM_RGB = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]])
@@ -179,42 +179,37 @@ def release_ycbcr_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
 # --- the guidance -------------------------------------------------------------------------------
 
 
-class DDFMGuidance:
+class DDFMGuidance(Rectifier):
     """The rectifier ``(x̂0, step, state) -> (x̂0', state)`` for :func:`dig2dig.sampler.ddim`.
 
     ``intensity`` and ``texture`` are (B, 1, H, W) luminance tensors in [-1, 1]: the paper's i
-    (infrared, CT/PET/SPECT) and v (visible, MRI).  ``mapping`` picks the paper's or the
-    release's slot order and output (see the module docstring).
+    (infrared, CT/PET/SPECT) and v (visible, MRI).  Keyword options
+    (:class:`dig2dig.options.DDFMOptions`): ``mapping`` picks the paper's or the release's slot order
+    and output (see the module docstring), ``lamb`` and ``rho`` weigh the TV term.
     """
 
     name = "ddfm"
 
-    def __init__(self, intensity: torch.Tensor, texture: torch.Tensor, mapping: str = "release",
-                 lamb: float = 0.5, rho: float = 0.001):
-        if mapping not in MAPPINGS:
-            raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
+    def __init__(self, intensity: torch.Tensor, texture: torch.Tensor, **options):
+        self.opts = o = DDFMOptions.create(options)
         if intensity.shape != texture.shape or intensity.ndim != 4 or intensity.shape[1] != 1:
             raise ValueError(f"sources must be two (B, 1, H, W) tensors of one shape, got "
                              f"{tuple(intensity.shape)} and {tuple(texture.shape)}")
-        if not (lamb > 0 and rho > 0):
-            raise ValueError(f"lamb and rho must be > 0, got lamb={lamb}, rho={rho}")
-        self.mapping, self.lamb, self.rho = mapping, float(lamb), float(rho)
-        self.I, self.V = (intensity, texture) if mapping == "paper" else (texture, intensity)
+        self.mapping, self.lamb, self.rho = o.mapping, o.lamb, o.rho
+        self.I, self.V = (intensity, texture) if o.mapping == "paper" else (texture, intensity)
         self.otf = DifferenceOTF(intensity.shape[-2], intensity.shape[-1], intensity.device)
 
-    def initial_state(self) -> EMState:
+    def initial_state(self, x0_hat: torch.Tensor | None = None) -> EMState:
         return em_initial(self.I)
 
-    def fuse_luma(self, f_pre: torch.Tensor, state: EMState | None) -> tuple[torch.Tensor, EMState]:
-        if state is None:
-            state = self.initial_state()
+    def fuse_luma(self, f_pre: torch.Tensor, state: EMState) -> tuple[torch.Tensor, EMState]:
         X, state = em_step(f_pre, self.I, self.V, state, self.otf, self.lamb, self.rho)
         return (X + self.V if self.mapping == "paper" else self.I - X), state
 
-    def __call__(self, x0_hat: torch.Tensor, step, state: EMState | None):
+    def __call__(self, x0_hat: torch.Tensor, step, state: EMState):
         if self.mapping == "release" and x0_hat.shape[1] == 3:
             ycc = release_rgb_to_ycbcr(x0_hat)
             F, state = self.fuse_luma(ycc[:, :1], state)
             return release_ycbcr_to_rgb(torch.cat([F, ycc[:, 1:]], dim=1)), state
-        F, state = self.fuse_luma(luma_of(x0_hat), state)
+        F, state = self.fuse_luma(luma(x0_hat), state)
         return with_luma(x0_hat, F), state

@@ -130,12 +130,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..color import luma_of, with_luma
+from ..functional import gaussian_blur, item_noise, local_ssim, luma, with_luma
+from ..options import DIGOptions
+from ..sampler import Rectifier
 
-DISTANCES = ("l2", "l1", "ssim", "none")
-MIXINGS = ("complementary", "attractive")
-WEIGHTINGS = ("dig", "equal")
-WINDOWS = ("backward", "forward")
+NOISE_SALT = 0x5D1A  # the shared ε's stream, apart from the item's initial noise
 
 
 @dataclass
@@ -151,40 +150,14 @@ class DIGState:
     history: list = field(default_factory=list)  # one record per refresh
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma <= 0:
-        return x
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = torch.exp(-(torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = x.shape[1]
-    pad_mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
-    x = F.pad(x, (r, r, r, r), mode=pad_mode)
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def _local_ssim(a: torch.Tensor, b: torch.Tensor, win: int = 7) -> torch.Tensor:
-    """SSIM map on [-1, 1] data (dynamic range 2), uniform win×win window, same size as input."""
-    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
-    pad = win // 2
-
-    def mean(z):
-        return F.avg_pool2d(F.pad(z, (pad,) * 4, mode="replicate"), win, stride=1)
-
-    ma, mb = mean(a), mean(b)
-    va, vb, cov = mean(a * a) - ma**2, mean(b * b) - mb**2, mean(a * b) - ma * mb
-    return ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
-
-
 def distance_map(x0: torch.Tensor, ref: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "l2":
         return (x0 - ref) ** 2
     if kind == "l1":
         return (x0 - ref).abs()
     if kind == "ssim":
-        return 1.0 - _local_ssim(x0, ref)
-    raise ValueError(f"distance must be one of {DISTANCES}, got {kind!r}")
+        return 1.0 - local_ssim(x0, ref, 7)
+    raise ValueError(f"distance must be one of l2, l1, ssim, got {kind!r}")
 
 
 def dig_scale_of(dig: torch.Tensor) -> torch.Tensor:
@@ -205,58 +178,40 @@ def softmax_weights(dig: torch.Tensor, temperature: float, scale: torch.Tensor) 
     return torch.softmax(Z_MAX * torch.tanh(z / Z_MAX), dim=0)
 
 
-class DIGGuidance:
+class DIGGuidance(Rectifier):
     """The Dig2DIG rectifier for :func:`dig2dig.sampler.ddim`.
 
     ``sources``: list of N (B, 1, H, W) luminance tensors in [-1, 1]; ``prior`` answers the DIG
-    forwards; ``noise_seeds`` fix the shared ε per batch item.
+    forwards; ``noise_seeds`` fix the shared ε per batch item; ``record`` keeps the DIG maps and the
+    per-level curves for the figures.  Keyword options: :class:`dig2dig.methods.DIGOptions`.
     """
 
     name = "dig2dig"
 
-    def __init__(self, sources: list[torch.Tensor], prior, grid: list[int], *, interval: int = 10,
-                 distance: str = "l2", temperature: float = 1.0, weights: str = "dig",
-                 mixing: str = "complementary", smooth: float = 12.0, dig_scale: float = 0.5,
-                 window: str = "backward", accelerate: float = 0.0,
-                 noise_seeds: list[int] | None = None, record: bool = False):
+    def __init__(self, sources: list[torch.Tensor], prior, grid: list[int], *, noise_seeds: list[int] | None = None,
+                 record: bool = False, **options):
         if len(sources) < 2:
             raise ValueError(f"Dig2DIG fuses two or more sources, got {len(sources)}")
         if len({tuple(s.shape) for s in sources}) != 1 or sources[0].ndim != 4 or sources[0].shape[1] != 1:
             raise ValueError("sources must be (B, 1, H, W) tensors of one shape")
-        if distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        if weights not in WEIGHTINGS:
-            raise ValueError(f"weights must be one of {WEIGHTINGS}, got {weights!r}")
-        if mixing not in MIXINGS:
-            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
-        if window not in WINDOWS:
-            raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
-        if not 0 <= accelerate < 1:
-            raise ValueError(f"accelerate must be in [0, 1) (0 = off), got {accelerate}")
-        if interval < 1:
-            raise ValueError(f"interval (S) must be >= 1, got {interval}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0 < dig_scale <= 1:
-            raise ValueError(f"dig_scale must be in (0, 1], got {dig_scale}")
+        self.opts = o = DIGOptions.create(options)
         self.src = torch.stack(sources)  # (N, B, 1, H, W)
-        self.prior, self.grid = prior, list(grid)
-        self.interval, self.distance, self.temperature = int(interval), distance, float(temperature)
-        self.weighting, self.mixing, self.smooth, self.dig_scale = weights, mixing, float(smooth), float(dig_scale)
-        self.record, self.window, self.accelerate = record, window, float(accelerate)
+        self.prior, self.grid, self.record = prior, list(grid), record
+        self.interval, self.distance, self.temperature = o.interval, o.distance, o.temperature
+        self.weighting, self.mixing, self.smooth, self.dig_scale = o.weights, o.mixing, o.smooth, o.dig_scale
+        self.window, self.accelerate = o.window, o.accelerate
         n, b, _, h, w = self.src.shape
         m = prior.spatial_multiple
         # DIG works on (optionally) downscaled sources, at a size the prior accepts
-        hs = max(m, int(round(h * dig_scale / m)) * m)
-        ws = max(m, int(round(w * dig_scale / m)) * m)
+        hs = max(m, int(round(h * o.dig_scale / m)) * m)
+        ws = max(m, int(round(w * o.dig_scale / m)) * m)
         self.small = (hs, ws)
         flat = self.src.reshape(n * b, 1, h, w)
         self.src_small = (F.interpolate(flat, size=self.small, mode="area") if (hs, ws) != (h, w) else flat)
         seeds = noise_seeds if noise_seeds is not None else list(range(b))
         if len(seeds) != b:
             raise ValueError(f"need one noise seed per batch item ({b}), got {len(seeds)}")
-        eps = torch.cat([torch.randn((1, 1, hs, ws), generator=torch.Generator().manual_seed(int(s) ^ 0x5D1A))
-                         for s in seeds]).to(self.src.device, self.src.dtype)
+        eps = item_noise((1, hs, ws), seeds, self.src.device, self.src.dtype, salt=NOISE_SALT)
         self.eps = eps.repeat(n, 1, 1, 1)  # the same ε for every source of an item
         self.refresh_forwards = 0
         self._curve = None  # record mode: d_i at every grid level, computed once after sampling
@@ -274,7 +229,7 @@ class DIGGuidance:
             self.refresh_forwards += 1
             for k, t in enumerate(todo):
                 chunk = slice(k * n * b, (k + 1) * n * b)
-                x0 = luma_of(self.prior.x0_from_eps(xt[chunk].repeat(1, self.prior.channels, 1, 1), eps[chunk], t))
+                x0 = luma(self.prior.x0_from_eps(xt[chunk].repeat(1, self.prior.channels, 1, 1), eps[chunk], t))
                 if self.distance == "none":
                     d = x0
                 else:
@@ -371,7 +326,7 @@ class DIGGuidance:
         return out
 
     # --- the rectifier -----------------------------------------------------------------------
-    def initial_state(self) -> DIGState:
+    def initial_state(self, x0_hat: torch.Tensor | None = None) -> DIGState:
         n, b, _, h, w = self.src.shape
         return DIGState(tau=torch.ones((n, b, 1, 1, 1), dtype=self.src.dtype, device=self.src.device),
                         weights=torch.full((n, b, 1, h, w), 1.0 / n, dtype=self.src.dtype, device=self.src.device))
@@ -383,10 +338,8 @@ class DIGGuidance:
         a = state.weights / P if self.mixing == "complementary" else state.weights * P
         return (a * self.src).sum(0) / a.sum(0), state
 
-    def __call__(self, x0_hat: torch.Tensor, step, state: DIGState | None):
-        if state is None:
-            state = self.initial_state()
+    def __call__(self, x0_hat: torch.Tensor, step, state: DIGState):
         if self.weighting == "dig" and step.index >= state.next_refresh:
             state = self.refresh(state, step)
-        f, state = self.fuse_luma(luma_of(x0_hat), state)
+        f, state = self.fuse_luma(luma(x0_hat), state)
         return with_luma(x0_hat, f), state

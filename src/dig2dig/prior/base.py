@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..functional import x0_from_eps
 from ..schedule import NUM_TIMESTEPS, alphas_cumprod
 
 LINEAR_SCHEDULE = {"kind": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": NUM_TIMESTEPS}
@@ -62,9 +63,6 @@ class Denoiser:
         self.spec = spec
         self.module = module if module is not None else (net if isinstance(net, torch.nn.Module) else None)
         self.alphas_cumprod: np.ndarray = alphas_cumprod(spec.schedule["num_timesteps"])
-        self.forward_count = 0  # images passed through the network; for profiling
-        self.forward_calls = 0  # batched network calls
-        self.forward_s = 0.0  # wall time spent in network forwards (synchronised on CUDA)
 
     # --- properties ---------------------------------------------------------------------
     @property
@@ -116,22 +114,11 @@ class Denoiser:
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"H and W must be multiples of {m} for this prior, got {tuple(x.shape[-2:])}; pad first")
         t = self._timesteps(t, x.shape[0], x.device)
-        t0 = time.perf_counter()
-        out = self.net(x.to(self.dtype), t)[:, : self.channels].to(x.dtype)
-        if out.device.type == "cuda":
-            torch.cuda.synchronize(out.device)
-        self.forward_s += time.perf_counter() - t0
-        self.forward_count += x.shape[0]
-        self.forward_calls += 1
-        return out
+        return self.net(x.to(self.dtype), t)[:, : self.channels].to(x.dtype)
 
     def x0_from_eps(self, x: torch.Tensor, eps: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor:
-        """x̂0 = sqrt(1/ᾱ) x - sqrt(1/ᾱ - 1) ε (coefficients rounded to float32, as in ADM)."""
-        a = float(self.alphas_cumprod[t])
-        c1 = torch.tensor(np.sqrt(1.0 / a), dtype=torch.float32).item()
-        c2 = torch.tensor(np.sqrt(1.0 / a - 1.0), dtype=torch.float32).item()
-        x0 = x * c1 - eps * c2
-        return x0.clamp(-1.0, 1.0) if clip else x0
+        """x̂0 = sqrt(1/ᾱ) x - sqrt(1/ᾱ - 1) ε (:func:`dig2dig.functional.x0_from_eps`)."""
+        return x0_from_eps(x, eps, float(self.alphas_cumprod[t]), clip)
 
     def x0(self, x: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor:
         return self.x0_from_eps(x, self.eps(x, t), t, clip)
@@ -139,6 +126,41 @@ class Denoiser:
     def __repr__(self) -> str:
         s = self.spec
         return f"Denoiser({s.format}:{s.name or s.source}, channels={s.channels}, multiple={s.spatial_multiple})"
+
+
+class TimedDenoiser:
+    """A :class:`Denoiser` that counts and times its forwards: the one place dig2dig measures the prior.
+
+    Everything else is the wrapped denoiser's.  ``sync=True`` waits for the device after each
+    forward so that the times are exact on a GPU; by default nothing synchronises (on a CPU the
+    times are exact anyway), so sampling on a GPU is never stalled for a number nobody asked for.
+    """
+
+    def __init__(self, den: Denoiser, sync: bool = False):
+        self.den = den
+        self.sync = sync
+        self.calls = 0  # batched network calls
+        self.images = 0  # images passed through the network
+        self.seconds = 0.0  # wall time in forwards
+
+    def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.den.eps(x, t)
+        if self.sync and out.device.type == "cuda":
+            torch.cuda.synchronize(out.device)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        self.images += x.shape[0]
+        return out
+
+    def x0(self, x: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor:
+        return self.x0_from_eps(x, self.eps(x, t), t, clip)
+
+    def __getattr__(self, name: str):
+        return getattr(self.den, name)
+
+    def __repr__(self) -> str:
+        return f"TimedDenoiser({self.den!r})"
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

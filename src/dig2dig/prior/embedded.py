@@ -1,16 +1,13 @@
-"""The prior that ships inside the package (``dig2dig/prior/weights``).
+"""Where the prior that ships inside the package lives (``dig2dig/prior/weights``).
 
-The folder holds ``spec.json`` and ``weights.safetensors`` in the dig2dig prior format.  When it
-is absent, every entry point that needs a prior says that ``--prior`` is required.
+The folder holds ``spec.json`` and ``weights.safetensors`` in the dig2dig prior format and is
+loaded by :func:`dig2dig.prior.loaders.load_embedded`.  When it is absent, every entry point that
+needs a prior says that ``--prior`` is required.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
-
-from ..errors import PriorNotAvailableError
 
 EMBEDDED_DIR = Path(__file__).with_name("weights")
 
@@ -25,11 +22,6 @@ def embedded_available() -> bool:
     return (EMBEDDED_DIR / "spec.json").is_file()
 
 
-def load_embedded(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    if not embedded_available():
-        raise PriorNotAvailableError(NO_EMBEDDED_MESSAGE)
-    from .loaders import load_dig2dig_folder
-
-    den = load_dig2dig_folder(EMBEDDED_DIR)
-    den.module.eval()
-    return den.to(device=device, dtype=dtype)
+def is_embedded(source) -> bool:
+    """Whether a prior argument names the embedded prior (None or ``"embedded"``)."""
+    return source is None or str(source) == "embedded"

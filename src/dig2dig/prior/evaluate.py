@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import READ_SUFFIXES
+from ..io import READ_SUFFIXES, list_images
 
 
 def timestep_for_sigma(alphas_cumprod: np.ndarray, sigma255: float) -> int:
@@ -44,9 +44,7 @@ def load_gray_folder(folder: str | Path) -> dict[str, np.ndarray]:
     from ..io import read_image
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in READ_SUFFIXES)
+    files = list_images(folder)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(READ_SUFFIXES)}) in {folder}")
     return {p.name: luminance(read_image(p).data).astype(np.float64) * 255.0 for p in files}
@@ -54,7 +52,7 @@ def load_gray_folder(folder: str | Path) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def denoise_scores(den, images: dict[str, np.ndarray], sigmas=(15, 25, 50), seed: int = 0) -> list[DenoiseScore]:
-    from ..color import luma_of
+    from ..functional import luma
     from ..geometry import crop, pad, padding_for
 
     out = []
@@ -68,7 +66,7 @@ def denoise_scores(den, images: dict[str, np.ndarray], sigmas=(15, 25, 50), seed
             p = padding_for(*x.shape, den.spatial_multiple)
             xt = torch.from_numpy(pad(y, p).astype(np.float32) * np.float32(math.sqrt(ab)))[None, None]
             xt = xt.to(den.device).repeat(1, den.channels, 1, 1)
-            x0 = luma_of(den.x0(xt, t))
+            x0 = luma(den.x0(xt, t))
             rec = (crop(x0[0, 0].double().cpu().numpy(), p) + 1.0) * 127.5
             per[name] = float(10 * np.log10(255.0**2 / np.mean((rec - x) ** 2)))
         out.append(DenoiseScore(float(sigma), t, float(np.mean(list(per.values()))), per))

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, PriorNotAvailableError
+from . import embedded
 from .base import LINEAR_SCHEDULE, Denoiser, PriorSpec, file_sha256, strict_load
 
 # Head layouts of published ADM checkpoints that the weights alone cannot reveal, keyed by
@@ -43,9 +44,7 @@ def load_prior(
     dtype: torch.dtype = torch.float32,
 ) -> Denoiser:
     """Load a prior from a path (file or folder); ``None`` or ``"embedded"`` -> the shipped prior."""
-    if source is None or str(source) == "embedded":
-        from .embedded import load_embedded
-
+    if embedded.is_embedded(source):
         return load_embedded(device=device, dtype=dtype)
     path = Path(source).expanduser()
     if not path.exists():
@@ -59,6 +58,31 @@ def load_prior(
         den = load_adm_checkpoint(path, spec=spec)
     den.module.eval()
     return den.to(device=device, dtype=dtype)
+
+
+def load_embedded(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Denoiser:
+    """The prior that ships with the package (:mod:`dig2dig.prior.embedded`)."""
+    if not embedded.embedded_available():
+        raise PriorNotAvailableError(embedded.NO_EMBEDDED_MESSAGE)
+    den = load_dig2dig_folder(embedded.EMBEDDED_DIR)
+    den.module.eval()
+    return den.to(device=device, dtype=dtype)
+
+
+_CACHE: dict[tuple, Denoiser] = {}
+
+
+def resolve_prior(prior=None, *, prior_spec=None, device=None) -> Denoiser:
+    """A :class:`Denoiser` from a Denoiser, a path, or None (embedded), on ``device`` (default: cuda if
+    available); loaded once per process and kept."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(prior, Denoiser):
+        return prior.to(device)
+    source = str(embedded.EMBEDDED_DIR) if embedded.is_embedded(prior) else str(prior)
+    key = (source, str(prior_spec), str(device))
+    if key not in _CACHE:
+        _CACHE[key] = load_prior(prior, spec=prior_spec, device=device)
+    return _CACHE[key]
 
 
 # ------------------------------------------------------------------------------------------

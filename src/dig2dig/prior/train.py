@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import READ_SUFFIXES, atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, list_images
 from ..schedule import alphas_cumprod
 
 
@@ -124,7 +124,7 @@ class LumaCrops:
             base = (root / folder).resolve()
             if not base.is_dir():
                 raise FileNotFoundError(f"training folder {base} does not exist (data root {root})")
-            files = sorted(p for p in base.rglob("*") if p.suffix.lower() in READ_SUFFIXES)
+            files = list_images(base, recursive=True)
             for p in files:
                 if any(str(p.resolve()).startswith(str(Path(b).resolve())) for b in bad):
                     raise ValueError(f"{p} lies in an excluded folder (the check set); refusing to train on it")
@@ -196,13 +196,194 @@ def export_prior(net: torch.nn.Module, arch: dict, out_dir: Path, extra: dict) -
     return out_dir
 
 
+class Trainer:
+    """One training run in a run folder, in the steps a reader looks for: :meth:`resume` (from the
+    folder's checkpoint), :meth:`warm_start` (from exported weights, possibly of a smaller network),
+    :meth:`step` (one optimiser update), :meth:`evaluate_and_export` (check set, best weights out) and
+    :meth:`save_checkpoint`; :meth:`run` strings them together."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, *, data_root: str | None = None, device: str | None = None,
+                 config_path: str | Path = "", log=print):
+        from .compact import CompactConfig, CompactUNet
+        from .evaluate import load_gray_folder
+
+        self.cfg, self.out, self.log, self.config_path = cfg, Path(out), log, str(config_path)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        root = _data_root(cfg, data_root)
+        self.data = LumaCrops(root, cfg.folders, cfg.weights, cfg.exclude, cfg.crop)
+        self.check = load_gray_folder(root / cfg.check_folder) if cfg.check_folder else {}
+        log(f"data: {'; '.join(self.data.names)}; check set: {len(self.check)} images; device {self.dev}")
+        self.arch = CompactConfig.from_dict(cfg.architecture)
+        self.net = CompactUNet(self.arch).to(self.dev)
+        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ab = alphas_cumprod()
+        self.ab_t = torch.from_numpy(self.ab).float().to(self.dev)
+        self.best_key = f"psnr_{int(cfg.eval_sigmas[len(cfg.eval_sigmas) // 2])}"  # the model-selection metric
+        self.step_count, self.best, self.wall, self.opt_steps = 0, -math.inf, 0.0, 0
+        self.runs: list[dict] = []  # provenance of earlier runs this one continues (warm starts)
+        self.history: list[dict] = []  # check-set numbers of those runs
+        self.rng = np.random.default_rng(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.last = self.out / "last.pt"
+
+    # --- starting points ---------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Continue from the run folder's checkpoint, if there is one."""
+        if not self.last.is_file():
+            return False
+        ck = torch.load(self.last, map_location=self.dev, weights_only=False)
+        self.net.load_state_dict(ck["net"])
+        self.ema.load_state_dict(ck["ema"])
+        self.opt.load_state_dict(ck["opt"])
+        self.step_count, self.best, self.wall = ck["step"], ck["best"], ck.get("wall", 0.0)
+        self.opt_steps, self.runs = ck.get("opt_steps", self.step_count), ck.get("runs", [])
+        self.history = ck.get("history", [])
+        self.rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        self.log(f"resumed from {self.last} at step {self.step_count} (best check PSNR {self.best:.3f} dB, "
+                 f"{self.wall / 3600:.2f} h trained)")
+        return True
+
+    def warm_start(self, init: str | Path) -> None:
+        """Start from exported weights (weights and EMA; the optimiser starts fresh).  Weights of a
+        smaller configuration are grown into this one with the same output (:meth:`CompactUNet.load_grown`)."""
+        from .compact import CompactConfig
+        from .loaders import load_dig2dig_folder
+
+        src = load_dig2dig_folder(init)
+        if CompactConfig.from_dict(src.spec.architecture) == self.arch:
+            self.net.load_state_dict(src.module.state_dict())
+        else:
+            try:
+                self.net.load_grown(src.module.state_dict())
+            except ValueError as e:
+                raise ValueError(f"--init {init} has architecture {src.spec.architecture}, which cannot grow into "
+                                 f"the config's {self.arch.to_dict()}: {e}") from None
+            self.log(f"grown from {src.spec.architecture} to {self.arch.to_dict()} (same output at the start)")
+        self.ema.load_state_dict(self.net.state_dict())
+        extra = src.spec.extra
+        self.step_count = int(extra.get("trained_steps", 0))
+        self.wall = float(extra.get("train_wall_hours", 0.0)) * 3600
+        self.runs = list(extra.get("runs") or [
+            {"config": extra.get("config"), "steps": [0, self.step_count], "wall_hours": round(self.wall / 3600, 3)}])
+        self.history = list(extra.get("check_history") or [{"step": self.step_count, **extra.get("check_psnr", {})}])
+        self.best = float(extra.get("check_psnr", {}).get(self.best_key, -math.inf))
+        self.log(f"initialised from {init} (trained {self.step_count} steps); optimiser state starts fresh")
+
+    # --- one update ---------------------------------------------------------------------------
+    def step(self) -> dict:
+        """One optimiser update on a fresh batch; returns the loss, learning rate and gradient norm."""
+        cfg, dev = self.cfg, self.dev
+        x0 = torch.from_numpy(self.data.batch(self.rng, cfg.batch)).to(dev)
+        t = torch.from_numpy(sample_timesteps(self.rng, cfg.batch, cfg, self.ab)).to(dev)
+        noise = torch.randn_like(x0)
+        a = self.ab_t[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        lr = cfg.lr_at(self.step_count, self.opt_steps)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            pred = self.net(xt, t)
+        loss = torch.mean((pred.float() - noise) ** 2)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.opt.step()
+        decay = min(cfg.ema, (1 + self.step_count) / (10 + self.step_count))
+        with torch.no_grad():
+            for pe, pn in zip(self.ema.parameters(), self.net.parameters()):
+                pe.lerp_(pn, 1 - decay)
+        self.step_count += 1
+        self.opt_steps += 1
+        return {"loss": loss.item(), "lr": lr, "grad_norm": float(gn)}
+
+    # --- check and export -------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """The EMA weights' check-set PSNR at each σ."""
+        from .base import Denoiser, PriorSpec
+        from .evaluate import denoise_scores
+
+        a = self.arch
+        den = Denoiser(self.ema, PriorSpec("dig2dig", a.to_dict(), a.in_channels, a.spatial_multiple), module=self.ema)
+        return {f"psnr_{int(s.sigma)}": round(s.psnr, 4) for s in denoise_scores(den, self.check, self.cfg.eval_sigmas)}
+
+    def evaluate_and_export(self) -> dict:
+        """Score the EMA weights; when the model-selection PSNR improves, export them to ``<out>/best``."""
+        cfg, step = self.cfg, self.step_count
+        scores = self.evaluate()
+        rec = {"step": step, "eval": scores, "wall_h": round(self.wall / 3600, 4)}
+        if scores[self.best_key] > self.best:
+            self.best = scores[self.best_key]
+            done = self.runs[-1]["steps"][1] if self.runs else 0
+            this_run_h = (self.wall - 3600 * sum(r.get("wall_hours", 0) for r in self.runs)) / 3600
+            export_prior(self.ema, self.arch.to_dict(), self.out / "best", {
+                "trained_steps": step, "train_wall_hours": round(self.wall / 3600, 3), "check_set": cfg.check_folder,
+                "check_psnr": scores, "training_folders": cfg.folders, "crop": cfg.crop, "batch": cfg.batch,
+                "objective": "eps-MSE, linear beta schedule, mixed uniform/log-normal timesteps",
+                "config": self.config_path,
+                "check_history": _merge_history(self.history, _log_evals(self.out / "log.jsonl"),
+                                                [{"step": step, **scores}]),
+                "runs": self.runs + [{"config": self.config_path, "steps": [done, step],
+                                      "wall_hours": round(this_run_h, 3)}]})
+            rec["exported"] = True
+        return rec
+
+    def save_checkpoint(self) -> None:
+        import io
+
+        buf = io.BytesIO()
+        torch.save({"net": self.net.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                    "step": self.step_count, "opt_steps": self.opt_steps, "runs": self.runs, "history": self.history,
+                    "best": self.best, "wall": self.wall, "rng": self.rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(), "config": self.cfg.__dict__}, buf)
+        atomic_write_bytes(self.last, buf.getvalue())
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def run(self, minutes: float | None = None) -> Path:
+        """Train to ``max_steps`` (or for ``minutes``), logging, checkpointing and exporting as configured."""
+        cfg = self.cfg
+        self.log(f"compact UNet {self.arch.to_dict()}: "
+                 f"{sum(p.numel() for p in self.net.parameters()) / 1e6:.2f} M parameters")
+        lock = _acquire_lock(self.out)
+        t_run = time.time()
+        losses: list[float] = []
+        try:
+            with open(self.out / "log.jsonl", "a") as logf:
+                def write(rec: dict) -> None:
+                    logf.write(json.dumps(rec) + "\n")
+                    logf.flush()
+                    self.log(json.dumps(rec))
+
+                while self.step_count < cfg.max_steps:
+                    if minutes is not None and time.time() - t_run > minutes * 60:
+                        self.log(f"time budget of {minutes} min reached")
+                        break
+                    t0 = time.time()
+                    upd = self.step()
+                    self.wall += time.time() - t0
+                    losses.append(upd["loss"])
+                    step = self.step_count
+                    if step % cfg.log_every == 0:
+                        write({"step": step, "loss": round(float(np.mean(losses)), 6), "lr": upd["lr"],
+                               "grad_norm": round(upd["grad_norm"], 4), "wall_h": round(self.wall / 3600, 4),
+                               "s_per_step": round(self.wall / max(step, 1), 3)})
+                        losses.clear()
+                    if step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if self.check and step % cfg.eval_every == 0:
+                        write(self.evaluate_and_export())
+        finally:
+            self.save_checkpoint()
+            lock.unlink(missing_ok=True)
+        return self.out
+
+
 def train(config_path: str | Path, out: str | Path, *, data_root: str | None = None, max_steps: int | None = None,
           minutes: float | None = None, device: str | None = None, init: str | None = None,
           threads: int | None = None, log=print) -> Path:
-    from ..prior.base import Denoiser, PriorSpec
-    from .compact import CompactConfig, CompactUNet
-    from .evaluate import denoise_scores, load_gray_folder
-
+    """Train (or resume) the run in ``out``; ``init`` warm-starts a new run from exported weights."""
     cfg = TrainConfig.from_toml(config_path)
     if max_steps is not None:
         cfg.max_steps = max_steps
@@ -210,144 +391,10 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
         cfg.threads = threads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    root = _data_root(cfg, data_root)
-    data = LumaCrops(root, cfg.folders, cfg.weights, cfg.exclude, cfg.crop)
-    check = load_gray_folder(root / cfg.check_folder) if cfg.check_folder else {}
-    log(f"data: {'; '.join(data.names)}; check set: {len(check)} images; device {dev}")
-
-    arch = CompactConfig.from_dict(cfg.architecture)
-    net = CompactUNet(arch).to(dev)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ab = alphas_cumprod()
-    ab_t = torch.from_numpy(ab).float().to(dev)
-    best_key = f"psnr_{int(cfg.eval_sigmas[len(cfg.eval_sigmas) // 2])}"  # the model-selection metric
-    step, best, wall, opt_steps = 0, -math.inf, 0.0, 0
-    runs: list[dict] = []  # provenance of earlier runs this one continues (warm starts)
-    history: list[dict] = []  # check-set numbers of those runs
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    last = out / "last.pt"
-    if last.is_file():
-        ck = torch.load(last, map_location=dev, weights_only=False)
-        net.load_state_dict(ck["net"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"])
-        step, best, wall = ck["step"], ck["best"], ck.get("wall", 0.0)
-        opt_steps, runs = ck.get("opt_steps", step), ck.get("runs", [])
-        history = ck.get("history", [])
-        rng.bit_generator.state = ck["rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        log(f"resumed from {last} at step {step} (best check PSNR {best:.3f} dB, {wall / 3600:.2f} h trained)")
-    elif init:
-        # warm start from exported weights (e.g. the shipped prior): weights and EMA, fresh optimiser
-        from .loaders import load_dig2dig_folder
-
-        src = load_dig2dig_folder(init)
-        if CompactConfig.from_dict(src.spec.architecture) == arch:
-            net.load_state_dict(src.module.state_dict())
-        else:  # a deeper network, or one with a stem/head: grown from the smaller one, same output at start
-            try:
-                net.load_grown(src.module.state_dict())
-            except ValueError as e:
-                raise ValueError(f"--init {init} has architecture {src.spec.architecture}, which cannot grow into "
-                                 f"the config's {arch.to_dict()}: {e}") from None
-            log(f"grown from {src.spec.architecture} to {arch.to_dict()} (same output at the start)")
-        ema.load_state_dict(net.state_dict())
-        step = int(src.spec.extra.get("trained_steps", 0))
-        wall = float(src.spec.extra.get("train_wall_hours", 0.0)) * 3600
-        runs = list(src.spec.extra.get("runs") or [
-            {"config": src.spec.extra.get("config"), "steps": [0, step], "wall_hours": round(wall / 3600, 3)}])
-        history = list(src.spec.extra.get("check_history") or
-                       [{"step": step, **src.spec.extra.get("check_psnr", {})}])
-        best = float(src.spec.extra.get("check_psnr", {}).get(best_key, -math.inf))
-        log(f"initialised from {init} (trained {step} steps); optimiser state starts fresh")
-    n_params = sum(p.numel() for p in net.parameters())
-    log(f"compact UNet {arch.to_dict()}: {n_params / 1e6:.2f} M parameters")
-
-    def save_checkpoint():
-        import io
-
-        buf = io.BytesIO()
-        torch.save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "opt_steps": opt_steps, "runs": runs, "history": history, "best": best, "wall": wall, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                    "config": cfg.__dict__}, buf)
-        atomic_write_bytes(last, buf.getvalue())
-
-    def evaluate() -> dict:
-        den = Denoiser(ema, PriorSpec("dig2dig", arch.to_dict(), arch.in_channels, arch.spatial_multiple), module=ema)
-        scores = denoise_scores(den, check, cfg.eval_sigmas)
-        return {f"psnr_{int(s.sigma)}": round(s.psnr, 4) for s in scores}
-
-    lock = _acquire_lock(out)
-    logf = open(out / "log.jsonl", "a")
-    amp = dev.type == "cuda"
-    t_run = time.time()
-    losses: list[float] = []
-    try:
-        while step < cfg.max_steps:
-            if minutes is not None and time.time() - t_run > minutes * 60:
-                log(f"time budget of {minutes} min reached")
-                break
-            t0 = time.time()
-            x0 = torch.from_numpy(data.batch(rng, cfg.batch)).to(dev)
-            t = torch.from_numpy(sample_timesteps(rng, cfg.batch, cfg, ab)).to(dev)
-            noise = torch.randn_like(x0)
-            a = ab_t[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            lr = cfg.lr_at(step, opt_steps)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                pred = net(xt, t)
-            loss = torch.mean((pred.float() - noise) ** 2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            opt.step()
-            decay = min(cfg.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, pn in zip(ema.parameters(), net.parameters()):
-                    pe.lerp_(pn, 1 - decay)
-            step += 1
-            opt_steps += 1
-            wall += time.time() - t0
-            losses.append(loss.item())
-            if step % cfg.log_every == 0:
-                rec = {"step": step, "loss": round(float(np.mean(losses)), 6), "lr": lr, "grad_norm": round(float(gn), 4),
-                       "wall_h": round(wall / 3600, 4), "s_per_step": round(wall / max(step, 1), 3)}
-                losses.clear()
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-                log(json.dumps(rec))
-            if step % cfg.checkpoint_every == 0:
-                save_checkpoint()
-            if check and step % cfg.eval_every == 0:
-                scores = evaluate()
-                rec = {"step": step, "eval": scores, "wall_h": round(wall / 3600, 4)}
-                if scores[best_key] > best:
-                    best = scores[best_key]
-                    export_prior(ema, arch.to_dict(), out / "best", {
-                        "trained_steps": step, "train_wall_hours": round(wall / 3600, 3), "check_set": cfg.check_folder,
-                        "check_psnr": scores, "training_folders": cfg.folders, "crop": cfg.crop, "batch": cfg.batch,
-                        "objective": "eps-MSE, linear beta schedule, mixed uniform/log-normal timesteps",
-                        "config": str(config_path), "check_history": _merge_history(
-                            history, _log_evals(out / "log.jsonl"), [{"step": step, **scores}]),
-                        "runs": runs + [
-                            {"config": str(config_path), "steps": [runs[-1]["steps"][1] if runs else 0, step],
-                             "wall_hours": round((wall - 3600 * sum(r.get("wall_hours", 0) for r in runs)) / 3600, 3)}]})
-                    rec["exported"] = True
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-                log(json.dumps(rec))
-    finally:
-        save_checkpoint()
-        logf.close()
-        lock.unlink(missing_ok=True)
-    return out
+    trainer = Trainer(cfg, Path(out), data_root=data_root, device=device, config_path=config_path, log=log)
+    if not trainer.resume() and init:
+        trainer.warm_start(init)
+    return trainer.run(minutes)
 
 
 def _merge_history(*parts: list[dict]) -> list[dict]:
