@@ -102,3 +102,35 @@ def test_bench_survives_a_bad_pair(tmp_path):
     man = json.loads(written["manifest"].read_text())
     assert len(man["errors"]) == 1 and "p1" in man["errors"][0]["item"]
     assert len(list(csv.DictReader(open(written["csv"])))) == 2 * 2  # EN and time_s for the two good pairs
+
+
+def test_bench_never_reuses_results_made_with_other_settings(tmp_path):
+    import pytest
+
+    from dig2dig.errors import RunError
+
+    ds = _dataset(tmp_path / "ds", n=2)
+    out = tmp_path / "b"
+    kw = dict(convention="cddfuse", metrics=["EN", "SF"], progress=False, plots=False, log=lambda m: None)
+    first = run_bench([ds], ["laplacian"], out, **kw)
+    en = {r["pair"]: r["value"] for r in csv.DictReader(open(first["csv"])) if r["metric"] == "EN"}
+    with pytest.raises(RunError, match="other settings"):
+        run_bench([ds], ["laplacian"], out, options={"levels": 1}, **kw)
+    again = run_bench([ds], ["laplacian"], out, options={"levels": 1}, overwrite=True, **kw)
+    en1 = {r["pair"]: r["value"] for r in csv.DictReader(open(again["csv"])) if r["metric"] == "EN"}
+    assert en1 != en  # rescored from the new images, not reused
+
+
+def test_bench_refuses_bad_settings_before_any_work(tmp_path, capsys):
+    ds = _dataset(tmp_path / "ds", n=1)
+    base = ["bench", "--datasets", str(ds), "--metrics", "EN", "--no-plots"]
+    for extra, msg in ((["--methods", "magic"], "unknown method"), (["--methods", "dig2dig:interval=0"], "interval=0"),
+                       (["--methods", "average", "--limit", "0"], "--limit must be at least 1"),
+                       (["--methods", "average", "--peers", str(tmp_path / "nope")], "not found"),
+                       (["--methods", "average", "--metrics", "NOPE"], "unknown metric"),
+                       (["--methods", "dig2dig", "--device", "cuda:3"], "--device cuda:3")):
+        out = tmp_path / f"o{len(extra)}{abs(hash(msg)) % 1000}"
+        assert main([*base, *extra, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert msg in err, err
+        assert not out.exists()

@@ -70,10 +70,14 @@ def test_batch_equals_items_one_by_one(tiny_prior):
     pairs = [[smooth_image(24, 40, 1), smooth_image(24, 40, 2)], [smooth_image(24, 40, 3), smooth_image(24, 40, 4)],
              [smooth_image(16, 16, 5), smooth_image(16, 16, 6)]]
     batch = dig2dig.fuse_batch(pairs, steps=4, seeds=[11, 12, 13], prior=tiny_prior, task="vif")
-    for pair, seed, rb in zip(pairs, (11, 12, 13), batch):
+    stacked = dig2dig.fuse_batch(pairs, steps=4, seeds=[11, 12, 13], prior=tiny_prior, task="vif", max_batch=3)
+    for pair, seed, rb, rs in zip(pairs, (11, 12, 13), batch, stacked):
         r1 = dig2dig.fuse(pair, steps=4, seed=seed, prior=tiny_prior, task="vif")
-        np.testing.assert_allclose(rb.luminance, r1.luminance, atol=1e-5)
-        assert rb.seed == seed
+        np.testing.assert_array_equal(rb.image, r1.image)  # the default: the same bytes as alone
+        np.testing.assert_allclose(rs.luminance, r1.luminance, atol=1e-5)  # stacked through the network
+        assert rb.seed == rs.seed == seed
+    with pytest.raises(ValueError, match="max_batch must be at least 1"):
+        dig2dig.fuse_batch(pairs, steps=4, prior=tiny_prior, max_batch=0)
 
 
 def test_history_and_timings(tiny_prior):

@@ -5,9 +5,12 @@ Fused layout: ``<folder>/<pair_id>.<ext>`` -- one folder per method.
 
 * :func:`evaluate_folder` scores one folder of fused images against a dataset → tidy rows
   ``(pair, method, metric, value)``.
-* :func:`run_bench` fuses every pair of every dataset with every method (skipping pairs already
-  done, so an interrupted run resumes), adds folders of precomputed peer outputs, scores all of it,
-  and writes ``results.csv``, ``summary.md``, ``manifest.json`` and plots under the output folder.
+* :func:`run_bench` fuses every pair of every dataset with every method through the batch runner
+  (:func:`dig2dig.jobs.run_batch`: one folder per dataset and method, resumable, never reusing an
+  image made with other settings), adds folders of precomputed peer outputs, scores all of it
+  (scores are cached by the bytes of the fused image and its sources, the convention and the
+  metric list, so a rerun rescores only what changed), and writes ``results.csv``, ``summary.md``,
+  ``manifest.json`` and plots under the output folder -- each rebuilt from this run's results.
 * :func:`summary_markdown` and :func:`plot_results` turn rows into a table and PNG charts.
 """
 
@@ -18,8 +21,6 @@ import json
 import math
 import platform
 import sys
-import time
-import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -278,6 +279,38 @@ def _versions() -> dict:
             "numpy": np.__version__, "torch": torch.__version__, "opencv": cv2.__version__}
 
 
+class ScoreCache:
+    """Metric values keyed by what decides them: the fused image's and the sources' bytes, the
+    convention, the metric list and the dig2dig version (``scores_cache.json`` in the bench folder)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.data = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            self.data = {}
+        self.dirty = False
+
+    def score(self, fused: Path, pair: Pair, convention: str, metrics: Sequence[str] | None) -> dict[str, float]:
+        import hashlib
+
+        from ._version import __version__
+        from .io import file_sha256
+
+        parts = [file_sha256(fused), *[file_sha256(s) for s in pair.sources], convention,
+                 ",".join(metrics or []), __version__]
+        key = hashlib.sha256("|".join(parts).encode()).hexdigest()
+        if key not in self.data:
+            self.data[key] = score_pair(fused, pair, convention, metrics)
+            self.dirty = True
+        return dict(self.data[key])
+
+    def save(self) -> None:
+        if self.dirty:
+            atomic_write_text(self.path, json.dumps(self.data, allow_nan=True))
+            self.dirty = False
+
+
 def run_bench(
     datasets: Sequence[str | Path],
     methods: Sequence[str],
@@ -296,85 +329,125 @@ def run_bench(
     options: dict | None = None,
     plots: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Fuse, score, tabulate and plot; resumable.  Returns the paths written."""
-    from .api import derive_seed, fuse
+    """Fuse, score, tabulate and plot; resumable.  Returns the paths written.
+
+    Everything is checked before the first pair is fused: the datasets and peer folders exist,
+    ``limit`` is positive, each method spec names a method with valid options, the device and the
+    prior load.  A pair that fails is recorded in the manifest's ``errors`` and the run goes on.
+    """
+    from .errors import RunError
+    from .jobs import OutputFolder, RunConfig, items_from_folder, run_batch
+    from .metrics import CONVENTIONS
+
+    if limit is not None and int(limit) < 1:
+        raise RunError(f"--limit must be at least 1 (the first N pairs of each dataset), got {limit}")
+    if convention not in CONVENTIONS:
+        raise RunError(f"unknown metric convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
+    missing = [str(p) for p in [*datasets, *peers] if not Path(p).is_dir()]
+    if missing:
+        raise RunError(f"folder(s) not found: {', '.join(missing)}")
+    if not methods and not peers:
+        raise RunError("nothing to benchmark: give --methods and/or --peers")
+    runs = []
+    for spec in methods:
+        label, name, mopts = parse_method(spec)
+        m_steps = mopts.pop("steps", steps)
+        config = RunConfig(method=name, options={**(options or {}), **mopts}, steps=m_steps, seed=seed, task=task,
+                           prior=prior, prior_spec=prior_spec, device=device, bit_depth=8)
+        config.resolve()  # refuse a bad method, option, device or prior before any work
+        runs.append((label, config))
+    for name in metrics or []:
+        CONVENTIONS[convention].get(name)  # an unknown metric is an error that lists the convention's
 
     out = Path(out)
-    (out / "fused").mkdir(parents=True, exist_ok=True)
-    manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"items": {}}
-    manifest.update({"versions": _versions(), "convention": convention, "metrics": list(metrics or []),
-                     "methods": list(methods), "peers": [str(p) for p in peers], "seed": seed, "steps": steps,
-                     "task": task, "options": options or {}, "datasets": [str(d) for d in datasets]})
-    results_path = out / "results.csv"
-    rows = read_csv(results_path) if results_path.is_file() else []
-    done = {(r["dataset"], r["method"], r["pair"]) for r in rows}
-    errors = manifest.setdefault("errors", [])
-
-    def save_state():
+    folder = OutputFolder(out)
+    folder.prepare()
+    folder.lock()
+    try:
+        (out / "fused").mkdir(exist_ok=True)
+        cache = ScoreCache(out / "scores_cache.json")
+        rows: list[dict] = []
+        items_log: dict[str, dict] = {}
+        errors: list[dict] = []
+        for ds_dir in datasets:
+            ds = Path(ds_dir).name
+            pairs = list_pairs(ds_dir, task)[: limit or None]
+            keep = {p.pair_id for p in pairs}
+            items = [it for it in items_from_folder(ds_dir) if it.id in keep]
+            for label, config in runs:
+                mdir = out / "fused" / ds / _folder_name(label)
+                mdir.parent.mkdir(parents=True, exist_ok=True)
+                summary = run_batch(items, mdir, config, overwrite=overwrite, progress=progress,
+                                    log=lambda m, ds=ds, label=label: log(f"{ds}/{label}: {m}"))
+                if summary.interrupted:
+                    raise KeyboardInterrupt
+                failed = {f["id"]: f["error"] for f in summary.failed}
+                for f in summary.failed:
+                    errors.append({"item": f"{ds}/{label}/{f['id']}", "error": f["error"]})
+                    log(f"error on {ds}/{label}/{f['id']}: {f['error']}")
+                for pair in _progress(pairs, progress, f"score {ds}/{label}"):
+                    if pair.pair_id in failed:
+                        continue
+                    side = _sidecar(mdir, pair.pair_id)
+                    fused = mdir / side["output"] if side else None
+                    if fused is None or not fused.is_file():
+                        continue
+                    _score_into(rows, errors, cache, fused, pair, ds, label, convention, metrics, log)
+                    rows.append({"dataset": ds, "pair": pair.pair_id, "method": label, "metric": TIME_METRIC,
+                                 "value": side["timings"]["wall_s"]})
+                    items_log[f"{ds}/{label}/{pair.pair_id}"] = {
+                        k: side.get(k) for k in ("seed", "task", "steps", "prior", "timings")} | {
+                        "wall_s": side["timings"]["wall_s"], "steps_taken": side["timings"].get("steps_taken")}
+                cache.save()
+            for peer in peers:
+                peer = Path(peer)
+                absent = []
+                for pair in _progress(pairs, progress, f"score {ds}/{peer.name}"):
+                    f = find_fused(peer, pair.pair_id)
+                    if f is None:
+                        absent.append(pair.pair_id)
+                        continue
+                    _score_into(rows, errors, cache, f, pair, ds, peer.name, convention, metrics, log)
+                if absent:
+                    log(f"{ds}/{peer.name}: no fused image for {len(absent)} of {len(pairs)} pair(s): "
+                        f"{', '.join(absent[:5])}{' …' if len(absent) > 5 else ''}")
+                cache.save()
+        manifest = {"versions": _versions(), "convention": convention, "metrics": list(metrics or []),
+                    "methods": list(methods), "peers": [str(p) for p in peers], "seed": seed, "steps": steps,
+                    "task": task, "options": options or {}, "datasets": [str(d) for d in datasets],
+                    "items": items_log, "errors": errors}
+        results_path = out / "results.csv"
         write_csv(results_path, rows)
-        atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str))
-
-    for ds_dir in datasets:
-        pairs = list_pairs(ds_dir, task)[: limit or None]
-        ds = Path(ds_dir).name
-        for spec in methods:
-            method, name, mopts = parse_method(spec)
-            m_steps = mopts.pop("steps", steps)
-            mdir = out / "fused" / ds / _folder_name(method)
-            mdir.mkdir(parents=True, exist_ok=True)
-            for pair in _progress(pairs, progress, f"{ds}/{method}"):
-                if (ds, method, pair.pair_id) in done:
-                    continue
-                target = mdir / f"{pair.pair_id}.png"
-                key = f"{ds}/{method}/{pair.pair_id}"
-                try:
-                    if not target.is_file():
-                        item_seed = derive_seed(seed, f"{ds}/{pair.pair_id}")
-                        t0 = time.perf_counter()
-                        r = fuse(list(pair.sources), method=name, steps=m_steps, seed=item_seed, task=pair.task,
-                                 prior=prior, prior_spec=prior_spec, device=device, **{**(options or {}), **mopts})
-                        r.save(target, 8)
-                        manifest["items"][key] = {"seed": item_seed, "wall_s": round(time.perf_counter() - t0, 3),
-                                                  "timings": r.timings, "prior": r.config.get("prior"),
-                                                  "steps": r.config.get("steps"), "steps_taken": r.config.get("steps_taken"),
-                                                  "task": r.task}
-                    for mname, value in score_pair(target, pair, convention, metrics).items():
-                        rows.append({"dataset": ds, "pair": pair.pair_id, "method": method, "metric": mname,
-                                     "value": value})
-                    if key in manifest["items"]:
-                        rows.append({"dataset": ds, "pair": pair.pair_id, "method": method, "metric": TIME_METRIC,
-                                     "value": manifest["items"][key]["wall_s"]})
-                    done.add((ds, method, pair.pair_id))
-                except Exception as e:  # one bad pair must not end the run
-                    errors.append({"item": key, "error": f"{type(e).__name__}: {e}",
-                                   "trace": traceback.format_exc(limit=3)})
-                    log(f"error on {key}: {type(e).__name__}: {e}")
-                save_state()
-        for peer in peers:
-            peer = Path(peer)
-            name = peer.name
-            for pair in _progress(pairs, progress, f"{ds}/{name}"):
-                if (ds, name, pair.pair_id) in done:
-                    continue
-                f = find_fused(peer, pair.pair_id)
-                if f is None:
-                    continue
-                try:
-                    for mname, value in score_pair(f, pair, convention, metrics).items():
-                        rows.append({"dataset": ds, "pair": pair.pair_id, "method": name, "metric": mname,
-                                     "value": value})
-                    done.add((ds, name, pair.pair_id))
-                except Exception as e:
-                    errors.append({"item": f"{ds}/{name}/{pair.pair_id}", "error": f"{type(e).__name__}: {e}"})
-                    log(f"error on {ds}/{name}/{pair.pair_id}: {e}")
-            save_state()
-    md = summary_markdown(rows, title=f"dig2dig bench ({convention} convention)")
-    atomic_write_text(out / "summary.md", md)
-    written = {"csv": results_path, "markdown": out / "summary.md", "manifest": manifest_path}
-    if plots and rows:
-        written["plots"] = plot_results(rows, out / "plots")
-    save_state()
+        atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        md = summary_markdown(rows, title=f"dig2dig bench ({convention} convention)")
+        atomic_write_text(out / "summary.md", md)
+        written = {"csv": results_path, "markdown": out / "summary.md", "manifest": out / "manifest.json"}
+        if plots and rows:
+            written["plots"] = plot_results(rows, out / "plots")
+    finally:
+        folder.unlock()
     return written
+
+
+def _sidecar(folder: Path, item_id: str) -> dict | None:
+    try:
+        return json.loads((folder / f"{item_id}.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _score_into(rows, errors, cache: ScoreCache, fused: Path, pair: Pair, ds: str, method: str, convention: str,
+                metrics, log) -> None:
+    from .runtime import one_line
+
+    try:
+        values = cache.score(fused, pair, convention, metrics)
+    except Exception as e:  # a fused image that cannot be scored is an error of that pair only
+        errors.append({"item": f"{ds}/{method}/{pair.pair_id}", "error": one_line(e)})
+        log(f"error scoring {ds}/{method}/{pair.pair_id}: {one_line(e)}")
+        return
+    rows.extend({"dataset": ds, "pair": pair.pair_id, "method": method, "metric": k, "value": v}
+                for k, v in values.items())

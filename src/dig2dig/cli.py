@@ -58,6 +58,17 @@ def method_options_from_args(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in sorted(names) if getattr(args, k, None) is not None}
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """What every fusing command shares: method, steps, seed, task, prior, device, resize."""
+    p.add_argument("--method", default="dig2dig", help="fusion method: dig2dig (default), ddfm, ccf; classical baselines: "
+                   "average, maxabs, laplacian, guided")
+    p.add_argument("--steps", help="reverse steps: a count (method default if omitted), 'power:N:P' or a list '999,500,0'")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
+    p.add_argument("--task", default="auto", choices=TASK_CHOICES, help="fusion task (default: detect from names/channels)")
+    _add_prior_args(p)
+    p.add_argument("--resize", action="store_true", help="resample sources of other sizes to the first source's size")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dig2dig",
@@ -71,13 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exposure or focus stacks) into one image of the same size.")
     f.add_argument("sources", nargs="+", metavar="SOURCE", help="source images (PNG, JPEG, TIFF, BMP; 8/16-bit)")
     f.add_argument("-o", "--output", required=True, metavar="FILE", help="fused image to write (.png/.jpg/.tif/.bmp)")
-    f.add_argument("--method", default="dig2dig", help="fusion method: dig2dig (default), ddfm, ccf; classical baselines: "
-                   "average, maxabs, laplacian, guided")
-    f.add_argument("--steps", help="reverse steps: a count (method default if omitted), 'power:N:P' or a list '999,500,0'")
-    f.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
-    f.add_argument("--task", default="auto", choices=TASK_CHOICES, help="fusion task (default: detect from names/channels)")
-    _add_prior_args(f)
-    f.add_argument("--resize", action="store_true", help="resample sources of other sizes to the first source's size")
+    _add_run_args(f)
     f.add_argument("--bit-depth", type=int, choices=(8, 16), help="output bit depth (default: 16 if any source is "
                    "16-bit and the format allows, else 8)")
     _add_method_options(f)
@@ -88,6 +93,32 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--report", metavar="FILE", help="also write the run's config and timings as JSON")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     f.set_defaults(func=cmd_fuse)
+
+    b = sub.add_parser("batch", help="fuse a whole collection (resumable, shardable, local or Ray)",
+                       description="Fuse every item of a dataset folder (<pair_id>/<role>.<ext>), a manifest "
+                                   "(.csv/.jsonl: id and source paths; optional task, seed, output) or glob patterns "
+                                   "matched by file stem ('ir/*.png' 'vis/*.png'). Each item gets <id>.png and a JSON "
+                                   "sidecar in OUT_DIR; rerunning the command skips finished items. Item seeds derive "
+                                   "from --seed and the item id, so an item gives the same bytes however it is run.")
+    b.add_argument("inputs", nargs="+", metavar="INPUT", help="a dataset folder, a manifest, or two or more glob patterns")
+    b.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (created if missing)")
+    _add_run_args(b)
+    b.add_argument("--format", default="png", choices=("png", "tif", "jpg", "bmp"), help="output format (default png)")
+    b.add_argument("--bit-depth", type=int, choices=(8, 16), help="output bit depth (default: 16 if any source is "
+                   "16-bit and the format allows, else 8)")
+    _add_method_options(b)
+    b.add_argument("--shard", metavar="I/N", help="run shard I of N (item k of the sorted ids belongs to shard k mod N; "
+                   "default from RANK/WORLD_SIZE or the SLURM array, else 0/1)")
+    b.add_argument("--executor", default="local", choices=("local", "ray"), help="local (default) or ray")
+    b.add_argument("--workers", type=int, default=1, help="local: worker processes; ray: actors (default: 1 local; "
+                   "ray: sized to the cluster)")
+    b.add_argument("--threads", type=int, help="torch threads per worker (default: the CPUs divided among the workers)")
+    b.add_argument("--ray-address", metavar="ADDRESS", help="join a running Ray cluster (e.g. 10.0.0.1:6379 or auto); "
+                   "default: start a local one")
+    b.add_argument("--overwrite", action="store_true", help="redo items that were fused with other settings "
+                   "(default: refuse, naming what changed)")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    b.set_defaults(func=cmd_batch)
 
     ev = sub.add_parser("eval", help="score a folder of fused images against their sources",
                         description="Score fused images <pair_id>.<ext> in FUSED_DIR against the dataset folder "
@@ -122,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--task", default="auto", choices=TASK_CHOICES)
     be.add_argument("--limit", type=int, help="only the first N pairs of each dataset")
     be.add_argument("--no-plots", action="store_true")
+    be.add_argument("--overwrite", action="store_true", help="redo fused images made with other settings (default: "
+                    "refuse, naming what changed)")
     _add_prior_args(be)
     be.set_defaults(func=cmd_bench)
 
@@ -235,6 +268,26 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .jobs import RunConfig, collect_items, parse_shard, run_batch
+
+    shard = parse_shard(args.shard)
+    items = collect_items(args.inputs)
+    config = RunConfig(method=args.method, options=method_options_from_args(args), steps=_steps_arg(args.steps),
+                       seed=args.seed, task=args.task, prior=args.prior, prior_spec=args.prior_config,
+                       device=args.device, resize=args.resize, ext=f".{args.format}", bit_depth=args.bit_depth)
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    summary = run_batch(items, args.output, config, shard=shard, executor=args.executor, workers=args.workers,
+                        threads=args.threads, ray_address=args.ray_address, overwrite=args.overwrite,
+                        progress=not args.quiet, log=log)
+    print(f"dig2dig batch: {summary.line()} -> {args.output}", file=sys.stderr)
+    for f in summary.failed[:20]:
+        print(f"  failed: {f['id']}: {f['error']}", file=sys.stderr)
+    if len(summary.failed) > 20:
+        print(f"  … and {len(summary.failed) - 20} more (see the run log in {args.output})", file=sys.stderr)
+    return summary.exit_code
+
+
 def _metric_list(text: str | None):
     return [m.strip() for m in text.split(",") if m.strip()] if text else None
 
@@ -277,7 +330,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     written = run_bench(args.datasets, methods, args.out, peers=args.peers, convention=args.convention,
                         metrics=_metric_list(args.metrics), steps=_steps_arg(args.steps), seed=args.seed,
                         prior=args.prior, prior_spec=args.prior_config, device=args.device, task=args.task,
-                        limit=args.limit, plots=not args.no_plots, log=lambda m: print(m, file=sys.stderr))
+                        limit=args.limit, plots=not args.no_plots, overwrite=args.overwrite,
+                        log=lambda m: print(m, file=sys.stderr))
     print(Path(written["markdown"]).read_text())
     for k, v in written.items():
         print(f"{k}: {v}", file=sys.stderr)

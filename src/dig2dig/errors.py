@@ -21,3 +21,7 @@ class CheckpointError(Dig2DigError, ValueError):
 
 class PriorNotAvailableError(Dig2DigError, FileNotFoundError):
     """No prior was given and no embedded prior is installed."""
+
+
+class RunError(Dig2DigError, ValueError):
+    """A batch run cannot start (bad inputs, a locked folder, results made with other settings)."""

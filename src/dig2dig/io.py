@@ -10,7 +10,9 @@ disk never leaves a half-written image behind.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,16 @@ def _cv2():
     import cv2
 
     return cv2
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
@@ -183,12 +195,19 @@ def write_image(path: str | os.PathLike, data: np.ndarray, bit_depth: int | None
     return p
 
 
+_HOST = socket.gethostname().replace("~", "-")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The temporary file is named ``.<name>~<host>~<pid>~<random>.part``, so that a later run can
+    tell the leftovers of a killed writer from a live one (:func:`remove_stale_temps`).
+    """
     p = Path(path)
     if not p.parent.exists():
         raise FileNotFoundError(f"output folder {str(p.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=str(p.parent))
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}~{_HOST}~{os.getpid()}~", suffix=".part", dir=str(p.parent))
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -206,3 +225,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False, older_than_s: float = 3600.0) -> list[Path]:
+    """Remove the temporary files that killed writers left in ``folder``: those of a process on
+    this host that no longer runs, and unattributable ones older than ``older_than_s``.  Temporary
+    files of live writers (other runs, other hosts sharing the folder) are left alone."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    for f in (root.rglob(".*.part") if recursive else root.glob(".*.part")):
+        parts = f.name[:-len(".part")].split("~")
+        if len(parts) >= 4 and parts[-2].isdigit():
+            stale = parts[-3] == _HOST and not _pid_alive(int(parts[-2]))
+        else:
+            try:
+                stale = time.time() - f.stat().st_mtime > older_than_s
+            except FileNotFoundError:
+                continue
+        if stale:
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed

@@ -10,7 +10,6 @@ spatial multiple its down-sampling needs, where the weights came from -- lives i
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,14 +160,6 @@ class TimedDenoiser:
 
     def __repr__(self) -> str:
         return f"TimedDenoiser({self.den!r})"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def strict_load(module: torch.nn.Module, state: dict[str, Any], source: str) -> None:

@@ -26,7 +26,8 @@ import torch
 
 from ..errors import CheckpointError, PriorNotAvailableError
 from . import embedded
-from .base import LINEAR_SCHEDULE, Denoiser, PriorSpec, file_sha256, strict_load
+from ..io import file_sha256
+from .base import LINEAR_SCHEDULE, Denoiser, PriorSpec, strict_load
 
 # Head layouts of published ADM checkpoints that the weights alone cannot reveal, keyed by
 # (model_channels, channel_mult, attention_ds).
@@ -44,6 +45,7 @@ def load_prior(
     dtype: torch.dtype = torch.float32,
 ) -> Denoiser:
     """Load a prior from a path (file or folder); ``None`` or ``"embedded"`` -> the shipped prior."""
+    device = check_device(device)
     if embedded.is_embedded(source):
         return load_embedded(device=device, dtype=dtype)
     path = Path(source).expanduser()
@@ -69,13 +71,37 @@ def load_embedded(device: str | torch.device = "cpu", dtype: torch.dtype = torch
     return den.to(device=device, dtype=dtype)
 
 
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The torch device to run on (None: cuda if available, else cpu), or a ValueError that says what
+    this machine has instead."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"--device {device}: this machine has no CUDA GPU that torch {torch.__version__} can "
+                             f"use; use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"--device {device}: there are {n} CUDA device(s), numbered 0 to {n - 1}")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"--device {device}: Apple's MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {device}: dig2dig runs on cpu, cuda or mps")
+    return dev
+
+
 _CACHE: dict[tuple, Denoiser] = {}
 
 
 def resolve_prior(prior=None, *, prior_spec=None, device=None) -> Denoiser:
     """A :class:`Denoiser` from a Denoiser, a path, or None (embedded), on ``device`` (default: cuda if
     available); loaded once per process and kept."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device(device)
     if isinstance(prior, Denoiser):
         return prior.to(device)
     source = str(embedded.EMBEDDED_DIR) if embedded.is_embedded(prior) else str(prior)

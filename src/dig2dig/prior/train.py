@@ -178,7 +178,8 @@ def export_prior(net: torch.nn.Module, arch: dict, out_dir: Path, extra: dict) -
     """Write ``net`` as a dig2dig prior folder: fp16 ``weights.safetensors`` + ``spec.json``."""
     from safetensors.torch import save
 
-    from .base import LINEAR_SCHEDULE, file_sha256
+    from ..io import file_sha256
+    from .base import LINEAR_SCHEDULE
     from .compact import CompactConfig
 
     out_dir.mkdir(parents=True, exist_ok=True)

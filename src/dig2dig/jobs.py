@@ -1,0 +1,635 @@
+"""Fusing collections: items, the run's configuration, the output folder's state, and the driver.
+
+One seam for ``dig2dig batch`` and ``dig2dig bench``:
+
+* **Items** (:func:`collect_items`) come from a dataset folder ``<pair_id>/<role>.<ext>``, a CSV or
+  JSONL manifest (an ``id`` plus source paths; optional ``task``, ``seed`` and ``output`` per item),
+  or glob patterns matched by file stem (``ir/*.png vis/*.png``).  Items are sorted by id.
+* **Configuration** (:class:`RunConfig`, resolved once by :meth:`RunConfig.resolve` before any
+  item runs): method, options, steps, seed, task, prior, device.  Each item's *key* is a hash of
+  what decides its output: method, options, grid, the item's seed, its task, the prior's sha256,
+  the sources' sha256, the output format.  The item seed is ``derive_seed(seed, item id)`` (or the
+  manifest's), so an item gives the same bytes alone, in a batch, in any shard and on any executor.
+* **The output folder** (:class:`OutputFolder`): per item the image (``<id>.png``) and a JSON
+  sidecar (``<id>.json``: key, configuration, seed, prior, sources, timings), each written
+  atomically, the sidecar last -- an item is done when its sidecar holds the current key and the
+  image it names exists.  An append-only run log (``log.jsonl``, one fsync'd JSON line per event,
+  so a ``kill -9`` at any instant loses at most the line being written) and a summary
+  (``summary.json``).  Shards log to ``log.shard-I-of-N.jsonl`` and ``summary.shard-I-of-N.json``.
+* **Locks**: one run per folder (a sharded run per shard), with ``flock`` -- the operating system
+  releases it when a run dies, so a crash never leaves the folder locked.
+* **Resume**: rerunning the same command skips finished items.  An item finished with *other*
+  settings is not silently reused and not silently overwritten: the run is refused before any work,
+  naming what changed, unless ``overwrite=True`` (``--overwrite``), which redoes those items.
+* **Failures**: a bad item is recorded with a one-line error and the run goes on; the summary lists
+  the failures and :attr:`Summary.exit_code` is 1 if any item failed.
+
+The executors that run the pending items -- in this process, in worker processes, or on a Ray
+cluster -- are in :mod:`dig2dig.runtime`; all of them call the same
+:class:`~dig2dig.runtime.FuseWorker`.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RunError
+from .io import READ_SUFFIXES, WRITE_SUFFIXES, atomic_write_text, file_sha256, list_images, remove_stale_temps
+from .runtime import Job, WorkerSpec, make_executor
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+RESERVED_COLUMNS = ("id", "task", "seed", "output")
+
+
+# --------------------------------------------------------------------------------------------
+# items
+
+
+@dataclass(frozen=True)
+class Item:
+    """One set of sources to fuse into one output."""
+
+    id: str
+    sources: tuple[str, ...]
+    names: tuple[str, ...] | None = None  # what task detection reads (default: the paths)
+    task: str | None = None  # per item (manifest); None: the run's
+    seed: int | None = None  # per item (manifest); None: derive_seed(run seed, id)
+    output: str | None = None  # relative to the output folder (manifest); None: <id>.<ext>
+
+
+def _check_id(item_id: str, where: str) -> str:
+    item_id = str(item_id).strip()
+    if not item_id or item_id in (".", "..") or item_id.startswith(".") or any(c in item_id for c in "/\\\0"):
+        raise RunError(f"{where}: item id {item_id!r} cannot name a file; ids must be non-empty, not start with '.', "
+                       f"and contain no '/' or '\\'")
+    return item_id
+
+
+def items_from_folder(folder: str | Path) -> list[Item]:
+    """A dataset folder ``<pair_id>/<role>.<ext>``: one item per sub-folder with two or more images."""
+    root = Path(folder)
+    items, loose = [], []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = list_images(d)
+        if len(files) >= 2:
+            items.append(Item(_check_id(d.name, str(d)), tuple(str(f) for f in files)))
+    if not items:
+        loose = list_images(root)
+        hint = (f"; it holds {len(loose)} image(s) directly -- for those, give glob patterns such as "
+                f"'{root}/ir/*.png' '{root}/vis/*.png', or a manifest") if loose else ""
+        raise RunError(f"{root} has no <pair_id>/ sub-folders with two or more images{hint}")
+    return items
+
+
+def _seed_value(value, where: str) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        seed = int(str(value).strip())
+    except ValueError:
+        raise RunError(f"{where}: seed {value!r} is not an integer") from None
+    if not 0 <= seed < 2**63:
+        raise RunError(f"{where}: seed {seed} must be in [0, 2**63)")
+    return seed
+
+
+def items_from_manifest(path: str | Path) -> list[Item]:
+    """A CSV (header with ``id`` and source columns) or JSONL (``{"id": ..., "sources": [...]}`` or
+    source keys) manifest.  Relative source paths are relative to the manifest's folder; named source
+    columns (``ir``, ``vis``, ``mri`` ...) tell the task and roles, as file names do."""
+    path = Path(path)
+    base = path.parent
+    rows: list[tuple[str, dict]] = []
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise RunError(f"manifest {path} is not UTF-8 text") from None
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "id" not in reader.fieldnames:
+            raise RunError(f"manifest {path} needs a header row with an 'id' column and source columns, "
+                           f"e.g. 'id,ir,vis'; its header is {reader.fieldnames}")
+        for n, row in enumerate(reader, start=2):
+            rows.append((f"{path}:{n}", row))
+    else:
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RunError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+            if not isinstance(row, dict) or "id" not in row:
+                raise RunError(f"{path}:{n}: each line must be a JSON object with an 'id' and its sources")
+            rows.append((f"{path}:{n}", row))
+    items = []
+    for where, row in rows:
+        if isinstance(row.get("sources"), list):
+            srcs, names = [str(s) for s in row["sources"]], None
+        else:
+            cols = [k for k in row if k not in RESERVED_COLUMNS and k is not None and str(row[k] or "").strip()]
+            srcs = [str(row[k]).strip() for k in cols]
+            names = tuple(f"{k}{Path(s).suffix}" for k, s in zip(cols, srcs))
+        if len(srcs) < 2:
+            raise RunError(f"{where}: item {row.get('id')!r} has {len(srcs)} source(s); fusion needs two or more")
+        srcs = [str(p if (p := Path(s).expanduser()).is_absolute() else base / p) for s in srcs]
+        out = str(row.get("output") or "").strip() or None
+        if out is not None and (Path(out).is_absolute() or ".." in Path(out).parts):
+            raise RunError(f"{where}: output {out!r} must be a path inside the output folder")
+        task = str(row.get("task") or "").strip().lower() or None
+        items.append(Item(_check_id(row["id"], where), tuple(srcs), names, task, _seed_value(row.get("seed"), where),
+                          out))
+    return items
+
+
+def items_from_globs(patterns: Sequence[str]) -> list[Item]:
+    """Items from two or more glob patterns, matched by file stem: ``ir/*.png vis/*.png`` pairs
+    ``ir/0001.png`` with ``vis/0001.png``.  Stems missing from some pattern are reported."""
+    if len(patterns) < 2:
+        raise RunError(f"one pattern ({patterns[0]!r}) matches single images; give one pattern per source, e.g. "
+                       f"'ir/*.png' 'vis/*.png', a dataset folder, or a manifest")
+    by_pattern = []
+    for pat in patterns:
+        files = sorted(Path(f) for f in glob.glob(os.path.expanduser(pat))
+                       if Path(f).suffix.lower() in READ_SUFFIXES and Path(f).is_file())
+        if not files:
+            raise RunError(f"pattern {pat!r} matches no image file ({', '.join(READ_SUFFIXES)})")
+        stems: dict[str, Path] = {}
+        for f in files:
+            if f.stem in stems:
+                raise RunError(f"pattern {pat!r} matches two files with the stem {f.stem!r}: {stems[f.stem]} and {f}")
+            stems[f.stem] = f
+        by_pattern.append(stems)
+    common = sorted(set.intersection(*(set(s) for s in by_pattern)))
+    if not common:
+        raise RunError(f"no file stem is matched by every pattern {list(patterns)}")
+    return [Item(_check_id(stem, "glob"), tuple(str(s[stem]) for s in by_pattern)) for stem in common]
+
+
+def collect_items(inputs: Sequence[str | Path]) -> list[Item]:
+    """Items from the command line's inputs: one dataset folder, one manifest, or glob patterns."""
+    inputs = [str(i) for i in inputs]
+    if not inputs:
+        raise RunError("give a dataset folder, a manifest (.csv/.jsonl) or glob patterns")
+    if len(inputs) == 1 and Path(inputs[0]).is_dir():
+        items = items_from_folder(inputs[0])
+    elif len(inputs) == 1 and Path(inputs[0]).suffix.lower() in MANIFEST_SUFFIXES:
+        if not Path(inputs[0]).is_file():
+            raise RunError(f"manifest {inputs[0]!r} does not exist")
+        items = items_from_manifest(inputs[0])
+    elif len(inputs) == 1 and not glob.has_magic(inputs[0]):
+        raise RunError(f"input {inputs[0]!r} is neither a folder nor a manifest (.csv/.jsonl) that exists")
+    else:
+        items = items_from_globs(inputs)
+    seen: dict[str, Item] = {}
+    for it in items:
+        if it.id in seen:
+            raise RunError(f"item id {it.id!r} appears twice; ids must be unique")
+        seen[it.id] = it
+    return sorted(items, key=lambda it: it.id)
+
+
+# --------------------------------------------------------------------------------------------
+# shards
+
+
+def parse_shard(spec: str | None, env: dict | None = None) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N; by default from RANK/WORLD_SIZE, then the SLURM array
+    (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT), else (0, 1)."""
+    env = os.environ if env is None else env
+    where = "--shard"
+    if spec is None:
+        if env.get("RANK") is not None and env.get("WORLD_SIZE") is not None:
+            spec, where = f"{env['RANK']}/{env['WORLD_SIZE']}", "RANK/WORLD_SIZE"
+        elif env.get("SLURM_ARRAY_TASK_ID") is not None and env.get("SLURM_ARRAY_TASK_COUNT") is not None:
+            try:
+                first = int(env.get("SLURM_ARRAY_TASK_MIN", "0") or 0)
+                spec = f"{int(env['SLURM_ARRAY_TASK_ID']) - first}/{env['SLURM_ARRAY_TASK_COUNT']}"
+            except ValueError:
+                spec = f"{env['SLURM_ARRAY_TASK_ID']}/{env['SLURM_ARRAY_TASK_COUNT']}"
+            where = "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT"
+        else:
+            return 0, 1
+    i, sep, n = str(spec).partition("/")
+    try:
+        i, n = int(i), int(n)
+    except ValueError:
+        raise RunError(f"{where} {spec!r}: write I/N, e.g. 0/4 for the first of four shards") from None
+    if not sep or n < 1 or not 0 <= i < n:
+        raise RunError(f"{where} {spec!r}: write I/N with 0 <= I < N (shards are numbered from 0), e.g. 0/4 … 3/4")
+    return i, n
+
+
+def select_shard(items: Sequence[Item], index: int, count: int) -> list[Item]:
+    """Item k of the id-sorted list belongs to shard k mod count."""
+    ordered = sorted(items, key=lambda it: it.id)
+    return [it for k, it in enumerate(ordered) if k % count == index]
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a batch run fuses with: everything but the items."""
+
+    method: str = "dig2dig"
+    options: dict = field(default_factory=dict)
+    steps: Any = None  # None: the method's default
+    seed: int = 0
+    task: str = "auto"
+    prior: str | None = None
+    prior_spec: str | None = None
+    device: str | None = None
+    resize: bool = False
+    ext: str = ".png"
+    bit_depth: int | None = None  # None: 16 if a source is 16-bit and the format allows, else 8
+
+    def resolve(self) -> ResolvedRun:
+        """Validate everything before any item runs: method, options, steps, task, output format,
+        device, and the prior (loaded once here, which also checks it)."""
+        from .methods import get_method
+        from .tasks import TASKS
+
+        m = get_method(self.method)
+        opts = m.configure(self.options)
+        if self.task != "auto" and self.task not in TASKS:
+            raise RunError(f"unknown task {self.task!r}; use one of auto, {', '.join(TASKS)}")
+        ext = self.ext if self.ext.startswith(".") else f".{self.ext}"
+        if ext.lower() not in WRITE_SUFFIXES:
+            raise RunError(f"output format {self.ext!r} is not one of {', '.join(WRITE_SUFFIXES)}")
+        if self.bit_depth not in (None, 8, 16) or (self.bit_depth == 16 and ext.lower() not in (".png", ".tif", ".tiff")):
+            raise RunError(f"bit depth {self.bit_depth} is not possible for {ext} output (16 needs .png or .tif)")
+        if not 0 <= int(self.seed) < 2**63:
+            raise RunError(f"seed {self.seed} must be in [0, 2**63)")
+        prior = None
+        if m.needs_prior:
+            grid = m.grid(self.steps if self.steps is not None else m.default_steps, opts)
+            from .prior import resolve_prior
+
+            den = resolve_prior(self.prior, prior_spec=self.prior_spec, device=self.device)
+            prior = {"name": den.spec.name, "sha256": den.spec.sha256, "source": den.spec.source}
+        else:
+            if self.steps is not None:
+                raise RunError(f"method {m.name!r} is not a diffusion method and takes no steps")
+            grid = []
+        return ResolvedRun(self, m.name, opts.to_dict(), list(grid), prior, ext.lower())
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    config: RunConfig
+    method: str
+    options: dict  # validated, defaults filled in, JSON-able
+    grid: list[int]
+    prior: dict | None  # name, sha256, source; None for classical methods
+    ext: str
+
+    def item_seed(self, item: Item) -> int:
+        from .api import derive_seed
+
+        return item.seed if item.seed is not None else derive_seed(self.config.seed, item.id)
+
+    def item_task(self, item: Item) -> str:
+        return item.task or self.config.task
+
+    def item_config(self, item: Item, source_sha: list[str]) -> dict:
+        """What decides the item's output bytes (hashed into its key)."""
+        return {"method": self.method, "options": self.options, "grid": self.grid, "seed": self.item_seed(item),
+                "task": self.item_task(item), "prior_sha256": self.prior["sha256"] if self.prior else None,
+                "sources_sha256": source_sha, "resize": self.config.resize, "format": self.ext,
+                "bit_depth": self.config.bit_depth}
+
+    def describe(self) -> dict:
+        c = self.config
+        return {"method": self.method, "options": self.options, "steps": c.steps, "grid": self.grid, "seed": c.seed,
+                "task": c.task, "prior": self.prior, "device": c.device, "resize": c.resize, "format": self.ext,
+                "bit_depth": c.bit_depth}
+
+
+def config_key(item_config: dict) -> str:
+    return hashlib.sha256(json.dumps(item_config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# the output folder
+
+
+def _shard_tag(index: int, count: int) -> str:
+    return "" if count == 1 else f".shard-{index}-of-{count}"
+
+
+class OutputFolder:
+    """The batch run's folder: outputs, sidecars, the run log, the summary and the lock."""
+
+    def __init__(self, root: str | Path, shard: tuple[int, int] = (0, 1)):
+        self.root = Path(root)
+        self.shard = shard
+        tag = _shard_tag(*shard)
+        self.log_path = self.root / f"log{tag}.jsonl"
+        self.summary_path = self.root / f"summary{tag}.json"
+        self._locks: list[int] = []
+
+    def prepare(self) -> None:
+        """Create the folder (its parent must exist) and check that it can be written."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RunError(f"output {str(self.root)!r} is a file; give a folder (-o DIR)")
+        if not self.root.parent.exists():
+            raise RunError(f"the folder {str(self.root.parent)!r} that should hold {self.root.name!r} does not exist")
+        try:
+            self.root.mkdir(exist_ok=True)
+            probe = self.root / f".dig2dig-write-test~{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise RunError(f"cannot write to the output folder {str(self.root)!r} ({e.strerror or e}); "
+                           f"choose a folder you can write to") from None
+
+    def lock(self) -> None:
+        """One run per folder: an exclusive lock for an unsharded run; a shared lock on the folder plus
+        an exclusive one on its shard for a sharded run (shards of one run may work side by side)."""
+        import fcntl
+
+        index, count = self.shard
+        plan = [(self.root / ".dig2dig.lock", fcntl.LOCK_EX if count == 1 else fcntl.LOCK_SH)]
+        if count > 1:
+            plan.append((self.root / f".dig2dig{_shard_tag(index, count)}.lock", fcntl.LOCK_EX))
+        for path, mode in plan:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run"
+                os.close(fd)
+                self.unlock()
+                raise RunError(f"{self.root} is in use by {holder}; wait for it to finish or use another output "
+                               f"folder (a run that crashed holds no lock)") from None
+            if mode == fcntl.LOCK_EX:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"dig2dig run pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            self._locks.append(fd)
+
+    def unlock(self) -> None:
+        for fd in self._locks:
+            os.close(fd)  # closing releases the flock
+        self._locks.clear()
+
+    def clean(self) -> list[Path]:
+        """Temporary files that killed runs left behind (never those of live writers)."""
+        return remove_stale_temps(self.root, recursive=True)
+
+    def paths(self, item: Item, ext: str) -> tuple[Path, Path]:
+        out = self.root / (item.output or f"{item.id}{ext}")
+        return out, out.with_suffix(".json")
+
+    def state(self, output: Path, sidecar: Path, key: str) -> tuple[str, dict | None]:
+        """("done" | "todo" | "changed", the sidecar's record)."""
+        if not sidecar.is_file():
+            return "todo", None
+        try:
+            rec = json.loads(sidecar.read_text())
+        except (OSError, json.JSONDecodeError):
+            return "todo", None
+        if rec.get("key") != key:
+            return "changed", rec
+        if not output.is_file():
+            return "todo", rec
+        return "done", rec
+
+    def append_log(self, record: dict) -> None:
+        """One JSON line, flushed and fsync'd: the log survives a kill at any instant."""
+        line = json.dumps({"time": round(time.time(), 3), **record}, default=str) + "\n"
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The run log's records; a torn last line (a kill mid-write) is skipped."""
+    out = []
+    p = Path(path)
+    if not p.is_file():
+        return out
+    for line in p.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _changed_fields(old: dict, new: dict) -> str:
+    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    shown = []
+    for k in diffs[:4]:
+        a, b = old.get(k), new.get(k)
+        if k == "grid" and isinstance(a, list) and isinstance(b, list) and len(a) != len(b):
+            shown.append(f"steps {len(a)} -> {len(b)}")
+        elif k in ("grid", "sources_sha256"):
+            shown.append("timestep grid" if k == "grid" else "source images")
+        else:
+            shown.append(f"{k} {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}")
+    return ", ".join(shown) or "the configuration"
+
+
+# --------------------------------------------------------------------------------------------
+# the driver
+
+
+@dataclass
+class Summary:
+    total: int  # items in this shard
+    done: int = 0  # fused by this run
+    skipped: int = 0  # already finished with the same configuration
+    failed: list[dict] = field(default_factory=list)  # {"id", "error"}
+    interrupted: bool = False
+    wall_s: float = 0.0
+    shard: tuple[int, int] = (0, 1)
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.interrupted else (1 if self.failed else 0)
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "done": self.done, "skipped": self.skipped, "failed": len(self.failed),
+                "failures": self.failed, "interrupted": self.interrupted, "wall_s": round(self.wall_s, 3),
+                "items_per_minute": round(60 * self.done / self.wall_s, 3) if self.wall_s > 0 and self.done else None,
+                "shard": f"{self.shard[0]}/{self.shard[1]}"}
+
+    def line(self) -> str:
+        parts = [f"{self.done} fused", f"{self.skipped} already done"]
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        rate = f", {60 * self.done / self.wall_s:.2f} items/min" if self.done and self.wall_s > 0 else ""
+        head = "interrupted: " if self.interrupted else ""
+        return f"{head}{', '.join(parts)} of {self.total} in {self.wall_s:.1f} s{rate}"
+
+
+class Progress:
+    """Items done / total with items per minute and an ETA: a bar on a terminal, a line per item otherwise."""
+
+    def __init__(self, total: int, enabled: bool = True, stream=None):
+        self.total, self.enabled, self.count, self.t0 = total, enabled, 0, time.perf_counter()
+        self.stream = stream or sys.stderr
+        self.bar = None
+        if enabled and total and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="item", file=self.stream, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {postfix}]")
+
+    def update(self, record: dict) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.t0
+        rate = self.count / elapsed * 60 if elapsed > 0 else 0.0
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{rate:.2f} items/min", refresh=False)
+            self.bar.update(1)
+            if record["status"] == "failed":
+                self.bar.write(f"failed: {record['id']}: {record.get('error')}")
+            return
+        eta = (self.total - self.count) / rate if rate > 0 else 0.0
+        what = "done" if record["status"] == "done" else f"FAILED: {record.get('error')}"
+        print(f"[{self.count}/{self.total}] {record['id']} {what} ({record.get('seconds', 0):.1f} s); "
+              f"{rate:.2f} items/min, ETA {eta:.1f} min", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def plan_jobs(items: Sequence[Item], run: ResolvedRun, folder: OutputFolder, overwrite: bool = False
+              ) -> tuple[list[Job], int, list[dict]]:
+    """(jobs to run, items already done, failures found while planning: unreadable sources).
+
+    Items finished with another configuration are refused (RunError naming them) unless
+    ``overwrite``, in which case they are redone.
+    """
+    jobs, done, failed, changed = [], 0, [], []
+    outputs: dict[Path, str] = {}
+    for it in items:
+        out, side = folder.paths(it, run.ext)
+        if out in outputs:
+            raise RunError(f"items {outputs[out]!r} and {it.id!r} would both be written to {out}")
+        outputs[out] = it.id
+        try:
+            sha = [file_sha256(s) for s in it.sources]
+        except OSError as e:
+            failed.append({"id": it.id, "error": f"cannot read source {e.filename}: {e.strerror}"})
+            continue
+        cfg = run.item_config(it, sha)
+        key = config_key(cfg)
+        state, rec = folder.state(out, side, key)
+        if state == "done":
+            done += 1
+            continue
+        if state == "changed":
+            changed.append((it.id, _changed_fields(rec.get("config", {}), cfg)))
+            if not overwrite:
+                continue
+        jobs.append(Job(it.id, tuple(it.sources), it.names, run.item_task(it), run.item_seed(it), str(out),
+                        str(side), key, cfg))
+    if changed and not overwrite:
+        shown = "; ".join(f"{i}: {why}" for i, why in changed[:3]) + ("; …" if len(changed) > 3 else "")
+        raise RunError(f"{len(changed)} item(s) in {folder.root} were fused with other settings ({shown}); "
+                       f"use another output folder, or --overwrite to redo them")
+    return jobs, done, failed
+
+
+def run_batch(
+    items: Sequence[Item],
+    out: str | Path,
+    config: RunConfig,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    executor: str = "local",
+    workers: int = 1,
+    threads: int | None = None,
+    ray_address: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Summary:
+    """Fuse ``items`` (the shard ``shard`` of them) into ``out`` with ``config``; resumable.
+
+    Everything is validated before the first item runs.  Returns the :class:`Summary` (also written
+    to the folder); per-item failures are in it, not raised.
+    """
+    log = log or (lambda m: print(m, file=sys.stderr))
+    t0 = time.perf_counter()
+    resolved = config.resolve()
+    mine = select_shard(items, *shard)
+    runner = make_executor(executor, workers=workers, threads=threads, ray_address=ray_address,
+                           device=config.device)
+    folder = OutputFolder(out, shard)
+    folder.prepare()
+    folder.lock()
+    try:
+        removed = folder.clean()
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) left by an earlier run that was killed")
+        jobs, done, failed = plan_jobs(mine, resolved, folder, overwrite)
+        summary = Summary(total=len(mine), skipped=done, failed=list(failed), shard=shard)
+        folder.append_log({"event": "start", "pid": os.getpid(), "host": socket.gethostname(),
+                           "shard": f"{shard[0]}/{shard[1]}", "items": len(mine), "pending": len(jobs),
+                           "already_done": done, "executor": runner.describe(), "config": resolved.describe()})
+        for f in failed:
+            folder.append_log({"event": "item", "status": "failed", **f})
+        spec = WorkerSpec(resolved.method, dict(config.options), config.steps, config.prior, config.prior_spec,
+                          config.device, config.resize, config.bit_depth, threads, resolved.prior)
+        bar = Progress(len(jobs), progress)
+        try:
+            for rec in runner.run(spec, jobs):
+                folder.append_log({"event": "item", **rec})
+                if rec["status"] == "done":
+                    summary.done += 1
+                else:
+                    summary.failed.append({"id": rec["id"], "error": rec.get("error", "")})
+                bar.update(rec)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            bar.close()
+            summary.wall_s = time.perf_counter() - t0
+            folder.append_log({"event": "end", **summary.to_dict()})
+            atomic_write_text(folder.summary_path, json.dumps({**summary.to_dict(), "config": resolved.describe()},
+                                                              indent=2, default=str))
+    finally:
+        folder.unlock()
+    return summary
+
+
+def iter_sidecars(folder: str | Path) -> Iterator[dict]:
+    """Every item sidecar in a batch folder (for bench and reports)."""
+    for p in sorted(Path(folder).rglob("*.json")):
+        if p.name.startswith("summary") or p.name.startswith("."):
+            continue
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(rec, dict) and "key" in rec and "id" in rec:
+            yield rec
+
+
+def describe_items(items: Iterable[Item]) -> str:
+    items = list(items)
+    n = {len(it.sources) for it in items}
+    return f"{len(items)} item(s) of {'/'.join(str(k) for k in sorted(n))} sources"

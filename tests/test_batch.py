@@ -1,0 +1,358 @@
+"""Batch runs: items, resume, configuration changes, locks, failures, shards, executors, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import dig2dig
+from dig2dig.errors import RunError
+from dig2dig.jobs import (
+    Item,
+    OutputFolder,
+    RunConfig,
+    collect_items,
+    parse_shard,
+    read_log,
+    run_batch,
+    select_shard,
+)
+
+from .conftest import smooth_image
+
+QUIET = dict(progress=False, log=lambda m: None)
+
+
+def make_dataset(root: Path, n: int = 4, size=(32, 40), start: int = 0) -> Path:
+    for k in range(start, start + n):
+        d = root / f"p{k:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / "ir.png"), np.round(smooth_image(*size, seed=k) * 255).astype(np.uint8))
+        vis = np.round(smooth_image(*size, seed=100 + k, color=True) * 255).astype(np.uint8)
+        cv2.imwrite(str(d / "vis.png"), vis[..., ::-1])
+    return root
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+# --------------------------------------------------------------------------------------------
+# items
+
+
+def test_items_from_a_folder_a_manifest_and_globs(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=3)
+    (ds / "notes").mkdir()  # a folder without two images is not an item
+    items = collect_items([ds])
+    assert [it.id for it in items] == ["p00", "p01", "p02"] and len(items[0].sources) == 2
+
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("id,ir,vis,seed,task\n"
+                        f"b,{ds}/p01/ir.png,{ds}/p01/vis.png,7,vif\n"
+                        "a,ds/p00/ir.png,ds/p00/vis.png,,\n")
+    a, b = collect_items([csv_path])
+    assert (a.id, b.id) == ("a", "b") and b.seed == 7 and b.task == "vif" and a.seed is None
+    assert a.sources[0] == str(tmp_path / "ds/p00/ir.png")  # relative to the manifest
+    assert a.names == ("ir.png", "vis.png")  # the column names tell the roles
+
+    jl = tmp_path / "m.jsonl"
+    jl.write_text(json.dumps({"id": "x", "sources": [f"{ds}/p02/ir.png", f"{ds}/p02/vis.png"], "output": "sub/x.png"})
+                  + "\n\n")
+    (x,) = collect_items([jl])
+    assert x.output == "sub/x.png" and x.names is None
+
+    (tmp_path / "flat" / "ir").mkdir(parents=True)
+    (tmp_path / "flat" / "vis").mkdir()
+    for stem in ("0001", "0002", "0003"):
+        cv2.imwrite(str(tmp_path / "flat" / "ir" / f"{stem}.png"), np.zeros((16, 16), np.uint8))
+    for stem in ("0001", "0002"):
+        cv2.imwrite(str(tmp_path / "flat" / "vis" / f"{stem}.png"), np.zeros((16, 16), np.uint8))
+    g = collect_items([f"{tmp_path}/flat/ir/*.png", f"{tmp_path}/flat/vis/*.png"])
+    assert [it.id for it in g] == ["0001", "0002"] and g[0].sources[1].endswith("vis/0001.png")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("id,ir,vis\na,x.png,y.png\na,x.png,y.png\n", "appears twice"),
+    ("id,ir,vis\n../up,x.png,y.png\n", "cannot name a file"),
+    ("name,ir,vis\na,x.png,y.png\n", "'id' column"),
+    ("id,ir,vis\na,x.png,\n", "1 source(s)"),
+    ("id,ir,vis,seed\na,x.png,y.png,seven\n", "not an integer"),
+    ("id,ir,vis,output\na,x.png,y.png,/etc/passwd\n", "inside the output folder"),
+])
+def test_bad_manifests_are_refused_with_the_row(tmp_path, content, message):
+    m = tmp_path / "m.csv"
+    m.write_text(content)
+    with pytest.raises(RunError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        collect_items([m])
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(RunError, match="neither a folder nor a manifest"):
+        collect_items([tmp_path / "missing"])
+    with pytest.raises(RunError, match="does not exist"):
+        collect_items([tmp_path / "missing.csv"])
+    with pytest.raises(RunError, match="matches no image"):
+        collect_items([f"{tmp_path}/a/*.png", f"{tmp_path}/b/*.png"])
+    (tmp_path / "loose").mkdir()
+    cv2.imwrite(str(tmp_path / "loose" / "a.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(RunError, match="glob patterns"):
+        collect_items([tmp_path / "loose"])
+
+
+def test_shards_from_flags_and_the_environment():
+    assert parse_shard("1/4", {}) == (1, 4)
+    assert parse_shard(None, {}) == (0, 1)
+    assert parse_shard(None, {"RANK": "2", "WORLD_SIZE": "3"}) == (2, 3)
+    assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4",
+                              "SLURM_ARRAY_TASK_MIN": "2"}) == (3, 4)
+    for bad in ("4/4", "-1/2", "x", "1/0", "1"):
+        with pytest.raises(RunError, match="I/N"):
+            parse_shard(bad, {})
+    items = [Item(f"i{k}", ("a", "b")) for k in (3, 0, 2, 1, 4)]
+    parts = [[it.id for it in select_shard(items, i, 2)] for i in range(2)]
+    assert parts == [["i0", "i2", "i4"], ["i1", "i3"]]
+
+
+# --------------------------------------------------------------------------------------------
+# the runner
+
+
+def test_run_resume_and_a_changed_configuration(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=3)
+    out = tmp_path / "out"
+    items = collect_items([ds])
+    s = run_batch(items, out, RunConfig(method="average"), **QUIET)
+    assert (s.done, s.skipped, s.failed, s.exit_code) == (3, 0, [], 0)
+    side = json.loads((out / "p00.json").read_text())
+    assert side["method"] == "average" and side["output"] == "p00.png" and len(side["key"]) == 64
+    assert side["config"]["sources_sha256"] and side["dig2dig"] == dig2dig.__version__
+    mtime = (out / "p00.png").stat().st_mtime_ns
+    s = run_batch(items, out, RunConfig(method="average"), **QUIET)
+    assert (s.done, s.skipped) == (0, 3) and (out / "p00.png").stat().st_mtime_ns == mtime
+    # other settings: refused before any work, naming what changed ...
+    with pytest.raises(RunError, match=r"3 item\(s\) .* other settings .*method \"average\" -> \"guided\""):
+        run_batch(items, out, RunConfig(method="guided"), **QUIET)
+    assert (out / "p00.png").stat().st_mtime_ns == mtime
+    # ... unless asked to redo them
+    s = run_batch(items, out, RunConfig(method="guided"), overwrite=True, **QUIET)
+    assert s.done == 3 and json.loads((out / "p00.json").read_text())["method"] == "guided"
+    # a changed source is a changed configuration too
+    cv2.imwrite(str(ds / "p01" / "ir.png"), np.zeros((32, 40), np.uint8))
+    with pytest.raises(RunError, match="p01: source images"):
+        run_batch(items, out, RunConfig(method="guided"), **QUIET)
+    events = [r["event"] for r in read_log(out / "log.jsonl")]
+    assert events.count("start") == 3 and events.count("end") == 3 and events.count("item") == 6
+
+
+def test_a_crash_at_each_stage_resumes(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=3)
+    items = collect_items([ds])
+    ref = tmp_path / "ref"
+    run_batch(items, ref, RunConfig(method="guided"), **QUIET)
+    out = tmp_path / "out"
+    run_batch(items, out, RunConfig(method="guided"), **QUIET)
+    (out / "p00.json").unlink()  # killed after the image, before the sidecar
+    (out / "p01.png").unlink()  # sidecar without its image (deleted by hand)
+    (out / "p02.png").write_bytes(b"half")  # cannot happen with atomic writes, but a rerun must not trust it ...
+    (out / "p02.json").unlink()  # ... and without its sidecar it is redone
+    stale = out / f".p02.png~{os.uname().nodename}~999999999~abcd.part"  # a killed writer's temporary file
+    stale.write_bytes(b"partial")
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"event": "item", "id": "p0')  # a torn last line
+    s = run_batch(items, out, RunConfig(method="guided"), **QUIET)
+    assert s.done == 3 and not stale.exists() and not list(out.rglob("*.part"))
+    assert files_of(out) == files_of(ref)
+    assert read_log(out / "log.jsonl")[-1]["event"] == "end"
+
+
+def test_live_temporary_files_of_other_writers_are_left_alone(tmp_path):
+    from dig2dig.io import remove_stale_temps
+
+    mine = tmp_path / f".x.png~{os.uname().nodename}~{os.getpid()}~abcd.part"
+    other_host = tmp_path / ".x.png~elsewhere~1~abcd.part"
+    for f in (mine, other_host):
+        f.write_bytes(b"")
+    assert remove_stale_temps(tmp_path) == [] and mine.exists() and other_host.exists()
+
+
+def test_one_run_per_folder_and_shards_side_by_side(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    first = OutputFolder(out)
+    first.lock()
+    try:
+        with pytest.raises(RunError, match=f"in use by dig2dig run pid {os.getpid()}"):
+            OutputFolder(out).lock()
+        with pytest.raises(RunError, match="in use"):
+            OutputFolder(out, (0, 2)).lock()
+    finally:
+        first.unlock()
+    a, b = OutputFolder(out, (0, 2)), OutputFolder(out, (1, 2))
+    a.lock()
+    b.lock()  # two shards of one run work side by side ...
+    try:
+        with pytest.raises(RunError, match="in use"):
+            OutputFolder(out, (0, 2)).lock()  # ... but not the same shard twice
+        with pytest.raises(RunError, match="in use"):
+            OutputFolder(out).lock()
+    finally:
+        a.unlock()
+        b.unlock()
+    OutputFolder(out).lock()  # released
+
+
+def test_a_crashed_run_leaves_no_lock(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    code = ("import os, sys; from dig2dig.jobs import OutputFolder; OutputFolder(sys.argv[1]).lock(); "
+            "print('locked', flush=True); os.kill(os.getpid(), 9)")
+    p = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+    assert "locked" in p.stdout and p.returncode == -signal.SIGKILL
+    OutputFolder(out).lock()
+
+
+def test_a_bad_item_is_logged_and_the_others_finish(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=3)
+    (ds / "p01" / "vis.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    s = run_batch(collect_items([ds]), out, RunConfig(method="average"), **QUIET)
+    assert s.done == 2 and [f["id"] for f in s.failed] == ["p01"] and "cannot decode" in s.failed[0]["error"]
+    assert s.exit_code == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == 1 and summary["failures"][0]["id"] == "p01"
+    failed = [r for r in read_log(out / "log.jsonl") if r.get("status") == "failed"]
+    assert [r["id"] for r in failed] == ["p01"]
+    # fixed, the rerun does just that item
+    make_dataset(tmp_path / "ds", n=1, start=1)
+    s = run_batch(collect_items([ds]), out, RunConfig(method="average"), **QUIET)
+    assert (s.done, s.skipped, s.failed) == (1, 2, [])
+
+
+@pytest.mark.parametrize("config,message", [
+    (RunConfig(method="magic"), "unknown method"),
+    (RunConfig(options={"interval": 0}), "interval=0 is out of range"),
+    (RunConfig(device="cuda:7"), "--device cuda:7"),
+    (RunConfig(device="tpu"), "not a torch device"),
+    (RunConfig(prior="/no/such/prior"), "does not exist"),
+    (RunConfig(method="average", steps=5), "takes no steps"),
+    (RunConfig(steps="power:0"), "steps must be"),
+    (RunConfig(ext=".gif"), "output format"),
+    (RunConfig(ext=".jpg", bit_depth=16), "bit depth"),
+])
+def test_invalid_settings_are_refused_before_any_item(tmp_path, config, message):
+    ds = make_dataset(tmp_path / "ds", n=1)
+    out = tmp_path / "out"
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        run_batch(collect_items([ds]), out, config, **QUIET)
+    assert not out.exists()
+
+
+def test_outputs_of_two_items_may_not_collide(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=2)
+    m = tmp_path / "m.csv"
+    m.write_text(f"id,ir,vis,output\na,{ds}/p00/ir.png,{ds}/p00/vis.png,same.png\n"
+                 f"b,{ds}/p01/ir.png,{ds}/p01/vis.png,same.png\n")
+    with pytest.raises(RunError, match="both be written"):
+        run_batch(collect_items([m]), tmp_path / "out", RunConfig(method="average"), **QUIET)
+
+
+def test_unwritable_output_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(RunError, match="cannot write"):
+            run_batch(collect_items([make_dataset(tmp_path / "ds", n=1)]), ro, RunConfig(method="average"), **QUIET)
+    finally:
+        ro.chmod(0o700)
+
+
+# --------------------------------------------------------------------------------------------
+# same bytes: alone, batched, sharded, resumed, other executors
+
+
+def _diffusion(prior) -> RunConfig:
+    return RunConfig(method="dig2dig", steps=3, seed=5, prior=str(prior), options={"interval": 2})
+
+
+def test_an_item_gives_the_same_bytes_alone_and_in_a_batch(tmp_path, tiny_gray_prior_path):
+    ds = make_dataset(tmp_path / "ds", n=3)
+    out = tmp_path / "out"
+    run_batch(collect_items([ds]), out, _diffusion(tiny_gray_prior_path), **QUIET)
+    side = json.loads((out / "p01.json").read_text())
+    assert side["seed"] == dig2dig.derive_seed(5, "p01")
+    alone = dig2dig.fuse([ds / "p01" / "ir.png", ds / "p01" / "vis.png"], steps=3, seed=side["seed"],
+                         prior=str(tiny_gray_prior_path), interval=2)
+    assert alone.save(tmp_path / "alone.png").read_bytes() == (out / "p01.png").read_bytes()
+
+
+def test_shards_together_equal_the_whole_run(tmp_path, tiny_gray_prior_path):
+    ds = make_dataset(tmp_path / "ds", n=5)
+    items = collect_items([ds])
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    run_batch(items, whole, _diffusion(tiny_gray_prior_path), **QUIET)
+    for i in range(3):
+        s = run_batch(items, sharded, _diffusion(tiny_gray_prior_path), shard=(i, 3), **QUIET)
+        assert s.total == len(select_shard(items, i, 3))
+    assert files_of(sharded) == files_of(whole) and len(files_of(whole)) == 5
+    assert sorted(p.name for p in sharded.glob("log*.jsonl")) == [f"log.shard-{i}-of-3.jsonl" for i in range(3)]
+
+
+def test_worker_processes_give_the_same_bytes(tmp_path, tiny_gray_prior_path):
+    ds = make_dataset(tmp_path / "ds", n=3)
+    items = collect_items([ds])
+    run_batch(items, tmp_path / "one", _diffusion(tiny_gray_prior_path), **QUIET)
+    s = run_batch(items, tmp_path / "two", _diffusion(tiny_gray_prior_path), workers=2, **QUIET)
+    assert s.done == 3 and files_of(tmp_path / "two") == files_of(tmp_path / "one")
+    start = next(r for r in read_log(tmp_path / "two" / "log.jsonl") if r["event"] == "start")
+    assert start["executor"]["workers"] == 2 and start["executor"]["threads"] >= 1
+
+
+def test_kill_9_mid_run_then_rerun(tmp_path, tiny_gray_prior_path):
+    ds = make_dataset(tmp_path / "ds", n=6)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    cmd = [sys.executable, "-m", "dig2dig", "batch", str(ds), "--prior", str(tiny_gray_prior_path), "--steps", "3",
+           "--seed", "2", "-q"]
+    assert subprocess.run([*cmd, "-o", str(ref)], capture_output=True).returncode == 0
+    proc = subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill as soon as the first item is logged
+        if any(r.get("status") == "done" for r in read_log(out / "log.jsonl")):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = [r["id"] for r in read_log(out / "log.jsonl") if r.get("status") == "done"]
+    assert 1 <= len(done_before) < 6, "the run was not killed in the middle"
+    again = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert files_of(out) == files_of(ref)
+    assert not list(out.rglob("*.part"))
+    assert f"{len(done_before)} already done" in again.stderr or len(done_before) == 0
+
+
+def test_cli_batch_exit_codes_and_messages(tmp_path, capsys):
+    from dig2dig.cli import main
+
+    ds = make_dataset(tmp_path / "ds", n=2)
+    assert main(["batch", str(ds), "-o", str(tmp_path / "o"), "--method", "average", "-q"]) == 0
+    assert "2 fused" in capsys.readouterr().err
+    (ds / "p00" / "ir.png").write_bytes(b"")
+    assert main(["batch", str(ds), "-o", str(tmp_path / "o2"), "--method", "average", "-q"]) == 1
+    assert "failed: p00" in capsys.readouterr().err
+    assert main(["batch", str(ds), "-o", str(tmp_path / "o3"), "--method", "average", "--shard", "2/2"]) == 2
+    assert "0 <= I < N" in capsys.readouterr().err
+    assert main(["batch", str(ds), "-o", str(tmp_path / "o4"), "--interval", "0"]) == 2
+    assert "interval=0" in capsys.readouterr().err and not (tmp_path / "o4").exists()
