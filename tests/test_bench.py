@@ -36,15 +36,23 @@ def test_eval_cli_writes_tidy_csv_and_markdown(tmp_path, capsys):
     for k in range(2):  # one pair has no fused image: reported, not fatal
         a = cv2.imread(str(ds / f"p{k}" / "ir.png"))
         cv2.imwrite(str(fused / f"p{k}.png"), a)
-    rc = main(["eval", str(fused), "--sources", str(ds), "--convention", "cddfuse", "--metrics", "EN,SSIM,MSE",
-               "--csv", str(tmp_path / "r.csv"), "--md", str(tmp_path / "r.md")])
+    args = ["eval", str(fused), "--sources", str(ds), "--convention", "cddfuse", "--metrics", "EN,SSIM,MSE",
+            "--csv", str(tmp_path / "r.csv"), "--md", str(tmp_path / "r.md")]
+    assert main([*args, "-q"]) == 1  # a subset is not scored silently, not even with -q
+    assert "no fused image for 1 pair(s): p2" in capsys.readouterr().err
+    rc = main([*args, "--allow-missing"])
     assert rc == 0
     rows = list(csv.DictReader(open(tmp_path / "r.csv")))
     assert set(rows[0]) == {"dataset", "pair", "method", "metric", "value"}
     assert len(rows) == 2 * 3 and {r["metric"] for r in rows} == {"EN", "SSIM", "MSE"}
     md = (tmp_path / "r.md").read_text()
     assert "EN ↑" in md and "MSE ↓" in md and "mine" in md
-    assert "no fused image for 1 pair" in capsys.readouterr().err
+    # a fused image of the wrong size: that pair's error names the file and the sizes; the others are scored
+    cv2.imwrite(str(fused / "p2.png"), np.zeros((20, 30), np.uint8))
+    assert main([*args, "--allow-missing"]) == 1
+    err = capsys.readouterr().err
+    assert f"{fused / 'p2.png'}" in err and "30x20" in err and "56x40" in err
+    assert len(list(csv.DictReader(open(tmp_path / "r.csv")))) == 2 * 3
 
 
 def test_summary_bolds_the_best_in_the_metric_direction():
@@ -125,7 +133,8 @@ def test_bench_refuses_bad_settings_before_any_work(tmp_path, capsys):
     ds = _dataset(tmp_path / "ds", n=1)
     base = ["bench", "--datasets", str(ds), "--metrics", "EN", "--no-plots"]
     for extra, msg in ((["--methods", "magic"], "unknown method"), (["--methods", "dig2dig:interval=0"], "interval=0"),
-                       (["--methods", "average", "--limit", "0"], "--limit must be at least 1"),
+                       (["--methods", "average", "--limit", "0"], "must be at least 1"),
+                       (["--methods", "average", "--limit", "-1"], "must be at least 1"),
                        (["--methods", "average", "--peers", str(tmp_path / "nope")], "not found"),
                        (["--methods", "average", "--metrics", "NOPE"], "unknown metric"),
                        (["--methods", "dig2dig", "--device", "cuda:3"], "--device cuda:3")):

@@ -54,6 +54,29 @@ class _Item:
     notes: list[str] = field(default_factory=list)
 
 
+def check_seed(seed) -> int:
+    """A seed as an int in [0, 2**63), or a ValueError that says so."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed {seed!r} must be an integer in [0, 2**63)")
+    if not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed {seed} is out of range; use an integer in [0, 2**63)")
+    return int(seed)
+
+
+def check_memory(den, images: float, height: int, width: int) -> None:
+    """Refuse a run whose prior forward would not fit in the device's free memory (before any work)."""
+    from .errors import ResourceError
+    from .prior.memory import available_bytes, forward_bytes, gigabytes
+
+    need = forward_bytes(den, 1, height, width) * images
+    have = available_bytes(den.device)
+    if have is not None and need > have:
+        raise ResourceError(
+            f"fusing {width}x{height} needs about {gigabytes(need)} for the prior's forward "
+            f"({images:g} image(s) at a time), but {gigabytes(have)} are free on {den.device}; fuse smaller images "
+            f"(or crops), fewer at a time, or on a machine with more memory")
+
+
 def derive_seed(seed: int, item_id: str | int) -> int:
     """A stable per-item seed from (global seed, item id): same pair -> same noise, however run."""
     import hashlib
@@ -62,7 +85,8 @@ def derive_seed(seed: int, item_id: str | int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def _load(sources: Sequence[SourceLike], names: Sequence[str] | None) -> tuple[list[np.ndarray], list[str], int]:
+def _load(sources: Sequence[SourceLike], names: Sequence[str] | None,
+          max_pixels: int | None = None) -> tuple[list[np.ndarray], list[str], int]:
     from .io import read_image, to_float_image
 
     if isinstance(sources, (str, os.PathLike, np.ndarray)):
@@ -72,7 +96,7 @@ def _load(sources: Sequence[SourceLike], names: Sequence[str] | None) -> tuple[l
     images, out_names, depth = [], [], 8
     for i, s in enumerate(sources):
         if isinstance(s, (str, os.PathLike)):
-            img = read_image(s)
+            img = read_image(s, max_pixels)
             images.append(img.data)
             depth = max(depth, img.bit_depth)
             out_names.append(names[i] if names else str(s))
@@ -85,10 +109,10 @@ def _load(sources: Sequence[SourceLike], names: Sequence[str] | None) -> tuple[l
     return images, out_names, depth
 
 
-def _prepare(sources, names, task, resize, multiple, seed) -> _Item:
+def _prepare(sources, names, task, resize, multiple, seed, max_pixels=None) -> _Item:
     from . import color, geometry, tasks
 
-    images, names, depth = _load(sources, names)
+    images, names, depth = _load(sources, names, max_pixels)
     notes = []
     if len(images) < 2:
         raise ValueError(f"fusion needs at least two sources, got {len(images)}")
@@ -122,6 +146,7 @@ def fuse(
     history: bool = False,
     record: bool = False,
     profile: bool = False,
+    max_pixels: int | None = None,
     progress: bool | Callable[[int, int], None] = False,
     **options,
 ) -> FusionResult:
@@ -135,13 +160,17 @@ def fuse(
     path, or None for the embedded prior.  ``history`` keeps x̂0 before and after guidance at every
     step; ``record`` keeps what a method's figures need (Dig2DIG's DIG maps, for
     :func:`dig2dig.viz.save_dig`); ``profile`` synchronises the device after each prior forward so
-    that ``timings`` are exact on a GPU.  Extra keyword arguments are the method's options:
+    that ``timings`` are exact on a GPU; ``max_pixels`` (default 200 million) refuses larger source
+    files before decoding them.  Everything is checked before the sampling starts -- options, device,
+    image sizes, and the memory the prior's forward will need against what the device has free.
+    Extra keyword arguments are the method's options:
 
     {options}
     """
     return fuse_batch([sources], method=method, steps=steps, seeds=[seed], task=task, prior=prior,
                       prior_spec=prior_spec, device=device, resize=resize, names=[names] if names else None,
-                      history=history, record=record, profile=profile, progress=progress, **options)[0]
+                      history=history, record=record, profile=profile, max_pixels=max_pixels, progress=progress,
+                      **options)[0]
 
 
 def fuse_batch(
@@ -160,6 +189,7 @@ def fuse_batch(
     history: bool = False,
     record: bool = False,
     profile: bool = False,
+    max_pixels: int | None = None,
     progress: bool | Callable[[int, int], None] = False,
     max_batch: int = 1,
     **options,
@@ -192,10 +222,11 @@ def fuse_batch(
             raise ValueError(f"method {m.name!r} is not a diffusion method and takes no steps")
         grid, den, multiple = [], None, 1
     if seeds is None:
-        seeds = [derive_seed(seed, k) for k in range(len(batch))]
+        seeds = [derive_seed(check_seed(seed), k) for k in range(len(batch))]
     if len(seeds) != len(batch):
         raise ValueError(f"got {len(seeds)} seeds for {len(batch)} items")
-    items = [_prepare(src, names[k] if names else None, task, resize, multiple, seeds[k])
+    seeds = [check_seed(s) for s in seeds]
+    items = [_prepare(src, names[k] if names else None, task, resize, multiple, seeds[k], max_pixels)
              for k, src in enumerate(batch)]
     for it in items:
         m.check_sources(len(it.images))
@@ -204,6 +235,9 @@ def fuse_batch(
     groups: dict[tuple, list[int]] = {}
     for k, it in enumerate(items):
         groups.setdefault((it.padding.shape, len(it.images), it.task.name), []).append(k)
+    if den is not None:
+        for (shape, n_src, _), ks in groups.items():
+            check_memory(den, min(len(ks), max_batch) * opts.forward_images(n_src), *shape)
     results: list[FusionResult | None] = [None] * len(items)
     run = _Run(m, opts, grid, den, history=history, record=record, profile=profile, progress=progress)
     for ks in groups.values():

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import READ_SUFFIXES, atomic_write_text, list_images, read_raw
+from .io import READ_SUFFIXES, atomic_savefig, atomic_write_text, list_images, read_raw
 
 CSV_FIELDS = ("dataset", "pair", "method", "metric", "value")
 
@@ -70,35 +70,58 @@ def find_fused(folder: Path, pair_id: str) -> Path | None:
 
 
 def score_pair(fused: Path, pair: Pair, convention: str, metrics: Sequence[str] | None) -> dict[str, float]:
+    """The metrics of one fused image; an error names the file."""
+    from .errors import ImageError
     from .metrics import score
 
-    return score(read_raw(fused), [read_raw(s) for s in pair.sources], convention=convention, metrics=metrics)
+    try:
+        return score(read_raw(fused), [read_raw(s) for s in pair.sources], convention=convention, metrics=metrics)
+    except ValueError as e:
+        text = " ".join(str(e).split())
+        raise ImageError(text if str(fused) in text else f"{fused}: {text}") from None
+
+
+@dataclass
+class Evaluation:
+    rows: list[dict]  # tidy rows of the pairs scored
+    missing: list[str]  # pairs without a fused image
+    errors: list[dict]  # {"pair", "error"}: fused images that could not be scored
+    pairs: int  # pairs in the dataset
 
 
 def evaluate_folder(fused_dir: str | Path, sources_dir: str | Path, *, convention: str = "cddfuse",
                     metrics: Sequence[str] | None = None, method: str | None = None,
-                    progress: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
+                    progress: bool = False) -> Evaluation:
+    """Score every ``<pair_id>.<ext>`` of ``fused_dir`` against ``sources_dir``; a pair that cannot be
+    scored is recorded with its error (naming the file) and the others are still scored."""
+    from .metrics import CONVENTIONS
+    from .runtime import one_line
+
     fused_dir = Path(fused_dir)
     if not fused_dir.is_dir():
         raise FileNotFoundError(f"fused-image folder {str(fused_dir)!r} does not exist")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown metric convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
+    for name in metrics or []:
+        CONVENTIONS[convention].get(name)
     pairs = list_pairs(sources_dir)
     method = method or fused_dir.name
-    rows, missing = [], []
-    it = _progress(pairs, progress, f"eval {method}")
-    for pair in it:
+    rows, missing, errors = [], [], []
+    for pair in _progress(pairs, progress, f"eval {method}"):
         f = find_fused(fused_dir, pair.pair_id)
         if f is None:
             missing.append(pair.pair_id)
             continue
-        for name, value in score_pair(f, pair, convention, metrics).items():
-            rows.append({"dataset": pair.dataset, "pair": pair.pair_id, "method": method, "metric": name,
-                         "value": value})
-    if missing and log:
-        log(f"{method}: no fused image for {len(missing)} pair(s): {', '.join(missing[:5])}"
-            + (" …" if len(missing) > 5 else ""))
-    if not rows:
+        try:
+            values = score_pair(f, pair, convention, metrics)
+        except Exception as e:  # noqa: BLE001 -- one unreadable image must not end the evaluation
+            errors.append({"pair": pair.pair_id, "error": one_line(e)})
+            continue
+        rows.extend({"dataset": pair.dataset, "pair": pair.pair_id, "method": method, "metric": name, "value": value}
+                    for name, value in values.items())
+    if not rows and not errors:
         raise FileNotFoundError(f"no fused image in {fused_dir} matches a pair of {sources_dir}")
-    return rows
+    return Evaluation(rows, missing, errors, len(pairs))
 
 
 def _progress(items, enabled: bool, desc: str):
@@ -259,7 +282,7 @@ def plot_results(rows: list[dict], out_dir: str | Path) -> list[Path]:
                          fontsize=10)
             fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the suptitle
             path = out_dir / f"{ds or 'results'}_{kind}.png"
-            fig.savefig(path, dpi=100)
+            atomic_savefig(fig, path, dpi=100)
             plt.close(fig)
             written.append(path)
     return written

@@ -67,6 +67,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="auto", choices=TASK_CHOICES, help="fusion task (default: detect from names/channels)")
     _add_prior_args(p)
     p.add_argument("--resize", action="store_true", help="resample sources of other sizes to the first source's size")
+    p.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+                   help="refuse source images larger than N pixels, read from the file header before decoding "
+                        "(default 200000000)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shard", metavar="I/N", help="run shard I of N (item k of the sorted ids belongs to shard k mod N; "
                    "default from RANK/WORLD_SIZE or the SLURM array, else 0/1)")
     b.add_argument("--executor", default="local", choices=("local", "ray"), help="local (default) or ray")
-    b.add_argument("--workers", type=int, default=1, help="local: worker processes; ray: actors (default: 1 local; "
-                   "ray: sized to the cluster)")
-    b.add_argument("--threads", type=int, help="torch threads per worker (default: the CPUs divided among the workers)")
+    b.add_argument("--workers", type=_positive_int, default=1, help="local: worker processes; ray: actors (default: 1 "
+                   "local; ray: sized to the cluster)")
+    b.add_argument("--threads", type=_positive_int, help="torch threads per worker (default: the CPUs divided among "
+                   "the workers)")
     b.add_argument("--ray-address", metavar="ADDRESS", help="join a running Ray cluster (e.g. 10.0.0.1:6379 or auto); "
                    "default: start a local one")
     b.add_argument("--overwrite", action="store_true", help="redo items that were fused with other settings "
@@ -131,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lpips_arg(ev)
     ev.add_argument("--csv", required=True, metavar="OUT.csv", help="tidy CSV: dataset, pair, method, metric, value")
     ev.add_argument("--md", metavar="OUT.md", help="Markdown summary (mean ± std, best in bold)")
-    ev.add_argument("-q", "--quiet", action="store_true")
+    ev.add_argument("--allow-missing", action="store_true", help="score the pairs that have a fused image and exit 0 "
+                    "(default: a missing fused image is reported and the exit code is 1)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no table or progress (problems are still reported)")
     ev.set_defaults(func=cmd_eval)
 
     be = sub.add_parser("bench", help="run methods × datasets × metrics (resumable)",
@@ -151,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--steps", help="reverse steps for diffusion methods (method default if omitted)")
     be.add_argument("--seed", type=int, default=0, help="global seed; each pair's seed derives from it and its id")
     be.add_argument("--task", default="auto", choices=TASK_CHOICES)
-    be.add_argument("--limit", type=int, help="only the first N pairs of each dataset")
+    be.add_argument("--limit", type=_positive_int, help="only the first N pairs of each dataset (N >= 1)")
     be.add_argument("--no-plots", action="store_true")
     be.add_argument("--overwrite", action="store_true", help="redo fused images made with other settings (default: "
                     "refuse, naming what changed)")
@@ -182,11 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Add Gaussian noise of each σ (0-255 scale) to every image of a folder, "
                                      "denoise with one prior call at the matching DDPM timestep, report PSNR.")
     pe.add_argument("--images", required=True, help="folder of clean images (gray or colour; luminance is used)")
-    pe.add_argument("--sigma", type=float, nargs="+", default=[15, 25, 50], help="noise levels (default 15 25 50)")
+    pe.add_argument("--sigma", type=_positive_float, nargs="+", default=[15, 25, 50],
+                    help="noise levels on the 0-255 scale, each > 0 (default 15 25 50)")
     pe.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     pe.add_argument("--per-image", action="store_true", help="also print each image's PSNR")
     _add_prior_args(pe)
     pe.set_defaults(func=cmd_prior_eval)
+    for p in [parser, *sub.choices.values(), *psub.choices.values()]:
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if p is not parser else False,
+                       help="show the full trace of an unexpected error")
     return parser
 
 
@@ -194,6 +204,26 @@ def _steps_arg(s: str | None):
     if s is None:
         return None
     return int(s) if s.strip().isdigit() else s
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
 
 
 def _dig_regions(specs: list[str]) -> dict:
@@ -213,13 +243,21 @@ def _dig_regions(specs: list[str]) -> dict:
 def cmd_fuse(args: argparse.Namespace) -> int:
     from .io import SIXTEEN_BIT_SUFFIXES, WRITE_SUFFIXES
 
+    from .io import check_output_dir, check_output_file, remove_stale_temps
+
     out = Path(args.output)
+    # everything that will be written is checked before any work
+    check_output_file(out, "output", sources=args.sources)
     if out.suffix.lower() not in WRITE_SUFFIXES:
         raise ValueError(f"output {out.name!r} needs one of the extensions {', '.join(WRITE_SUFFIXES)}")
-    if not out.parent.exists():
-        raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
     if args.bit_depth == 16 and out.suffix.lower() not in SIXTEEN_BIT_SUFFIXES:
         raise ValueError(f"--bit-depth 16 needs a .png or .tif output, not {out.name!r}")
+    if args.report:
+        check_output_file(args.report, "--report file", sources=[*args.sources, out])
+    for flag, folder in (("--save-dig", args.save_dig), ("--save-selection", args.save_selection)):
+        if folder:
+            check_output_dir(folder, f"{flag} folder")
+    remove_stale_temps(out.parent if str(out.parent) else ".")
     from .api import fuse
 
     options = method_options_from_args(args)
@@ -238,7 +276,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         raise ValueError("--save-selection needs --method ccf")
     result = fuse(args.sources, method=args.method, steps=_steps_arg(args.steps), seed=args.seed, task=args.task,
                   prior=args.prior, prior_spec=args.prior_config, device=args.device, resize=args.resize,
-                  record=bool(args.save_dig), progress=not args.quiet, **options)
+                  record=bool(args.save_dig), max_pixels=args.max_pixels, progress=not args.quiet, **options)
     path = result.save(out, args.bit_depth)
     if args.save_dig:
         from .viz import save_dig
@@ -275,7 +313,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     items = collect_items(args.inputs)
     config = RunConfig(method=args.method, options=method_options_from_args(args), steps=_steps_arg(args.steps),
                        seed=args.seed, task=args.task, prior=args.prior, prior_spec=args.prior_config,
-                       device=args.device, resize=args.resize, ext=f".{args.format}", bit_depth=args.bit_depth)
+                       device=args.device, resize=args.resize, ext=f".{args.format}", bit_depth=args.bit_depth,
+                       max_pixels=args.max_pixels)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     summary = run_batch(items, args.output, config, shard=shard, executor=args.executor, workers=args.workers,
                         threads=args.threads, ray_address=args.ray_address, overwrite=args.overwrite,
@@ -310,15 +349,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _use_lpips_weights(args)
 
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    rows = evaluate_folder(args.fused_dir, args.sources, convention=args.convention,
-                           metrics=_metric_list(args.metrics), method=args.method, progress=not args.quiet, log=log)
-    write_csv(args.csv, rows)
-    md = summary_markdown(rows, title=f"{Path(args.fused_dir).name} ({args.convention} convention)")
+    from .errors import EXIT_ITEMS_FAILED
+    from .io import check_output_file
+
+    check_output_file(args.csv, "--csv file")
+    if args.md:
+        check_output_file(args.md, "--md file")
+    ev = evaluate_folder(args.fused_dir, args.sources, convention=args.convention, metrics=_metric_list(args.metrics),
+                         method=args.method, progress=not args.quiet)
+    write_csv(args.csv, ev.rows)
+    md = summary_markdown(ev.rows, title=f"{Path(args.fused_dir).name} ({args.convention} convention)")
     if args.md:
         atomic_write_text(args.md, md)
     if not args.quiet:
         print(md)
+    scored = len({r["pair"] for r in ev.rows})
+    problems = []
+    if ev.missing and not args.allow_missing:  # said even with -q: a table over a subset must not pass unnoticed
+        problems.append(f"no fused image for {len(ev.missing)} pair(s): {', '.join(ev.missing[:5])}"
+                        + (" …" if len(ev.missing) > 5 else "") + " (--allow-missing to accept a subset)")
+    for e in ev.errors:
+        problems.append(f"pair {e['pair']}: {e['error']}")
+    for p in problems:
+        print(f"dig2dig: {p}", file=sys.stderr)
+    if problems:
+        print(f"dig2dig eval: scored {scored} of {ev.pairs} pairs", file=sys.stderr)
+        return EXIT_ITEMS_FAILED
     return 0
 
 
@@ -375,25 +431,83 @@ def cmd_prior_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_trace(exc: BaseException) -> str | None:
+    """The full trace of an unexpected error, in a file the message can point to."""
+    import tempfile
+    import time
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"dig2dig-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        path.write_text("".join(traceback.format_exception(exc)))
+    except OSError:
+        return None
+    return str(path)
+
+
+def _warn_in_one_line(message, category, filename, lineno, file=None, line=None):
+    print(f"dig2dig: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line, behind one error boundary: an expected failure prints one line
+    ``dig2dig: error: <what>, <the fix>`` and returns its exit code (see :mod:`dig2dig.errors`); an
+    unexpected one prints a one-line summary and where its full trace was written (``--debug``
+    shows it inline).  SIGTERM is handled like Ctrl-C, so interrupted writes clean up after themselves."""
+    import signal
+    import warnings
+
+    from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, describe
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (argparse printed them), --help, --version
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    from .errors import Dig2DigError
+        return EXIT_USAGE
+    debug = bool(getattr(args, "debug", False) or os.environ.get("DIG2DIG_DEBUG"))
 
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main_thread = True
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (e.g. called from a server): leave signals alone
+        in_main_thread = False
+    old_showwarning = warnings.showwarning
+    if not debug:
+        warnings.showwarning = _warn_in_one_line
     try:
         return args.func(args)
-    except (Dig2DigError, FileNotFoundError, ValueError) as e:
-        print(f"dig2dig: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("dig2dig: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # e.g. `dig2dig prior info | head`: the reader left, nothing is wrong
-        sys.stderr.close()
+        try:
+            sys.stderr.close()
+        except OSError:
+            pass
         return 0
+    except BaseException as e:  # noqa: BLE001 -- the boundary: nothing escapes as a traceback
+        if isinstance(e, SystemExit):
+            raise
+        code, message = describe(e)
+        if debug and code != EXIT_INTERRUPTED:
+            raise
+        if code == EXIT_INTERRUPTED:
+            print(f"dig2dig: {message}", file=sys.stderr)
+        elif code == EXIT_INTERNAL:
+            where = _write_trace(e)
+            print(f"dig2dig: internal error: {message}; " + (f"the full trace is in {where} " if where else "")
+                  + "(rerun with --debug to see it here); please report it", file=sys.stderr)
+        else:
+            print(f"dig2dig: error: {message}", file=sys.stderr)
+        return code
+    finally:
+        warnings.showwarning = old_showwarning
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ READ_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 WRITE_SUFFIXES = READ_SUFFIXES
 SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
 MIN_SIDE = 8  # smallest height/width dig2dig fuses
+MAX_PIXELS = 200_000_000  # default largest image (width × height) decoded; read off the header first
 
 
 @dataclass
@@ -71,10 +72,30 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     return sorted(p for p in found if p.suffix.lower() in READ_SUFFIXES and p.is_file())
 
 
-def decode(path: str | os.PathLike) -> np.ndarray:
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) read from the file's header without decoding the pixels, or None if the
+    header cannot be read (decoding will then say what is wrong)."""
+    try:
+        from PIL import Image as PILImage
+    except ImportError:  # Pillow comes with matplotlib; without it the size is known only after decoding
+        return None
+    old = PILImage.MAX_IMAGE_PIXELS
+    PILImage.MAX_IMAGE_PIXELS = None  # the limit is ours (max_pixels), not Pillow's
+    try:
+        with PILImage.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except Exception:  # noqa: BLE001 -- any header Pillow cannot read is left to the decoder
+        return None
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = old
+
+
+def decode(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """The pixels of an image file as stored (uint8/uint16 in OpenCV's layout: BGR[A] for colour).
 
-    Raises FileNotFoundError / ImageError with the fix on failure.
+    An image larger than ``max_pixels`` (default :data:`MAX_PIXELS`; width × height, read from the
+    header before anything is decoded) is refused.  Raises FileNotFoundError / ImageError with the
+    fix on failure.
     """
     p = Path(path)
     if not p.exists():
@@ -83,26 +104,59 @@ def decode(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{str(p)!r} is a folder, not an image file")
     if p.suffix.lower() not in READ_SUFFIXES:
         raise ImageError(f"{p.name}: unsupported file type {p.suffix!r}; use one of {', '.join(READ_SUFFIXES)}")
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    size = header_size(p)
+    if size is not None and size[0] * size[1] > limit:
+        raise ImageError(f"{p}: {size[0]}x{size[1]} is {size[0] * size[1] / 1e6:.0f} megapixels, more than the limit of "
+                         f"{limit / 1e6:g}; raise it with --max-pixels (max_pixels=) if the machine has the memory")
     cv2 = _cv2()
     buf = np.fromfile(str(p), dtype=np.uint8)  # handles non-ASCII paths, unlike cv2.imread
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    said = ""
+    try:
+        arr, said = _decode_quietly(cv2, buf) if buf.size else (None, "")
+    except cv2.error:
+        arr = None
     if arr is None:
-        raise ImageError(f"{p}: cannot decode the file as an image (corrupt or truncated?)")
+        detail = f": {said}" if said else " (corrupt or truncated?)"
+        raise ImageError(f"{p}: cannot decode the file as an image{detail}")
+    if said:
+        warnings.warn(f"{p.name}: the decoder reported '{said}'; the image may be damaged or truncated", stacklevel=3)
+    if arr.shape[0] * arr.shape[1] > limit:  # a header Pillow could not read
+        raise ImageError(f"{p}: {arr.shape[1]}x{arr.shape[0]} is more than the limit of {limit / 1e6:g} megapixels; "
+                         f"raise it with --max-pixels (max_pixels=)")
     return arr
 
 
-def read_raw(path: str | os.PathLike) -> np.ndarray:
+def _decode_quietly(cv2, buf: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """``cv2.imdecode`` with what libpng/libjpeg print to the process's stderr caught (one line for us)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), ""
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        said = " ".join(sink.read(2000).decode(errors="replace").split())
+    return arr, said
+
+
+def read_raw(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Decoded pixels as stored (uint8/uint16), RGB order for colour (alpha dropped): what the metric
     conventions score."""
-    arr = decode(path)
+    arr = decode(path, max_pixels)
     if arr.ndim == 3:
         arr = arr[..., 2::-1] if arr.shape[2] >= 3 else arr[..., 0]
     return np.ascontiguousarray(arr)
 
 
-def read_image(path: str | os.PathLike) -> Image:
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image:
     """Decode an image file to float [0, 1]; raise FileNotFoundError / ImageError with the fix on failure."""
-    arr = decode(path)
+    arr = decode(path, max_pixels)
     p = Path(path)
     return Image(_to_float(arr, p.name, bgr=True), 16 if arr.dtype == np.uint16 else 8, str(p))
 
@@ -217,14 +271,74 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None and e.errno:  # say which file could not be written
+            raise OSError(e.errno, e.strerror or str(e), str(p)) from e
         raise
     return p
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_savefig(fig, path: str | os.PathLike, **kw) -> Path:
+    """A matplotlib figure written like every other output: rendered in memory, then renamed into place."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    fig.savefig(buf, format=fmt, **kw)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".dig2dig-write-test~", dir=str(folder))
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise PermissionError(e.errno, f"cannot write the {what} in {str(folder)!r} ({e.strerror}); "
+                                       f"choose a folder you can write to", str(folder)) from None
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output", sources=()) -> Path:
+    """Before any work: ``path`` can be written as a file -- its folder exists and is writable, it is
+    not a folder, and it is none of ``sources`` (links resolved: writing it would destroy a source)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        example = p / ("report.json" if "report" in what else "fused.png")
+        raise IsADirectoryError(21, f"the {what} {str(p)!r} is a folder; give a file name, e.g. {str(example)!r}",
+                                str(p))
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.exists():
+        raise FileNotFoundError(f"the folder {str(folder)!r} for the {what} does not exist; create it first")
+    if not folder.is_dir():
+        raise NotADirectoryError(20, f"{str(folder)!r} (the {what}'s folder) is a file, not a folder", str(folder))
+    target = p.resolve()
+    for s in sources:
+        sp = Path(s)
+        if sp.exists() and (sp.resolve() == target or (p.exists() and os.path.samefile(sp, p))):
+            raise ValueError(f"the {what} {str(p)!r} is the source {str(s)!r}; writing it would destroy that source, "
+                             f"so choose another file name")
+    _probe_writable(folder, what)
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Before any work: ``path`` is (or can be made) a writable folder."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise NotADirectoryError(20, f"the {what} {str(p)!r} is a file; give a folder", str(p))
+    existing = p
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(20, f"{str(existing)!r} is a file, so the {what} {str(p)!r} cannot be made",
+                                 str(existing))
+    _probe_writable(existing, what)
+    return p
 
 
 def _pid_alive(pid: int) -> bool:

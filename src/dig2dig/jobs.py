@@ -256,6 +256,7 @@ class RunConfig:
     resize: bool = False
     ext: str = ".png"
     bit_depth: int | None = None  # None: 16 if a source is 16-bit and the format allows, else 8
+    max_pixels: int | None = None  # None: dig2dig.io.MAX_PIXELS
 
     def resolve(self) -> ResolvedRun:
         """Validate everything before any item runs: method, options, steps, task, output format,
@@ -272,8 +273,11 @@ class RunConfig:
             raise RunError(f"output format {self.ext!r} is not one of {', '.join(WRITE_SUFFIXES)}")
         if self.bit_depth not in (None, 8, 16) or (self.bit_depth == 16 and ext.lower() not in (".png", ".tif", ".tiff")):
             raise RunError(f"bit depth {self.bit_depth} is not possible for {ext} output (16 needs .png or .tif)")
-        if not 0 <= int(self.seed) < 2**63:
-            raise RunError(f"seed {self.seed} must be in [0, 2**63)")
+        from .api import check_seed
+
+        check_seed(self.seed)
+        if self.max_pixels is not None and int(self.max_pixels) < 1:
+            raise RunError(f"max_pixels must be at least 1, got {self.max_pixels}")
         prior = None
         if m.needs_prior:
             grid = m.grid(self.steps if self.steps is not None else m.default_steps, opts)
@@ -593,7 +597,7 @@ def run_batch(
         for f in failed:
             folder.append_log({"event": "item", "status": "failed", **f})
         spec = WorkerSpec(resolved.method, dict(config.options), config.steps, config.prior, config.prior_spec,
-                          config.device, config.resize, config.bit_depth, threads, resolved.prior)
+                          config.device, config.resize, config.bit_depth, threads, resolved.prior, config.max_pixels)
         bar = Progress(len(jobs), progress)
         try:
             for rec in runner.run(spec, jobs):

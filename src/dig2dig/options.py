@@ -153,6 +153,10 @@ class Options:
         """The largest batch these options allow (None: any); e.g. when each item decides its own steps."""
         return None
 
+    def forward_images(self, sources: int) -> float:
+        """The largest prior forward the method makes per item, in full-size images (for memory estimates)."""
+        return 1.0
+
     @classmethod
     def infos(cls) -> list[OptionInfo]:
         return [dataclasses.replace(f.metadata["option"], name=f.name) for f in dataclasses.fields(cls)
@@ -221,6 +225,10 @@ class DIGOptions(Options):
     def max_batch(self) -> int | None:
         return 1 if self.accelerate > 0 else None  # merged steps are decided per image
 
+    def forward_images(self, sources: int) -> float:
+        # a refresh denoises every source at dig_scale, at up to two levels in one forward
+        return max(1.0, 2 * sources * self.dig_scale**2)
+
 
 @dataclass(frozen=True)
 class DDFMOptions(Options):
@@ -273,7 +281,10 @@ class CCFOptions(Options):
         if self.conditions is not None:  # names against the condition registry, before any work
             from .guidance.ccf_conditions import check_condition_names
 
-            check_condition_names(self.conditions, self.feature_extractor)
+            try:
+                check_condition_names(self.conditions, self.feature_extractor)
+            except ValueError as e:
+                raise ValueError(f"ccf option conditions={','.join(self.conditions)!r}: {e}") from None
 
 
 @dataclass(frozen=True)

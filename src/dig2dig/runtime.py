@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import Dig2DigError, RunError
+from .errors import RunError, describe
 from .io import atomic_write_text, file_sha256
 
 EXECUTORS = ("local", "ray")
@@ -73,14 +73,12 @@ class WorkerSpec:
     bit_depth: int | None
     threads: int | None = None  # torch threads per worker (None: torch's default)
     prior_info: dict | None = None
+    max_pixels: int | None = None
 
 
 def one_line(e: BaseException) -> str:
-    """An exception as one line: its message, prefixed with its type when the message alone is vague."""
-    msg = " ".join(str(e).split()) or type(e).__name__
-    if isinstance(e, (Dig2DigError, ValueError, FileNotFoundError)):
-        return msg
-    return f"{type(e).__name__}: {msg}"
+    """An exception as the same one line the command line prints (:func:`dig2dig.errors.describe`)."""
+    return describe(e)[1]
 
 
 class FuseWorker:
@@ -108,7 +106,8 @@ class FuseWorker:
         s = self.spec
         try:
             r = fuse(list(job.sources), method=s.method, steps=s.steps, seed=job.seed, task=job.task, prior=self.den,
-                     device=s.device, resize=s.resize, names=list(job.names) if job.names else None, **s.options)
+                     device=s.device, resize=s.resize, names=list(job.names) if job.names else None,
+                     max_pixels=s.max_pixels, **s.options)
             Path(job.output).parent.mkdir(parents=True, exist_ok=True)
             out = r.save(job.output, s.bit_depth)
             wall = time.perf_counter() - t0
@@ -124,12 +123,7 @@ class FuseWorker:
             }
             atomic_write_text(job.sidecar, json.dumps(sidecar, indent=1, default=str))
             return {"id": job.id, "status": "done", "seconds": round(wall, 3), "output": str(out)}
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except MemoryError:
-            return {"id": job.id, "status": "failed", "seconds": round(time.perf_counter() - t0, 3),
-                    "error": "out of memory fusing this item; fewer workers, or a machine with more memory"}
-        except Exception as e:  # one bad item must not end the run
+        except Exception as e:  # one bad item must not end the run (out of memory included)
             return {"id": job.id, "status": "failed", "seconds": round(time.perf_counter() - t0, 3),
                     "error": one_line(e)}
 

@@ -86,9 +86,9 @@ def power_grid(steps: int, power: float = 2.0, num_timesteps: int = NUM_TIMESTEP
     pts = np.round(u * (num_timesteps - 1)).astype(int)
     for i in range(1, steps):  # make strictly increasing from the low-noise end
         pts[i] = max(pts[i], pts[i - 1] + 1)
-    for i in range(steps - 2, -1, -1):  # and keep the top at T-1
+    pts[-1] = num_timesteps - 1  # keep the top at T-1 ...
+    for i in range(steps - 2, -1, -1):  # ... and the points below it distinct
         pts[i] = min(pts[i], pts[i + 1] - 1)
-    pts[-1] = num_timesteps - 1
     return [int(p) for p in pts[::-1]]
 
 
@@ -99,21 +99,30 @@ def make_grid(spec: int | str | Sequence[int], num_timesteps: int = NUM_TIMESTEP
     * ``"uniform:N"`` or ``"power:N:P"`` (P defaults to 2)
     * a comma-separated string or a sequence of timesteps -> that list, sorted descending
     """
+    if isinstance(spec, bool):
+        raise ValueError(f"steps {spec!r}: give a step count, 'uniform:N', 'power:N:P' or a list like '999,500,0'")
     if isinstance(spec, (int, np.integer)):
         return uniform_grid(int(spec), num_timesteps)
     if isinstance(spec, str):
-        kind, _, rest = spec.partition(":")
-        if kind == "uniform" and rest:
-            return uniform_grid(int(rest), num_timesteps)
-        if kind == "power" and rest:
-            n, _, p = rest.partition(":")
-            return power_grid(int(n), float(p) if p else 2.0, num_timesteps)
+        text = spec.strip()
+        bad = ValueError(f"bad steps {spec!r}: use a step count from 1 to {num_timesteps}, 'uniform:N', 'power:N:P' "
+                         f"(P > 0) or a list of timesteps like '999,500,0'")
+        kind, _, rest = text.partition(":")
         try:
-            spec = [int(x) for x in spec.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(
-                f"bad grid {spec!r}: use a step count, 'uniform:N', 'power:N:P' or a list like '999,500,0'"
-            ) from None
+            if kind == "uniform" and rest:
+                return uniform_grid(int(rest), num_timesteps)
+            if kind == "power" and rest:
+                n, _, p = rest.partition(":")
+                return power_grid(int(n), float(p) if p else 2.0, num_timesteps)
+            if rest or kind in ("uniform", "power"):
+                raise bad
+            if text.lstrip("+-").isdigit() and "," not in text:  # one number: a step count
+                return uniform_grid(int(text), num_timesteps)
+            spec = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError as e:
+            if e is bad or str(e).startswith(("steps must", "power must")):
+                raise
+            raise bad from None
     grid = sorted({int(t) for t in spec}, reverse=True)
     if not grid:
         raise ValueError("the timestep grid is empty")

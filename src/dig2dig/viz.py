@@ -75,7 +75,7 @@ def save_dig(result, out_dir: str | Path, sources: list[np.ndarray] | None = Non
     import matplotlib.pyplot as plt
 
     from .color import luminance
-    from .io import write_image
+    from .io import atomic_savefig, write_image
 
     g = result.guidance
     if not g or g.get("method") != "dig2dig":
@@ -129,7 +129,7 @@ def save_dig(result, out_dir: str | Path, sources: list[np.ndarray] | None = Non
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = out / "dig_curves.png"
-        fig.savefig(path, dpi=110)
+        atomic_savefig(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
     from .io import atomic_write_text

@@ -387,6 +387,8 @@ def save_selection(records: dict, out_dir: str | Path, stem: str = "ccf_selectio
     and ``<stem>.json`` (the history) for one image's CCF records (``FusionResult.guidance``)."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ..io import atomic_savefig, atomic_write_text
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
@@ -420,13 +422,12 @@ def save_selection(records: dict, out_dir: str | Path, stem: str = "ccf_selectio
     bottom.set_xticks(range(0, steps, tick), [str(ts[j]) for j in range(0, steps, tick)])
     bottom.set_xlabel("reverse step (timestep t)")
     fig.tight_layout()
-    png = out / f"{stem}.png"
-    fig.savefig(png)
+    png = atomic_savefig(fig, out / f"{stem}.png")
 
     js = out / f"{stem}.json"
     payload = {**{k: v for k, v in records.items() if k != "steps"}, "timesteps": ts,
                "selection_ranks": ranks.tolist(), "steps": records["steps"]}
-    js.write_text(json.dumps(payload, indent=1, allow_nan=True))
+    atomic_write_text(js, json.dumps(payload, indent=1, allow_nan=True))
     return [png, js]
 
 

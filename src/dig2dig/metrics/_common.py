@@ -48,8 +48,8 @@ def as_planes(fused, *sources, dtype=np.float64) -> list[np.ndarray]:
         p = as_plane(s, label, dtype)
         if p.shape != f.shape:
             raise MetricInputError(
-                f"{label} has shape {p.shape} but fused has shape {f.shape}; "
-                "resize or crop the images to the same size first"
+                f"{label} is {p.shape[1]}x{p.shape[0]} but the fused image is {f.shape[1]}x{f.shape[0]} "
+                "(width x height); resize or crop the images to the same size first"
             )
         out.append(p)
     return out

@@ -111,8 +111,8 @@ def _check_inputs(fused, sources, need: int) -> tuple[np.ndarray, list[np.ndarra
     for i, s in enumerate(srcs):
         if s.shape[:2] != f.shape[:2]:
             raise MetricInputError(
-                f"sources[{i}] is {s.shape[0]}x{s.shape[1]} but fused is {f.shape[0]}x{f.shape[1]}; "
-                "resize or crop the images to the same size first"
+                f"the fused image is {f.shape[1]}x{f.shape[0]} but source {i + 1} is {s.shape[1]}x{s.shape[0]} "
+                "(width x height); fused images must have their sources' size"
             )
     if len(srcs) < need:
         raise MetricInputError(

@@ -40,6 +40,13 @@ class ADMConfig:
     resblock_updown: bool = True
     conv_resample: bool = True
 
+    def __post_init__(self):
+        sizes = {k: getattr(self, k) for k in ("in_channels", "model_channels", "out_channels", "num_res_blocks")}
+        if min(sizes.values()) < 1 or not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError(f"ADM architecture needs positive sizes, got {sizes} and channel_mult {self.channel_mult}")
+        if self.num_head_channels == -1 and self.num_heads < 1:
+            raise ValueError(f"ADM architecture needs num_heads >= 1 or num_head_channels > 0, got {self.num_heads}")
+
     @property
     def learn_sigma(self) -> bool:
         return self.out_channels == 2 * self.in_channels

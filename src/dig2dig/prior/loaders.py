@@ -123,8 +123,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickle with code, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # corrupt file, not a checkpoint at all, pickle with code, ...
+        kind = "safetensors file" if path.suffix == ".safetensors" else "PyTorch checkpoint (.pt/.pth)"
+        detail = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"cannot read {path} as a {kind} ({type(e).__name__}: {detail}); give a guided-diffusion "
+                              f"checkpoint, a diffusers UNet2DModel folder or a dig2dig prior folder") from None
     for wrapper in ("state_dict", "model", "ema", "model_ema"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
