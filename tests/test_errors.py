@@ -430,6 +430,6 @@ def test_option_validators_accept_only_what_they_document(data):
     if info.choices and v is not None:
         assert v in info.choices
     if info.kind in ("int", "float") and v is not None:
-        assert np.isfinite(v)
+        assert np.isfinite(float(v))
         assert info.low is None or (v > info.low if info.low_open else v >= info.low)
         assert info.high is None or (v < info.high if info.high_open else v <= info.high)

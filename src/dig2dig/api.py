@@ -209,7 +209,7 @@ def fuse_batch(
 
     t_start = time.perf_counter()
     m = get_method(method)
-    opts = m.configure(options)
+    opts, popts = m.split(options)
     if int(max_batch) < 1:
         raise ValueError(f"max_batch must be at least 1, got {max_batch}")
     max_batch = min(int(max_batch), opts.max_batch() or int(max_batch))
@@ -235,11 +235,20 @@ def fuse_batch(
     groups: dict[tuple, list[int]] = {}
     for k, it in enumerate(items):
         groups.setdefault((it.padding.shape, len(it.images), it.task.name), []).append(k)
-    if den is not None:
+    tiles: dict[tuple, int | None] = {}
+    if den is not None:  # tiles and memory decided for every size before any sampling starts
+        from .prior.execution import choose_tile
+
         for (shape, n_src, _), ks in groups.items():
-            check_memory(den, min(len(ks), max_batch) * opts.forward_images(n_src), *shape)
+            images = min(len(ks), max_batch) * opts.forward_images(n_src)
+            tile = tiles[shape] = choose_tile(den, popts.tile, *shape, images, popts.tile_batch)
+            if tile is None:
+                check_memory(den, images, *shape)
+            else:
+                check_memory(den, popts.tile_batch, min(tile, shape[0]), min(tile, shape[1]))
     results: list[FusionResult | None] = [None] * len(items)
-    run = _Run(m, opts, grid, den, history=history, record=record, profile=profile, progress=progress)
+    run = _Run(m, opts, grid, den, popts, tiles, history=history, record=record, profile=profile,
+               progress=progress)
     for ks in groups.values():
         for lo in range(0, len(ks), max_batch):
             chunk = ks[lo: lo + max_batch]
@@ -257,6 +266,8 @@ class _Run:
     opts: Any
     grid: list[int]
     den: Any
+    popts: Any = None  # PriorOptions
+    tiles: dict = field(default_factory=dict)  # padded shape -> tile size (None: whole image)
     history: bool = False
     record: bool = False
     profile: bool = False
@@ -272,10 +283,13 @@ class _Run:
         from .functional import luma, to_signed, to_unit
         from .methods import BuildContext
         from .prior import TimedDenoiser
+        from .prior.execution import ExecutedDenoiser
         from .sampler import ddim, initial_noise
 
-        m, grid = self.method, self.grid
-        prior = TimedDenoiser(self.den, sync=self.profile)
+        m, grid, po = self.method, self.grid, self.popts
+        executed = ExecutedDenoiser(self.den, precision=po.precision, tile=self.tiles.get(items[0].padding.shape),
+                                    tile_overlap=po.tile_overlap, tile_batch=po.tile_batch, compile=po.compile)
+        prior = TimedDenoiser(executed, sync=self.profile)
         dev = prior.device
         pad = items[0].padding
         t0 = time.perf_counter()
@@ -314,7 +328,7 @@ class _Run:
                    "prior_calls": prior.calls, "per_step_s": sample_s / max(out.steps_taken, 1),
                    "synchronised": bool(self.profile or dev.type != "cuda")}
         extra = {"steps": len(grid), "steps_taken": out.steps_taken, "grid": list(grid),
-                 "prior": _prior_summary(self.den), "device": str(dev)}
+                 "prior": _prior_summary(self.den), "device": str(dev), "prior_run": executed.describe()}
         results = [_result(it, m, self.opts, y[b], extra, timings, (time.perf_counter() - t0) / n,
                            hist[b] if self.history else None) for b, it in enumerate(items)]
         for b, r in enumerate(results):

@@ -25,20 +25,27 @@ def _add_prior_args(p: argparse.ArgumentParser) -> None:
 _ARG_TYPES = {"int": int, "float": float, "str": str, "any": str}
 
 
-def _add_method_options(p: argparse.ArgumentParser) -> None:
-    """One flag per method option, derived from the option records (:mod:`dig2dig.options`)."""
+def _option_records() -> list[tuple[str, str, type]]:
+    """(group title, description, record) for every option record the fusing commands expose."""
     from .methods import METHODS
+    from .options import PriorOptions
 
+    return ([(f"{m.name} options", f"(--method {m.name}; see docs/options.md)", m.options) for m in METHODS.values()]
+            + [("prior options", "(any diffusion method: how the prior's network runs)", PriorOptions)])
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """One flag per method option and prior option, derived from the option records (:mod:`dig2dig.options`)."""
     seen: dict[str, str] = {}
-    for m in METHODS.values():
-        infos = [i for i in m.options.infos() if i.cli]
+    for title, description, record in _option_records():
+        infos = [i for i in record.infos() if i.cli]
         if not infos:
             continue
-        group = p.add_argument_group(f"{m.name} options", f"(--method {m.name}; see docs/options.md)")
+        group = p.add_argument_group(title, description)
         for i in infos:
             if i.name in seen:  # one flag for an option name that several methods share
                 continue
-            seen[i.name] = m.name
+            seen[i.name] = title
             extra = f"; {i.range_text()}" if i.kind in ("int", "float") and i.range_text() else ""
             kw: dict = {"dest": i.name, "default": None, "help": f"{i.help} (default: {i.default_text()}{extra})"}
             if i.kind == "bool":
@@ -51,10 +58,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
 
 
 def method_options_from_args(args: argparse.Namespace) -> dict:
-    """The method options given on the command line (flags left out are not passed)."""
-    from .methods import METHODS
-
-    names = {i.name for m in METHODS.values() for i in m.options.infos() if i.cli}
+    """The method and prior options given on the command line (flags left out are not passed)."""
+    names = {i.name for _, _, record in _option_records() for i in record.infos() if i.cli}
     return {k: getattr(args, k) for k in sorted(names) if getattr(args, k, None) is not None}
 
 

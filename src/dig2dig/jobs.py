@@ -265,7 +265,7 @@ class RunConfig:
         from .tasks import TASKS
 
         m = get_method(self.method)
-        opts = m.configure(self.options)
+        opts, popts = m.split(self.options)
         if self.task != "auto" and self.task not in TASKS:
             raise RunError(f"unknown task {self.task!r}; use one of auto, {', '.join(TASKS)}")
         ext = self.ext if self.ext.startswith(".") else f".{self.ext}"
@@ -289,7 +289,8 @@ class RunConfig:
             if self.steps is not None:
                 raise RunError(f"method {m.name!r} is not a diffusion method and takes no steps")
             grid = []
-        return ResolvedRun(self, m.name, opts.to_dict(), list(grid), prior, ext.lower())
+        return ResolvedRun(self, m.name, opts.to_dict(), list(grid), prior, ext.lower(),
+                           popts.to_dict() if m.needs_prior else {})
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,7 @@ class ResolvedRun:
     grid: list[int]
     prior: dict | None  # name, sha256, source; None for classical methods
     ext: str
+    prior_options: dict = field(default_factory=dict)  # tiles, precision, compilation
 
     def item_seed(self, item: Item) -> int:
         from .api import derive_seed
@@ -311,14 +313,16 @@ class ResolvedRun:
 
     def item_config(self, item: Item, source_sha: list[str]) -> dict:
         """What decides the item's output bytes (hashed into its key)."""
-        return {"method": self.method, "options": self.options, "grid": self.grid, "seed": self.item_seed(item),
+        return {"method": self.method, "options": self.options, "prior_options": self.prior_options,
+                "grid": self.grid, "seed": self.item_seed(item),
                 "task": self.item_task(item), "prior_sha256": self.prior["sha256"] if self.prior else None,
                 "sources_sha256": source_sha, "resize": self.config.resize, "format": self.ext,
                 "bit_depth": self.config.bit_depth}
 
     def describe(self) -> dict:
         c = self.config
-        return {"method": self.method, "options": self.options, "steps": c.steps, "grid": self.grid, "seed": c.seed,
+        return {"method": self.method, "options": self.options, "prior_options": self.prior_options,
+                "steps": c.steps, "grid": self.grid, "seed": c.seed,
                 "task": c.task, "prior": self.prior, "device": c.device, "resize": c.resize, "format": self.ext,
                 "bit_depth": c.bit_depth}
 

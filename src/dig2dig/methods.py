@@ -22,6 +22,7 @@ from .options import (
     LaplacianOptions,
     NoOptions,
     Options,
+    PriorOptions,
     markdown_table,
 )
 from .schedule import make_grid, power_grid
@@ -65,6 +66,16 @@ class Method:
     def configure(self, given: dict[str, Any] | None = None) -> Options:
         """Validated options (defaults filled in), or a ValueError naming the bad value and the fix."""
         return self.options.create(given)
+
+    def split(self, given: dict[str, Any] | None) -> tuple[Options, PriorOptions]:
+        """Keyword options as the method's and the prior's (:class:`~dig2dig.options.PriorOptions`), validated."""
+        given = dict(given or {})
+        prior_names = {i.name for i in PriorOptions.infos()}
+        prior = {k: given.pop(k) for k in list(given) if k in prior_names}
+        popts = PriorOptions.create(prior)
+        if prior and not self.needs_prior:
+            raise ValueError(f"method {self.name!r} uses no prior, so it takes no prior options ({sorted(prior)})")
+        return self.configure(given), popts
 
     def check_sources(self, n: int) -> None:
         hi = self.max_sources
@@ -133,9 +144,10 @@ def get_method(name: str) -> Method:
 
 
 def options_markdown(methods: Sequence[str] | None = None) -> str:
-    """The table of every method option (``docs/options.md`` and the ``fuse`` documentation)."""
+    """The table of every method option and of the prior options (``docs/options.md``, the ``fuse`` docs)."""
     names = list(methods or METHODS)
-    return markdown_table([(n, METHODS[n].options) for n in names if METHODS[n].options.infos()])
+    return markdown_table([(n, METHODS[n].options) for n in names if METHODS[n].options.infos()]
+                          + [("any diffusion method", PriorOptions)])
 
 
 def options_document() -> str:

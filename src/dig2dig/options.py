@@ -92,6 +92,8 @@ class OptionInfo:
             if not (isinstance(num, int) or (math.isfinite(num) and float(num).is_integer())):
                 raise bad("is not an integer")
             value = int(num)
+            if abs(value) > 2**31:
+                raise bad("is far out of range")
         elif self.kind == "float":
             if isinstance(value, bool):
                 raise bad("is not a number")
@@ -207,7 +209,7 @@ class DIGOptions(Options):
     """Dig2DIG (:mod:`dig2dig.guidance.dig`)."""
 
     owner = "dig2dig"
-    interval: int = option(10, "S: refresh the DIG weights every S steps", low=1)
+    interval: int = option(10, "S: refresh the DIG weights every S steps", low=1, high=1000)
     distance: str = option("l2", "distance between a denoised source and the source", choices=("l2", "l1", "ssim", "none"))
     temperature: float = option(1.0, "softmax temperature on the normalised gains", low=0, low_open=True)
     weights: str = option("dig", "per-pixel DIG weights, or equal weights (fixed guidance)", choices=("dig", "equal"))
@@ -267,7 +269,7 @@ class CCFOptions(Options):
     owner = "ccf"
     conditions: tuple | None = option(None, "condition bank, comma-separated (see dig2dig.guidance.ccf_conditions)",
                                       kind="any", check=_conditions, none_means="the task's preset")
-    topk: int = option(3, "conditions selected per step", low=1)
+    topk: int = option(3, "conditions selected per step", low=1, high=1000)
     lr: float = option(0.03, "Adam step size on x̂0", low=0, low_open=True)
     alpha: float = option(1.5, "GradNorm's α in the gate", low=0)
     release_compat: bool = option(False, "reproduce the released CCF code, its defects included")
@@ -295,13 +297,55 @@ class NoOptions(Options):
 @dataclass(frozen=True)
 class LaplacianOptions(Options):
     owner = "laplacian"
-    levels: int | None = option(None, "pyramid levels", kind="int", low=1, none_means="from the size, 1 to 5")
+    levels: int | None = option(None, "pyramid levels", kind="int", low=1, high=16, none_means="from the size, 1 to 5")
 
 
 @dataclass(frozen=True)
 class GuidedOptions(Options):
     owner = "guided"
-    r1: int = option(45, "radius of the base layer's guided filter", low=1)
+    r1: int = option(45, "radius of the base layer's guided filter", low=1, high=10000)
     eps1: float = option(0.3, "ε of the base layer's guided filter", low=0, low_open=True)
-    r2: int = option(7, "radius of the detail layer's guided filter", low=1)
+    r2: int = option(7, "radius of the detail layer's guided filter", low=1, high=10000)
     eps2: float = option(1e-6, "ε of the detail layer's guided filter", low=0, low_open=True)
+
+
+# --------------------------------------------------------------------------------------------
+# how the prior's forward runs (every diffusion method): tiles, precision, compilation
+
+
+def _tile(value):
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("auto", "off"):
+            return text
+        value = text
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("use auto, off or a tile size in pixels") from None
+    if isinstance(value, float) and not float(value).is_integer():
+        raise ValueError("a tile size is a whole number of pixels")
+    if not 8 <= n <= 65536:
+        raise ValueError("a tile must be 8 to 65536 pixels")
+    return n
+
+
+@dataclass(frozen=True)
+class PriorOptions(Options):
+    """How the prior's network runs (:mod:`dig2dig.prior.execution`): the guidance always sees the whole image."""
+
+    owner = "prior"
+    tile: Any = option("auto", "denoise in overlapping tiles of N pixels: auto tiles when a whole-image forward would "
+                       "not fit in memory or the prior was trained at a fixed size (ADM-256: 256)", kind="any",
+                       check=_tile, metavar="auto|off|N")
+    tile_overlap: int | None = option(None, "pixels by which neighbouring tiles overlap (blended with a cosine ramp)",
+                                      kind="int", low=0, high=65536, none_means="a quarter of the tile")
+    tile_batch: int = option(4, "tiles passed through the network together", low=1, high=4096)
+    precision: str = option("fp32", "precision of the prior's forward (autocast; the guidance math stays fp32)",
+                            choices=("fp32", "fp16", "bf16"))
+    compile: bool = option(False, "compile the prior's network with torch.compile (slow first call, faster after)")
+
+    def check(self) -> None:
+        if isinstance(self.tile, int) and self.tile_overlap is not None and 2 * self.tile_overlap >= self.tile:
+            raise ValueError(f"prior option tile_overlap={self.tile_overlap} must be less than half the tile "
+                             f"({self.tile})")

@@ -39,6 +39,7 @@ class PriorSpec:
     prediction: str = "eps"
     data_range: tuple[float, float] = (-1.0, 1.0)
     extra: dict = field(default_factory=dict)  # training data, measured numbers, ...
+    trained_size: int | None = None  # the image size a fixed-size prior was trained at (ADM-256: 256)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -35,6 +35,7 @@ _KNOWN_ADM_HEADS = {
     (256, (1, 1, 2, 2, 4, 4), (8, 16, 32)): {"num_heads": 4, "num_head_channels": 64},  # 256x256 uncond
     (256, (0.5, 1, 1, 2, 2, 4, 4), (8, 16, 32)): {"num_heads": 4, "num_head_channels": 64},
 }
+_KNOWN_ADM_SIZES = {(256, (1, 1, 2, 2, 4, 4), (8, 16, 32)): 256, (256, (0.5, 1, 1, 2, 2, 4, 4), (8, 16, 32)): 512}
 
 
 def load_prior(
@@ -197,11 +198,13 @@ def load_adm_checkpoint(path: str | Path, spec: str | Path | dict | None = None)
                 f"prior_spec= from Python"
             )
         cfg = ADMConfig.infer_from_state_dict(state, **_KNOWN_ADM_HEADS.get(key, {}))
+    trained = int(flags["image_size"]) if flags and "image_size" in flags else _KNOWN_ADM_SIZES.get(
+        (cfg.model_channels, cfg.channel_mult, cfg.attention_ds))
     net = ADMUNet(cfg)
     strict_load(net, state, str(path))
     pspec = PriorSpec(
         format="adm", architecture=cfg.to_dict(), channels=cfg.in_channels, spatial_multiple=cfg.spatial_multiple,
-        name=path.stem, source=str(path), sha256=file_sha256(path),
+        name=path.stem, source=str(path), sha256=file_sha256(path), trained_size=trained,
     )
     return Denoiser(net, pspec, module=net)
 
@@ -253,7 +256,8 @@ def load_diffusers_folder(path: str | Path) -> Denoiser:
     spec = PriorSpec(
         format="diffusers", architecture={k: v for k, v in config.items() if not k.startswith("_")},
         channels=in_ch, spatial_multiple=2 ** max(n_down, 0), name=root.name, source=str(root),
-        sha256=file_sha256(weights[0]),
+        sha256=file_sha256(weights[0]), trained_size=int(config["sample_size"]) if isinstance(
+            config.get("sample_size"), int) else None,
     )
     net = _DiffusersNet(unet)
     return Denoiser(net, spec, module=net)
