@@ -331,9 +331,10 @@ class CCFGuidance(Rectifier):
         gate = gradnorm_update(state.w, losses[:, :n], state.first, norms[:, :n], self.alpha)
         x0_new, state.adam = adam_step(x0_hat.detach(), zgrad, state.adam, self.lr)
         state.history.append({
-            "step": step.index, "t": step.t, "selected": selected.cpu(), "w_before": state.w.cpu(),
-            "w_after": gate.w.cpu(), "losses": losses[:, :n].cpu(), "grad_norms": gate.grad_norms.cpu(),
-            "target": gate.target.cpu(), "w_grad": gate.w_grad.cpu(), "total": (coef * losses).sum(1).cpu(),
+            # kept on the device: copying to the host here would stall a GPU at every step
+            "step": step.index, "t": step.t, "selected": selected, "w_before": state.w,
+            "w_after": gate.w, "losses": losses[:, :n], "grad_norms": gate.grad_norms,
+            "target": gate.target, "w_grad": gate.w_grad, "total": (coef * losses).sum(1),
         })
         state.w = gate.w
         return x0_new, state
@@ -343,6 +344,7 @@ class CCFGuidance(Rectifier):
         """Batch item ``b``'s selection history (``crop`` is accepted for the pipeline; CCF keeps no maps)."""
         steps = []
         for rec in state.history:
+            rec = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in rec.items()}
             idx = [int(i) for i in rec["selected"][b]]
             steps.append({
                 "step": rec["step"], "t": rec["t"], "selected": [self.names[i] for i in idx], "selected_idx": idx,

@@ -272,10 +272,11 @@ class DIGGuidance(Rectifier):
                 # small share of its largest so far: the sources have little left to add there
                 small = bool((gain < self.accelerate * state.gain_max.clamp_min(1e-12)).all())
                 state.stride = 2 if small else 1
-            rec.update(t_from=t_from, t_to=t_to, dig_mean=dig.mean(dim=(2, 3, 4)).T.tolist(),
-                       gain=gain.tolist(), stride=state.stride, weights=state.weights.to("cpu", torch.float16))
+            # kept on the device (a copy to the host would stall a GPU); item_records converts them
+            rec.update(t_from=t_from, t_to=t_to, dig_mean=dig.mean(dim=(2, 3, 4)).T, gain=gain, stride=state.stride,
+                       weights=state.weights.to(torch.float16))
             if self.record:
-                rec["dig"] = dig.cpu()
+                rec["dig"] = dig
         elif t_from is None:
             self._levels(state, [t_to])  # the first backward refresh only records its level
         state.levels = {t: state.levels[t] for t in (t_to,) if t in state.levels}  # the one a later refresh reuses
@@ -311,11 +312,11 @@ class DIGGuidance(Rectifier):
         for rec in state.history:
             r = {k: rec[k] for k in ("step", "t", "t_from")}
             if "weights" in rec:
-                r["weights"] = crop(rec["weights"][:, b, 0].float()).numpy()
-                r["dig_mean"] = rec["dig_mean"][b]
-                r.update(t_to=rec["t_to"], gain=rec["gain"][b], stride=rec["stride"])
+                r["weights"] = crop(rec["weights"][:, b, 0].float()).cpu().numpy()
+                r["dig_mean"] = rec["dig_mean"][b].tolist()
+                r.update(t_to=rec["t_to"], gain=float(rec["gain"][b]), stride=rec["stride"])
             if "dig" in rec:
-                r["dig"] = rec["dig"][:, b, 0].float().numpy()  # at the DIG resolution, uncropped
+                r["dig"] = rec["dig"][:, b, 0].float().cpu().numpy()  # at the DIG resolution, uncropped
             refreshes.append(r)
         out = {"method": "dig2dig", "refreshes": refreshes, "dig_size": list(self.small),
                 "refresh_forwards": self.refresh_forwards, "sources": int(self.src.shape[0])}

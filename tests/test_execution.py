@@ -1,0 +1,97 @@
+"""How the prior runs: tiles (positions, blending, auto choice), precision, and the GPU check script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dig2dig
+from dig2dig.prior.base import Denoiser, PriorSpec
+from dig2dig.prior.execution import ExecutedDenoiser, choose_tile, tile_positions, tiled_eps
+
+from .conftest import smooth_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_tile_positions_cover_the_image_with_the_overlap():
+    assert tile_positions(100, 128, 32) == [0]
+    for size, tile, overlap in ((640, 256, 64), (481, 96, 24), (1000, 256, 0), (257, 256, 64)):
+        pos = tile_positions(size, tile, overlap)
+        assert pos[0] == 0 and pos[-1] + tile == size
+        assert all(b - a <= tile - overlap for a, b in zip(pos, pos[1:]))  # at least the overlap is shared
+
+
+class Pointwise(torch.nn.Module):
+    def forward(self, x, t):
+        return torch.tanh(x) * (1 + t.view(-1, 1, 1, 1) / 1000)
+
+
+class Conv(torch.nn.Module):
+    def __init__(self, out=1):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, out, 3, padding=1)
+
+    def forward(self, x, t):
+        return self.conv(x)
+
+
+def _den(net, multiple=1, trained=None):
+    return Denoiser(net, PriorSpec("test", {}, 1, multiple, trained_size=trained), module=net)
+
+
+def test_tiles_of_a_pointwise_network_are_seamless_and_exact():
+    den = _den(Pointwise())
+    x = torch.randn(2, 1, 70, 90)
+    ref = den.eps(x, torch.tensor([5, 900]))
+    out = tiled_eps(den.eps, x, torch.tensor([5, 900]), 32, 8, 3)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+
+
+def test_tiled_fusion_stays_close_and_has_no_seams(tiny_gray_prior):
+    pair = [smooth_image(64, 64, 1), smooth_image(64, 64, 2)]
+    whole = dig2dig.fuse(pair, steps=4, prior=tiny_gray_prior, tile="off")
+    tiled = dig2dig.fuse(pair, steps=4, prior=tiny_gray_prior, tile=32, tile_overlap=8)
+    assert tiled.config["prior_run"]["tile"] == 32 and whole.config["prior_run"]["tile"] is None
+    diff = np.abs(tiled.luminance - whole.luminance)
+    assert 0 < diff.mean() < 0.1  # a random tiny prior: tiles change the output, not the picture
+
+
+def test_auto_tiles_fixed_size_priors_and_images_too_big_for_memory(tiny_gray_prior, monkeypatch):
+    import dig2dig.prior.execution as ex
+
+    fixed = _den(Conv(), multiple=8, trained=64)
+    assert choose_tile(fixed, "auto", 64, 64) is None and choose_tile(fixed, "auto", 64, 128) == 64
+    assert choose_tile(fixed, "off", 640, 640) is None and choose_tile(fixed, 96, 40, 40) == 96
+    free = _den(Conv(8), multiple=8)
+    assert choose_tile(free, "auto", 512, 512) is None
+    monkeypatch.setattr(ex, "available_bytes", lambda device: 2_000_000)
+    tile = choose_tile(free, "auto", 512, 512, tile_batch=4)
+    assert tile is not None and tile % 8 == 0 and ex.forward_bytes(free, 4, tile, tile) <= 2_000_000
+
+
+def test_fp32_on_the_cpu_is_the_plain_forward_and_half_precision_runs(tiny_gray_prior):
+    x = torch.randn(1, 1, 32, 32)
+    ref = tiny_gray_prior.eps(x, 300)
+    assert torch.equal(ExecutedDenoiser(tiny_gray_prior).eps(x, 300), ref)
+    for precision in ("bf16", "fp16"):
+        out = ExecutedDenoiser(tiny_gray_prior, precision=precision).eps(x, 300)
+        assert out.dtype == torch.float32 and out.shape == ref.shape
+        assert (out - ref).abs().max() < 0.1 and not torch.equal(out, ref)
+
+
+def test_the_gpu_check_runs_end_to_end_in_its_smoke_mode(tmp_path):
+    out = tmp_path / "gpu.md"
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    table = out.read_text()
+    for needle in ("dig2dig-3 | adm-tiny", "ddfm-3 | embedded", "ccf-3", "| bf16 |", "| fp16 |", "max_batch 2",
+                   "tiled | embedded | 128x96"):
+        assert needle in table, needle
+    assert out.with_suffix(".json").is_file()
