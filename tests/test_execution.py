@@ -63,16 +63,18 @@ def test_tiled_fusion_stays_close_and_has_no_seams(tiny_gray_prior):
 
 
 def test_auto_tiles_fixed_size_priors_and_images_too_big_for_memory(tiny_gray_prior, monkeypatch):
-    import dig2dig.prior.execution as ex
+    import dig2dig.prior.memory as mem
 
     fixed = _den(Conv(), multiple=8, trained=64)
     assert choose_tile(fixed, "auto", 64, 64) is None and choose_tile(fixed, "auto", 64, 128) == 64
     assert choose_tile(fixed, "off", 640, 640) is None and choose_tile(fixed, 96, 40, 40) == 96
     free = _den(Conv(8), multiple=8)
     assert choose_tile(free, "auto", 512, 512) is None
-    monkeypatch.setattr(ex, "available_bytes", lambda device: 2_000_000)
+    monkeypatch.setattr(mem, "available_bytes", lambda device: 2_000_000)
     tile = choose_tile(free, "auto", 512, 512, tile_batch=4)
-    assert tile is not None and tile % 8 == 0 and ex.forward_bytes(free, 4, tile, tile) <= 2_000_000
+    assert tile is not None and tile % 8 == 0 and mem.forward_bytes(free, 4, tile, tile) <= 2_000_000
+    monkeypatch.setattr(mem, "available_bytes", lambda device: 1)  # nothing fits: the smallest usable tile
+    assert choose_tile(free, "auto", 512, 512) == 16
 
 
 def test_fp32_on_the_cpu_is_the_plain_forward_and_half_precision_runs(tiny_gray_prior):

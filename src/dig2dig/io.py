@@ -72,17 +72,19 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     return sorted(p for p in found if p.suffix.lower() in READ_SUFFIXES and p.is_file())
 
 
-def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(width, height) read from the file's header without decoding the pixels, or None if the
-    header cannot be read (decoding will then say what is wrong)."""
+def header_size(source) -> tuple[int, int] | None:
+    """(width, height) read from an image file's (or bytes') header without decoding the pixels, or
+    None if the header cannot be read (decoding will then say what is wrong)."""
     try:
         from PIL import Image as PILImage
     except ImportError:  # Pillow comes with matplotlib; without it the size is known only after decoding
         return None
+    import io as _io
+
     old = PILImage.MAX_IMAGE_PIXELS
     PILImage.MAX_IMAGE_PIXELS = None  # the limit is ours (max_pixels), not Pillow's
     try:
-        with PILImage.open(path) as im:
+        with PILImage.open(_io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
             return int(im.size[0]), int(im.size[1])
     except Exception:  # noqa: BLE001 -- any header Pillow cannot read is left to the decoder
         return None
@@ -90,27 +92,24 @@ def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
         PILImage.MAX_IMAGE_PIXELS = old
 
 
-def decode(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
-    """The pixels of an image file as stored (uint8/uint16 in OpenCV's layout: BGR[A] for colour).
-
-    An image larger than ``max_pixels`` (default :data:`MAX_PIXELS`; width × height, read from the
-    header before anything is decoded) is refused.  Raises FileNotFoundError / ImageError with the
-    fix on failure.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"image {str(p)!r} does not exist")
-    if p.is_dir():
-        raise ImageError(f"{str(p)!r} is a folder, not an image file")
-    if p.suffix.lower() not in READ_SUFFIXES:
-        raise ImageError(f"{p.name}: unsupported file type {p.suffix!r}; use one of {', '.join(READ_SUFFIXES)}")
+def check_pixels(size: tuple[int, int], label: str, max_pixels: int | None = None) -> None:
+    """Refuse a width × height above ``max_pixels`` (default :data:`MAX_PIXELS`)."""
     limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
-    size = header_size(p)
-    if size is not None and size[0] * size[1] > limit:
-        raise ImageError(f"{p}: {size[0]}x{size[1]} is {size[0] * size[1] / 1e6:.0f} megapixels, more than the limit of "
-                         f"{limit / 1e6:g}; raise it with --max-pixels (max_pixels=) if the machine has the memory")
+    if size[0] * size[1] > limit:
+        raise ImageError(f"{label}: {size[0]}x{size[1]} is {size[0] * size[1] / 1e6:.4g} megapixels, more than the "
+                         f"limit of {limit / 1e6:g}; raise it with --max-pixels (max_pixels=) if the machine has the "
+                         f"memory")
+
+
+def decode_bytes(data: bytes, label: str, max_pixels: int | None = None) -> np.ndarray:
+    """The pixels of an encoded image (PNG, JPEG, TIFF, BMP -- told by decoding, not by a name) as
+    stored: uint8/uint16 in OpenCV's layout (BGR[A] for colour).  The pixel count is checked against
+    ``max_pixels`` from the header before anything is decoded."""
+    size = header_size(data)
+    if size is not None:
+        check_pixels(size, label, max_pixels)
     cv2 = _cv2()
-    buf = np.fromfile(str(p), dtype=np.uint8)  # handles non-ASCII paths, unlike cv2.imread
+    buf = np.frombuffer(data, dtype=np.uint8)
     said = ""
     try:
         arr, said = _decode_quietly(cv2, buf) if buf.size else (None, "")
@@ -118,13 +117,28 @@ def decode(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray
         arr = None
     if arr is None:
         detail = f": {said}" if said else " (corrupt or truncated?)"
-        raise ImageError(f"{p}: cannot decode the file as an image{detail}")
+        raise ImageError(f"{label}: cannot decode the file as an image{detail}")
     if said:
-        warnings.warn(f"{p.name}: the decoder reported '{said}'; the image may be damaged or truncated", stacklevel=3)
-    if arr.shape[0] * arr.shape[1] > limit:  # a header Pillow could not read
-        raise ImageError(f"{p}: {arr.shape[1]}x{arr.shape[0]} is more than the limit of {limit / 1e6:g} megapixels; "
-                         f"raise it with --max-pixels (max_pixels=)")
+        warnings.warn(f"{Path(label).name}: the decoder reported '{said}'; the image may be damaged or truncated",
+                      stacklevel=3)
+    check_pixels((arr.shape[1], arr.shape[0]), label, max_pixels)  # a header Pillow could not read
     return arr
+
+
+def decode(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """The pixels of an image file as stored (see :func:`decode_bytes`).  Raises FileNotFoundError /
+    ImageError with the fix on failure."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"image {str(p)!r} does not exist")
+    if p.is_dir():
+        raise ImageError(f"{str(p)!r} is a folder, not an image file")
+    if p.suffix.lower() not in READ_SUFFIXES:
+        raise ImageError(f"{p.name}: unsupported file type {p.suffix!r}; use one of {', '.join(READ_SUFFIXES)}")
+    size = header_size(p)
+    if size is not None:  # before reading the whole file
+        check_pixels(size, str(p), max_pixels)
+    return decode_bytes(p.read_bytes(), str(p), max_pixels)
 
 
 def _decode_quietly(cv2, buf: np.ndarray) -> tuple[np.ndarray | None, str]:
@@ -159,6 +173,12 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image:
     arr = decode(path, max_pixels)
     p = Path(path)
     return Image(_to_float(arr, p.name, bgr=True), 16 if arr.dtype == np.uint16 else 8, str(p))
+
+
+def image_from_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image:
+    """:func:`read_image` for bytes (an upload); ``name`` is only a label, never a path."""
+    arr = decode_bytes(data, name, max_pixels)
+    return Image(_to_float(arr, name, bgr=True), 16 if arr.dtype == np.uint16 else 8, name)
 
 
 def _to_float(arr: np.ndarray, name: str, bgr: bool) -> np.ndarray:

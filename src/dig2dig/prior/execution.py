@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .memory import available_bytes, forward_bytes
+from . import memory
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _COMPILED: dict[int, object] = {}
@@ -89,9 +89,8 @@ class ExecutedDenoiser:
                  tile_batch: int = 4, compile: bool = False):
         self.den = den
         self.precision = precision
-        m = den.spatial_multiple
         if tile is not None:
-            tile = max(m, (int(tile) // m) * m)  # tiles the network accepts
+            tile = smallest_tile(den, tile)
         self.tile = tile
         self.overlap = (tile // 4 if tile_overlap is None else int(tile_overlap)) if tile else 0
         self.tile_batch = int(tile_batch)
@@ -137,6 +136,13 @@ class ExecutedDenoiser:
         return getattr(self.den, name)
 
 
+def smallest_tile(den, size: int) -> int:
+    """``size`` rounded down to a tile the network accepts: a multiple of its spatial multiple, and at
+    least twice it (a tile that shrinks to one pixel at the bottom of the UNet cannot be normalised)."""
+    m = den.spatial_multiple
+    return max(2 * m, (int(size) // m) * m)
+
+
 def choose_tile(den, setting, height: int, width: int, images: float = 1.0, tile_batch: int = 4) -> int | None:
     """The tile size for a height × width run (None: whole image) from ``auto``, ``off`` or a size."""
     if setting in (None, "off"):
@@ -146,11 +152,10 @@ def choose_tile(den, setting, height: int, width: int, images: float = 1.0, tile
     trained = getattr(den.spec, "trained_size", None)
     if trained and (height > trained or width > trained):
         return int(trained)
-    free = available_bytes(den.device)
-    if free is None or forward_bytes(den, 1, height, width) * images <= free:
+    free = memory.available_bytes(den.device)
+    if free is None or memory.forward_bytes(den, 1, height, width) * images <= free:
         return None
-    m = den.spatial_multiple
-    size = max(m, (min(height, width) // m) * m)
-    while size > m and forward_bytes(den, tile_batch, size, size) > free:
-        size = max(m, (size // 2 // m) * m)
-    return size
+    size = smallest_tile(den, min(height, width))
+    while size > smallest_tile(den, 0) and memory.forward_bytes(den, tile_batch, size, size) > free:
+        size = smallest_tile(den, size // 2)
+    return size  # if even this does not fit, the memory check before the run says so
