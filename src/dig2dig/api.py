@@ -35,11 +35,22 @@ class FusionResult:
 
     def save(self, path: str | os.PathLike, bit_depth: int | None = None) -> Path:
         """Write :attr:`image` atomically; 16-bit when the sources were 16-bit and the format allows."""
-        from .io import SIXTEEN_BIT_SUFFIXES, write_image
+        from .io import write_image
 
-        if bit_depth is None:
-            bit_depth = 16 if self.bit_depth == 16 and Path(path).suffix.lower() in SIXTEEN_BIT_SUFFIXES else 8
-        return write_image(path, self.image, bit_depth)
+        return write_image(path, self.image, self._depth(Path(path).suffix, bit_depth))
+
+    def encode(self, suffix: str = ".png", bit_depth: int | None = None) -> bytes:
+        """The bytes :meth:`save` would write to a file with this suffix."""
+        from .io import encode_image
+
+        return encode_image(self.image, suffix, self._depth(suffix, bit_depth))
+
+    def _depth(self, suffix: str, bit_depth: int | None) -> int:
+        from .io import SIXTEEN_BIT_SUFFIXES
+
+        if bit_depth is not None:
+            return bit_depth
+        return 16 if self.bit_depth == 16 and suffix.lower() in SIXTEEN_BIT_SUFFIXES else 8
 
 
 @dataclass
@@ -87,9 +98,9 @@ def derive_seed(seed: int, item_id: str | int) -> int:
 
 def _load(sources: Sequence[SourceLike], names: Sequence[str] | None,
           max_pixels: int | None = None) -> tuple[list[np.ndarray], list[str], int]:
-    from .io import read_image, to_float_image
+    from .io import Image, read_image, to_float_image
 
-    if isinstance(sources, (str, os.PathLike, np.ndarray)):
+    if isinstance(sources, (str, os.PathLike, np.ndarray, Image)):
         raise ValueError("sources must be a list of two or more images (paths or arrays), not a single one")
     if names is not None and len(names) != len(sources):
         raise ValueError(f"got {len(names)} names for {len(sources)} sources")
@@ -100,6 +111,10 @@ def _load(sources: Sequence[SourceLike], names: Sequence[str] | None,
             images.append(img.data)
             depth = max(depth, img.bit_depth)
             out_names.append(names[i] if names else str(s))
+        elif isinstance(s, Image):  # decoded already (e.g. an upload): as if read from its file
+            images.append(s.data)
+            depth = max(depth, s.bit_depth)
+            out_names.append(names[i] if names else s.path or f"source{i + 1}")
         else:
             arr = np.asarray(s)
             images.append(to_float_image(arr, names[i] if names else f"source {i + 1}"))
@@ -152,7 +167,8 @@ def fuse(
 ) -> FusionResult:
     """Fuse two or more registered images of one scene.
 
-    ``sources``: file paths or arrays (uint8/uint16, or float in [0, 1]; (H, W) or (H, W, 3)).
+    ``sources``: file paths, decoded :class:`dig2dig.io.Image`\ s, or arrays (uint8/uint16, or float in
+    [0, 1]; (H, W) or (H, W, 3)).
     ``method``: ``"dig2dig"``, ``"ddfm"``, ``"ccf"`` or a classical baseline.  ``steps``: a step
     count, ``"power:N:P"``, ``"uniform:N"`` or an explicit timestep list.  ``seed`` fixes the initial
     noise (the same seed gives the same output, bit for bit, on one machine).  ``task``: ``auto``,

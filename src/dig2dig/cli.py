@@ -169,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prior_args(be)
     be.set_defaults(func=cmd_bench)
 
+    sv = sub.add_parser("serve", help="a web page to try fusion and see the DIG maps (pip install 'dig2dig[web]')",
+                        description="Serve one page (and its JSON job API) on which sources can be dropped, fused "
+                                    "and downloaded, with Dig2DIG's weight maps and DIG curves. Binds to 127.0.0.1 "
+                                    "unless --host says otherwise; one fusion runs at a time, the others queue.")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    _add_prior_args(sv)
+    sv.add_argument("--max-upload-mb", type=_positive_float, default=50.0, help="largest request (default 50 MB)")
+    sv.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+                    help="largest source image in pixels (default 200000000)")
+    sv.set_defaults(func=cmd_serve)
+
     pr = sub.add_parser("prior", help="inspect the diffusion prior")
     psub = pr.add_subparsers(dest="prior_command", metavar="SUBCOMMAND")
     pi = psub.add_parser("info", help="print the prior's spec (architecture, sha256, schedule, provenance)")
@@ -199,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--per-image", action="store_true", help="also print each image's PSNR")
     _add_prior_args(pe)
     pe.set_defaults(func=cmd_prior_eval)
-    for p in [parser, *sub.choices.values(), *psub.choices.values()]:
+    for p in [parser, *sub.choices.values(), *psub.choices.values()]:  # noqa: B007
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if p is not parser else False,
                        help="show the full trace of an unexpected error")
     return parser
@@ -396,6 +408,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(Path(written["markdown"]).read_text())
     for k, v in written.items():
         print(f"{k}: {v}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ValueError("dig2dig serve needs the web extra: pip install 'dig2dig[web]'") from None
+    from .web.server import serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"dig2dig: warning: serving on {args.host}: anyone who can reach this machine can use it", file=sys.stderr)
+    print(f"dig2dig serve: http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    serve(host=args.host, port=args.port, prior=args.prior, prior_spec=args.prior_config, device=args.device,
+          max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
     return 0
 
 

@@ -250,23 +250,28 @@ def write_image(path: str | os.PathLike, data: np.ndarray, bit_depth: int | None
     ``bit_depth`` defaults to 8; 16 is honoured for PNG and TIFF and refused for JPEG/BMP.
     """
     p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix not in WRITE_SUFFIXES:
-        raise ImageError(f"cannot write {p.name}: unknown extension {p.suffix!r}; use one of {', '.join(WRITE_SUFFIXES)}")
-    bit_depth = 8 if bit_depth is None else bit_depth
-    if bit_depth == 16 and suffix not in SIXTEEN_BIT_SUFFIXES:
-        raise ImageError(f"{p.name}: 16-bit output needs .png or .tif")
     if not p.parent.exists():
         raise FileNotFoundError(f"output folder {str(p.parent)!r} does not exist")
+    atomic_write_bytes(p, encode_image(data, p.suffix, bit_depth, p.name))
+    return p
+
+
+def encode_image(data: np.ndarray, suffix: str = ".png", bit_depth: int | None = None, name: str = "image") -> bytes:
+    """``data`` (float in [0, 1], gray or RGB) encoded as the format of ``suffix``: the bytes
+    :func:`write_image` writes."""
+    suffix = suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise ImageError(f"cannot write {name}: unknown extension {suffix!r}; use one of {', '.join(WRITE_SUFFIXES)}")
+    bit_depth = 8 if bit_depth is None else bit_depth
+    if bit_depth == 16 and suffix not in SIXTEEN_BIT_SUFFIXES:
+        raise ImageError(f"{name}: 16-bit output needs .png or .tif")
     arr = quantize(data, bit_depth)
     if arr.ndim == 3:
         arr = np.ascontiguousarray(arr[..., ::-1])  # RGB -> BGR for OpenCV
-    cv2 = _cv2()
-    ok, encoded = cv2.imencode(suffix, arr)
+    ok, encoded = _cv2().imencode(suffix, arr)
     if not ok:
-        raise ImageError(f"could not encode {p.name}")
-    atomic_write_bytes(p, encoded.tobytes())
-    return p
+        raise ImageError(f"could not encode {name}")
+    return encoded.tobytes()
 
 
 _HOST = socket.gethostname().replace("~", "-")
