@@ -167,8 +167,8 @@ def fuse(
 ) -> FusionResult:
     """Fuse two or more registered images of one scene.
 
-    ``sources``: file paths, decoded :class:`dig2dig.io.Image`\ s, or arrays (uint8/uint16, or float in
-    [0, 1]; (H, W) or (H, W, 3)).
+    ``sources``: file paths, decoded :class:`dig2dig.io.Image` objects, or arrays (uint8/uint16, or
+    float in [0, 1]; (H, W) or (H, W, 3)).
     ``method``: ``"dig2dig"``, ``"ddfm"``, ``"ccf"`` or a classical baseline.  ``steps``: a step
     count, ``"power:N:P"``, ``"uniform:N"`` or an explicit timestep list.  ``seed`` fixes the initial
     noise (the same seed gives the same output, bit for bit, on one machine).  ``task``: ``auto``,

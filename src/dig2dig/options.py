@@ -139,7 +139,7 @@ def option(default: Any, help: str, *, kind: str | None = None, choices: tuple |
 
 
 class Options:
-    """Base of the per-method option records (frozen dataclasses whose fields are :func:`option`\\ s)."""
+    """Base of the per-method option records (frozen dataclasses whose fields are declared with :func:`option`)."""
 
     owner: ClassVar[str] = "method"  # named in error messages, e.g. "dig2dig"
 
@@ -212,6 +212,8 @@ class DIGOptions(Options):
     interval: int = option(10, "S: refresh the DIG weights every S steps", low=1, high=1000)
     distance: str = option("l2", "distance between a denoised source and the source", choices=("l2", "l1", "ssim", "none"))
     temperature: float = option(1.0, "softmax temperature on the normalised gains", low=0, low_open=True)
+    limit: float = option(1.0, "soft limit L of the scaled gains before the softmax (L tanh(z/L); 0: none)", low=0,
+                          high=20)
     weights: str = option("dig", "per-pixel DIG weights, or equal weights (fixed guidance)", choices=("dig", "equal"))
     mixing: str = option("complementary", "EM mixing rule: the released DDFM's, or the paper's f = x + v",
                          choices=("complementary", "attractive"))

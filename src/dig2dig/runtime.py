@@ -2,7 +2,7 @@
 processes, or in Ray Data actors on a cluster.
 
 Every executor takes a :class:`~dig2dig.jobs.WorkerSpec` (small, picklable) and the pending
-:class:`~dig2dig.jobs.Job`\\ s (paths, never pixels), and yields one record per job as it finishes;
+:class:`~dig2dig.runtime.Job` records (paths, never pixels), and yields one record per job as it finishes;
 the driver (:func:`dig2dig.jobs.run_batch`) writes the run log and shows progress.  Workers write
 the outputs themselves, atomically, so a worker that dies loses at most the items it was fusing,
 and a rerun of the same command completes them.

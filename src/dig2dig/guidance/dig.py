@@ -75,8 +75,9 @@ Taking the image's own largest spread makes the most informative refresh clearly
 later refreshes, whose gains are small because the sources are nearly recovered, fade toward equal
 weights instead of amplifying noise (a per-refresh scale did that, and left blotchy texture in
 flat regions).  Gains are heavy-tailed (a few pixels carry gains ten times the mean spread), so
-the scaled, centred gains are softly limited to ±1 (z ↦ tanh z): no pixel is handed entirely to
-one source by one noisy estimate (two-source weights stay within 0.12 … 0.88).  The weights
+the scaled, centred gains are softly limited to ±L (z ↦ L tanh(z / L), L = ``limit``, default 1): no
+pixel is handed entirely to one source by one noisy estimate (with L = 1 two-source weights stay
+within 0.12 … 0.88; L = 0 lifts the limit).  The weights
 are a partition of unity at every pixel.  ``weights="equal"`` fixes
 w_i = 1/N (the fixed-guidance ablation, i.e. DDFM-style guidance with N sources).
 
@@ -169,13 +170,11 @@ def dig_scale_of(dig: torch.Tensor) -> torch.Tensor:
     return (dig - dig.mean(dim=0, keepdim=True)).abs().mean(dim=(0, 2, 3, 4), keepdim=True)
 
 
-Z_MAX = 1.0  # soft limit on the centred, scaled gains: two-source weights stay within 0.12 … 0.88
-
-
-def softmax_weights(dig: torch.Tensor, temperature: float, scale: torch.Tensor) -> torch.Tensor:
-    """softmax over sources (dim 0) of the centred DIG / (τ · scale), softly limited to ±Z_MAX."""
+def softmax_weights(dig: torch.Tensor, temperature: float, scale: torch.Tensor, limit: float = 1.0) -> torch.Tensor:
+    """softmax over sources (dim 0) of the centred DIG / (τ · scale), softly limited to ±``limit``
+    (z ↦ limit · tanh(z / limit); limit 1: two-source weights within 0.12 … 0.88; 0: no limit)."""
     z = (dig - dig.mean(dim=0, keepdim=True)) / (temperature * scale.clamp_min(1e-12))
-    return torch.softmax(Z_MAX * torch.tanh(z / Z_MAX), dim=0)
+    return torch.softmax(limit * torch.tanh(z / limit) if limit > 0 else z, dim=0)
 
 
 class DIGGuidance(Rectifier):
@@ -261,7 +260,7 @@ class DIGGuidance(Rectifier):
             dig = self._gain(d_from, d_to)
             cur = dig_scale_of(dig)
             state.scale = cur if state.scale is None else torch.maximum(state.scale, cur)
-            w_small = softmax_weights(dig, self.temperature, state.scale)
+            w_small = softmax_weights(dig, self.temperature, state.scale, self.opts.limit)
             weights = F.interpolate(w_small.reshape(n * b, 1, *self.small), size=(h, w), mode="bilinear",
                                     align_corners=False).reshape(n, b, 1, h, w)
             state.weights = weights / weights.sum(0, keepdim=True)
