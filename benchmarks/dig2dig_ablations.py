@@ -104,17 +104,31 @@ def fuse_all(args, chosen: dict, out: Path, prior: str) -> None:
         for m, n in methods.items():
             by_n.setdefault(n, []).append(m)
         for n, ms in sorted(by_n.items()):
-            run_bench([DATASETS[ds]], ms, out / ds, convention="cddfuse", metrics=METRICS, seed=args.seed,
-                      prior=prior, limit=n, plots=False, log=lambda m: print(m, file=sys.stderr))
+            # one bench folder per dataset (the fused images are shared); each call rebuilds results.csv and
+            # manifest.json from its own methods and pairs, so they are kept per pair count
+            w = run_bench([DATASETS[ds]], ms, out / ds, convention="cddfuse", metrics=METRICS, seed=args.seed,
+                          prior=prior, limit=n, plots=False, log=lambda m: print(m, file=sys.stderr))
+            for kind in ("csv", "manifest"):
+                src = Path(w[kind])
+                src.replace(src.with_name(f"{src.stem}.n{n}{src.suffix}"))
+
+
+def _results(out: Path, datasets) -> list[dict]:
+    """Every row the bench folders hold (one results.n<N>.csv per pair count), each row once."""
+    from dig2dig.bench import read_csv
+
+    rows = {}
+    for ds in datasets:
+        for f in sorted((out / ds).glob("results.n*.csv")):
+            for r in read_csv(f):
+                rows[(r["dataset"], r["pair"], r["method"], r["metric"])] = r
+    return list(rows.values())
 
 
 def report(args, chosen: dict, out: Path, prior: str) -> str:
-    from dig2dig.bench import read_csv, summary_markdown
+    from dig2dig.bench import summary_markdown
 
-    rows = []
-    for ds in DATASETS:
-        if (out / ds / "results.csv").is_file():
-            rows += read_csv(out / ds / "results.csv")
+    rows = _results(out, DATASETS)
     text = ["# Dig2DIG on the dev data\n",
             f"cddfuse convention; seed {args.seed}; one fixed prior for every run (`{prior}`, sha256 in "
             "each dataset folder's manifest.json). Mean ± std over pairs; `time_s` is the wall time per pair "
@@ -163,8 +177,9 @@ def _forwards_table(out: Path, keep: set, methods: list[str]) -> str:
 
     per: dict[str, list[tuple[float, float]]] = {}
     for ds in {ds for ds, _ in keep}:
-        mf = out / ds / "manifest.json"
-        items = json.loads(mf.read_text())["items"] if mf.is_file() else {}
+        items = {}
+        for mf in sorted((out / ds).glob("manifest.n*.json")):
+            items.update(json.loads(mf.read_text())["items"])
         for key, it in items.items():
             d, method, pair = key.split("/", 2)
             if method in methods and (d, pair) in keep and "prior_forwards" in it.get("timings", {}):
@@ -186,12 +201,11 @@ def plot_steps(part, out: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dig2dig.bench import aggregate, read_csv
+    from dig2dig.bench import aggregate
 
     pairs, methods = part
     keep = {(ds, p) for ds, n in pairs.items() for p in _pair_ids(ds, n)}
-    rows = [r for ds in pairs if (out / ds / "results.csv").is_file() for r in read_csv(out / ds / "results.csv")
-            if r["method"] in methods and (r["dataset"], r["pair"]) in keep]
+    rows = [r for r in _results(out, pairs) if r["method"] in methods and (r["dataset"], r["pair"]) in keep]
     agg = aggregate([dict(r, dataset="all") for r in rows])
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, metric in zip(axes, ["Qabf", "SSIM", "PSNR"]):
@@ -209,7 +223,9 @@ def plot_steps(part, out: Path, path: Path) -> None:
         ax.set_title(metric)
     fig.suptitle(f"Steps against quality, first {sum(pairs.values())} MSRS pairs (cddfuse convention)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from dig2dig.io import atomic_savefig
+
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -423,7 +423,7 @@ def run_bench(
                                  "value": side["timings"]["wall_s"]})
                     items_log[f"{ds}/{label}/{pair.pair_id}"] = {
                         k: side.get(k) for k in ("seed", "task", "steps", "prior", "timings")} | {
-                        "wall_s": side["timings"]["wall_s"], "steps_taken": side["timings"].get("steps_taken")}
+                        "wall_s": side["timings"]["wall_s"], "steps_taken": side.get("steps_taken")}
                 cache.save()
             for peer in peers:
                 peer = Path(peer)

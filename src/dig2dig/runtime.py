@@ -116,6 +116,7 @@ class FuseWorker:
                 "sources": list(job.sources), "roles": r.config["roles"], "task": r.task,
                 "task_reason": r.config["task_reason"], "seed": job.seed, "method": r.method,
                 "options": r.config["options"], "steps": r.config["steps"], "grid": r.config["grid"],
+                "steps_taken": r.config.get("steps_taken"), "prior_run": r.config.get("prior_run"),
                 "prior": r.config["prior"], "device": r.config["device"], "dig2dig": __version__,
                 "config": job.item_config, "timings": {**r.timings, "wall_s": wall}, "notes": r.config["notes"],
                 "host": socket.gethostname(), "pid": os.getpid(),
