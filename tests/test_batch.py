@@ -78,7 +78,8 @@ def test_items_from_a_folder_a_manifest_and_globs(tmp_path):
     for stem in ("0001", "0002"):
         cv2.imwrite(str(tmp_path / "flat" / "vis" / f"{stem}.png"), np.zeros((16, 16), np.uint8))
     g = collect_items([f"{tmp_path}/flat/ir/*.png", f"{tmp_path}/flat/vis/*.png"])
-    assert [it.id for it in g] == ["0001", "0002"] and g[0].sources[1].endswith("vis/0001.png")
+    assert [it.id for it in g] == ["0001", "0002", "0003"] and g[0].sources[1].endswith("vis/0001.png")
+    assert g[2].missing == (f"{tmp_path}/flat/vis/*.png",) and len(g[2].sources) == 1  # it fails, named
 
 
 @pytest.mark.parametrize("content,message", [
@@ -356,3 +357,35 @@ def test_cli_batch_exit_codes_and_messages(tmp_path, capsys):
     assert "0 <= I < N" in capsys.readouterr().err
     assert main(["batch", str(ds), "-o", str(tmp_path / "o4"), "--interval", "0"]) == 2
     assert "interval=0" in capsys.readouterr().err and not (tmp_path / "o4").exists()
+
+
+def test_a_damaged_output_is_redone_and_a_one_image_folder_fails_by_name(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=3)
+    out = tmp_path / "out"
+    run_batch(collect_items([ds]), out, RunConfig(method="guided"), **QUIET)
+    good = (out / "p01.png").read_bytes()
+    (out / "p01.png").write_bytes(good[:50])  # damaged after the run (its sidecar still says done)
+    (ds / "p02" / "vis.png").unlink()  # a pair folder that lost a source
+    s = run_batch(collect_items([ds]), out, RunConfig(method="guided"), **QUIET)
+    assert s.done == 1 and (out / "p01.png").read_bytes() == good
+    assert [f["id"] for f in s.failed] == ["p02"] and "a source is missing" in s.failed[0]["error"]
+    assert s.exit_code == 1
+
+
+def test_sigterm_stops_worker_processes_and_every_output_is_logged(tmp_path, tiny_gray_prior_path):
+    ds = make_dataset(tmp_path / "ds", n=8)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dig2dig", "batch", str(ds), "-o", str(out), "--prior", str(tiny_gray_prior_path),
+           "--steps", "4", "--workers", "2", "--threads", "1", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not any(r.get("status") == "done" for r in read_log(out / "log.jsonl")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    time.sleep(2)  # a worker left running would write now
+    logged = {r["id"] for r in read_log(out / "log.jsonl") if r.get("status") == "done"}
+    on_disk = {p.stem for p in out.glob("p*.json")}
+    assert logged and on_disk == logged  # nothing written that the log does not know of
+    assert read_log(out / "log.jsonl")[-1]["interrupted"] is True

@@ -129,7 +129,7 @@ def test_option_validation_names_the_value_and_the_range():
     m = get_method("dig2dig")
     assert m.configure({}).values() == m.defaults
     for given, msg in (({"interval": 0}, "interval=0 is out of range; use in [1, 1000]"),
-                       ({"temperature": -1}, "temperature=-1 is out of range; use > 0"),
+                       ({"temperature": -1}, "temperature=-1 is out of range; use in (0, 1000]"),
                        ({"accelerate": 1.0}, "accelerate=1.0 is out of range; use in [0, 1)"),
                        ({"distance": "cos"}, "distance='cos' is not one of the choices; use l2, l1, ssim, none"),
                        ({"interval": "x"}, "interval='x' is not an integer"),

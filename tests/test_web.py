@@ -99,7 +99,7 @@ def test_a_job_from_upload_to_download(client, pair, tiny_gray_prior_path, tmp_p
 
 
 @pytest.mark.parametrize("files,data,code,message", [
-    ([("ir.png", "a")], {}, 422, "fuses 2 to any number of sources, got 1"),
+    ([("ir.png", "a")], {}, 422, "fuses 2 or more sources, got 1"),
     ([("ir.png", "a"), ("vis.png", "b")], {"method": "magic"}, 422, "unknown method"),
     ([("ir.png", "a"), ("vis.png", "b")], {"options": '{"interval": 0}'}, 422, "interval=0 is out of range"),
     ([("ir.png", "a"), ("vis.png", "b")], {"options": "[1]"}, 422, "JSON object"),

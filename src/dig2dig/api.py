@@ -129,8 +129,14 @@ def _prepare(sources, names, task, resize, multiple, seed, max_pixels=None) -> _
 
     images, names, depth = _load(sources, names, max_pixels)
     notes = []
+    paths = [Path(s).resolve() for s in sources if isinstance(s, (str, os.PathLike))]
+    if len(set(paths)) < len(paths):
+        import warnings
+
+        warnings.warn("the same file is given more than once as a source; fusing an image with itself changes "
+                      "nothing", stacklevel=3)
     if len(images) < 2:
-        raise ValueError(f"fusion needs at least two sources, got {len(images)}")
+        raise ValueError(f"fusion needs at least two sources, got {len(images)}; give two or more registered images")
     if resize:
         h, w = images[0].shape[:2]
         for i in range(1, len(images)):
@@ -242,6 +248,9 @@ def fuse_batch(
     if len(seeds) != len(batch):
         raise ValueError(f"got {len(seeds)} seeds for {len(batch)} items")
     seeds = [check_seed(s) for s in seeds]
+    for src in batch:  # the count before any image is read
+        if isinstance(src, (list, tuple)):
+            m.check_sources(len(src))
     items = [_prepare(src, names[k] if names else None, task, resize, multiple, seeds[k], max_pixels)
              for k, src in enumerate(batch)]
     for it in items:
@@ -363,6 +372,10 @@ class _Run:
 
 def _result(it: _Item, m, opts, y: np.ndarray, extra: dict, timings: dict, run_s: float, hist) -> FusionResult:
     from . import color
+
+    if not np.isfinite(y).all():  # never write NaN or inf as a (black) image
+        raise ValueError(f"{m.name} produced non-finite values (NaN or inf) with options {opts.to_dict()}; use "
+                         f"settings nearer the defaults (docs/options.md)")
     from ._version import __version__
     from .tasks import chroma_order
 

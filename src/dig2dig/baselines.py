@@ -69,6 +69,7 @@ def laplacian(sources: list[np.ndarray], levels: int | None = None) -> np.ndarra
 def _box(x: np.ndarray, r: int) -> np.ndarray:
     import cv2
 
+    r = min(int(r), max(x.shape))  # a box wider than the image averages the same pixels, only slower
     return cv2.boxFilter(x, -1, (2 * r + 1, 2 * r + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
 
 

@@ -62,11 +62,16 @@ def list_pairs(dataset_dir: str | Path, task: str = "auto") -> list[Pair]:
 
 
 def find_fused(folder: Path, pair_id: str) -> Path | None:
-    for ext in READ_SUFFIXES:
-        for cand in (folder / f"{pair_id}{ext}", folder / f"{pair_id}{ext.upper()}"):
-            if cand.is_file():
-                return cand
-    return None
+    """The fused image of a pair (``<pair_id>.<ext>``); two of them is an error (which one would count?)."""
+    found = [c for ext in READ_SUFFIXES for c in (folder / f"{pair_id}{ext}", folder / f"{pair_id}{ext.upper()}")
+             if c.is_file()]
+    found = list(dict.fromkeys(p.resolve() for p in found))
+    if len(found) > 1:
+        from .errors import ImageError
+
+        raise ImageError(f"pair {pair_id} has {len(found)} fused images in {folder} "
+                         f"({', '.join(p.name for p in found)}); keep one")
+    return found[0] if found else None
 
 
 def score_pair(fused: Path, pair: Pair, convention: str, metrics: Sequence[str] | None) -> dict[str, float]:
@@ -89,30 +94,42 @@ class Evaluation:
     pairs: int  # pairs in the dataset
 
 
+def check_metrics(convention: str, metrics: Sequence[str] | None) -> None:
+    """Before any work: every metric belongs to the convention, and LPIPS has its weights."""
+    from .metrics import CONVENTIONS
+
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown metric convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
+    if metrics is not None and not list(metrics):
+        raise ValueError("--metrics names no metric; leave it out for the convention's set")
+    for name in metrics or []:
+        CONVENTIONS[convention].get(name)  # an unknown metric is an error that lists the convention's
+    if metrics and "LPIPS" in metrics:
+        from .metrics.lpips import load_lpips
+
+        load_lpips()  # the weights load now, or the error says how to give them
+
+
 def evaluate_folder(fused_dir: str | Path, sources_dir: str | Path, *, convention: str = "cddfuse",
                     metrics: Sequence[str] | None = None, method: str | None = None,
                     progress: bool = False) -> Evaluation:
     """Score every ``<pair_id>.<ext>`` of ``fused_dir`` against ``sources_dir``; a pair that cannot be
     scored is recorded with its error (naming the file) and the others are still scored."""
-    from .metrics import CONVENTIONS
     from .runtime import one_line
 
     fused_dir = Path(fused_dir)
     if not fused_dir.is_dir():
         raise FileNotFoundError(f"fused-image folder {str(fused_dir)!r} does not exist")
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown metric convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
-    for name in metrics or []:
-        CONVENTIONS[convention].get(name)
+    check_metrics(convention, metrics)
     pairs = list_pairs(sources_dir)
     method = method or fused_dir.name
     rows, missing, errors = [], [], []
     for pair in _progress(pairs, progress, f"eval {method}"):
-        f = find_fused(fused_dir, pair.pair_id)
-        if f is None:
-            missing.append(pair.pair_id)
-            continue
         try:
+            f = find_fused(fused_dir, pair.pair_id)
+            if f is None:
+                missing.append(pair.pair_id)
+                continue
             values = score_pair(f, pair, convention, metrics)
         except Exception as e:  # noqa: BLE001 -- one unreadable image must not end the evaluation
             errors.append({"pair": pair.pair_id, "error": one_line(e)})
@@ -374,6 +391,15 @@ def run_bench(
         raise RunError(f"folder(s) not found: {', '.join(missing)}")
     if not methods and not peers:
         raise RunError("nothing to benchmark: give --methods and/or --peers")
+    for what, given in (("dataset", [Path(d).resolve() for d in datasets]), ("method", list(methods)),
+                        ("peer", [Path(p).resolve() for p in peers])):
+        twice = sorted({str(g) for g in given if given.count(g) > 1})
+        if twice:
+            raise RunError(f"{what} {twice[0]!r} is listed twice; list each once")
+    out_dir = Path(out).resolve()
+    for d in datasets:
+        if out_dir == Path(d).resolve() or Path(d).resolve() in out_dir.parents:
+            raise RunError(f"the bench folder {str(out)!r} is inside the dataset {str(d)!r}; choose a folder outside it")
     runs = []
     for spec in methods:
         label, name, mopts = parse_method(spec)
@@ -382,9 +408,9 @@ def run_bench(
                            prior=prior, prior_spec=prior_spec, device=device, bit_depth=8)
         config.resolve()  # refuse a bad method, option, device or prior before any work
         runs.append((label, config))
-    for name in metrics or []:
-        CONVENTIONS[convention].get(name)  # an unknown metric is an error that lists the convention's
+    check_metrics(convention, metrics)
 
+    plan = [(ds_dir, list_pairs(ds_dir, task)[: limit or None]) for ds_dir in datasets]  # before anything is made
     out = Path(out)
     folder = OutputFolder(out)
     folder.prepare()
@@ -395,15 +421,15 @@ def run_bench(
         rows: list[dict] = []
         items_log: dict[str, dict] = {}
         errors: list[dict] = []
-        for ds_dir in datasets:
+        absent_all: list[dict] = []
+        for ds_dir, pairs in plan:
             ds = Path(ds_dir).name
-            pairs = list_pairs(ds_dir, task)[: limit or None]
             keep = {p.pair_id for p in pairs}
             items = [it for it in items_from_folder(ds_dir) if it.id in keep]
             for label, config in runs:
                 mdir = out / "fused" / ds / _folder_name(label)
                 mdir.parent.mkdir(parents=True, exist_ok=True)
-                summary = run_batch(items, mdir, config, overwrite=overwrite, progress=progress,
+                summary = run_batch(items, mdir, config, overwrite=overwrite, progress=progress, inputs=[ds_dir],
                                     log=lambda m, ds=ds, label=label: log(f"{ds}/{label}: {m}"))
                 if summary.interrupted:
                     raise KeyboardInterrupt
@@ -429,25 +455,35 @@ def run_bench(
                 peer = Path(peer)
                 absent = []
                 for pair in _progress(pairs, progress, f"score {ds}/{peer.name}"):
-                    f = find_fused(peer, pair.pair_id)
+                    try:
+                        f = find_fused(peer, pair.pair_id)
+                    except ValueError as e:
+                        errors.append({"item": f"{ds}/{peer.name}/{pair.pair_id}", "error": str(e)})
+                        continue
                     if f is None:
                         absent.append(pair.pair_id)
                         continue
                     _score_into(rows, errors, cache, f, pair, ds, peer.name, convention, metrics, log)
                 if absent:
+                    absent_all.append({"dataset": ds, "peer": peer.name, "pairs": absent})
                     log(f"{ds}/{peer.name}: no fused image for {len(absent)} of {len(pairs)} pair(s): "
                         f"{', '.join(absent[:5])}{' …' if len(absent) > 5 else ''}")
                 cache.save()
         manifest = {"versions": _versions(), "convention": convention, "metrics": list(metrics or []),
                     "methods": list(methods), "peers": [str(p) for p in peers], "seed": seed, "steps": steps,
                     "task": task, "options": options or {}, "datasets": [str(d) for d in datasets],
-                    "items": items_log, "errors": errors}
+                    "items": items_log, "errors": errors, "missing": absent_all}
         results_path = out / "results.csv"
         write_csv(results_path, rows)
         atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
         md = summary_markdown(rows, title=f"dig2dig bench ({convention} convention)")
+        if errors or absent_all:  # said in the table, not only in the log: means over fewer pairs mislead
+            notes = [f"- {e['item']}: {e['error']}" for e in errors[:20]]
+            notes += [f"- {a['dataset']}/{a['peer']}: no image for {len(a['pairs'])} pair(s)" for a in absent_all]
+            md += "\n**Not scored** (means above leave these out):\n\n" + "\n".join(notes) + "\n"
         atomic_write_text(out / "summary.md", md)
-        written = {"csv": results_path, "markdown": out / "summary.md", "manifest": out / "manifest.json"}
+        written = {"csv": results_path, "markdown": out / "summary.md", "manifest": out / "manifest.json",
+                   "incomplete": bool(errors or absent_all)}
         if plots and rows:
             written["plots"] = plot_results(rows, out / "plots")
     finally:

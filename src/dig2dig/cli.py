@@ -77,13 +77,20 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "(default 200000000)")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors as one line, ``dig2dig: error: <what>; see <command> --help`` (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"dig2dig: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dig2dig",
         description="Training-free, diffusion-based image fusion (Dig2DIG, DDFM, CCF).",
     )
     parser.add_argument("--version", action="version", version=f"dig2dig {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
     f = sub.add_parser("fuse", help="fuse two or more registered images of one scene",
                        description="Fuse registered source images (visible+infrared, MRI+CT/PET/SPECT, "
@@ -174,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and downloaded, with Dig2DIG's weight maps and DIG curves. Binds to 127.0.0.1 "
                                     "unless --host says otherwise; one fusion runs at a time, the others queue.")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    sv.add_argument("--port", type=_port, default=8000, help="port, 1 to 65535 (default 8000)")
     _add_prior_args(sv)
     sv.add_argument("--max-upload-mb", type=_positive_float, default=50.0, help="largest request (default 50 MB)")
     sv.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
@@ -182,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
 
     pr = sub.add_parser("prior", help="inspect the diffusion prior")
-    psub = pr.add_subparsers(dest="prior_command", metavar="SUBCOMMAND")
+    psub = pr.add_subparsers(dest="prior_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
+    pr.set_defaults(func=None, help_of=pr)
     pi = psub.add_parser("info", help="print the prior's spec (architecture, sha256, schedule, provenance)")
     _add_prior_args(pi)
     pi.set_defaults(func=cmd_prior_info)
@@ -193,12 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, best/)")
     pt.add_argument("--data-root", help="folder the config's data paths are relative to (default: "
                     "$DIG2DIG_SHARED, else the config's root)")
-    pt.add_argument("--max-steps", type=int, help="stop at this total step count")
-    pt.add_argument("--minutes", type=float, help="stop after this many minutes of this run")
+    pt.add_argument("--max-steps", type=_positive_int, help="stop at this total step count")
+    pt.add_argument("--minutes", type=_positive_float, help="stop after this many minutes of this run")
     pt.add_argument("--device", help="torch device (default: cuda if available)")
     pt.add_argument("--init", metavar="PRIOR_DIR", help="start a new run from exported weights (e.g. the embedded "
                     "prior's folder) instead of random initialisation; ignored when --out has a checkpoint")
-    pt.add_argument("--threads", type=int, help="CPU threads (default: the config's); use 1 when sharing the "
+    pt.add_argument("--threads", type=_positive_int, help="CPU threads (default: the config's); use 1 when sharing the "
                     "machine with other jobs -- oversubscribed threads stall each other")
     pt.set_defaults(func=cmd_prior_train)
     pe = psub.add_parser("eval", help="PSNR of the prior's one-step x̂0 as a Gaussian denoiser",
@@ -207,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--images", required=True, help="folder of clean images (gray or colour; luminance is used)")
     pe.add_argument("--sigma", type=_positive_float, nargs="+", default=[15, 25, 50],
                     help="noise levels on the 0-255 scale, each > 0 (default 15 25 50)")
-    pe.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    pe.add_argument("--seed", type=_seed, default=0, help="noise seed (default 0)")
     pe.add_argument("--per-image", action="store_true", help="also print each image's PSNR")
     _add_prior_args(pe)
     pe.set_defaults(func=cmd_prior_eval)
@@ -223,14 +231,24 @@ def _steps_arg(s: str | None):
     return int(s) if s.strip().isdigit() else s
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high], refused in one line otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"at least {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"{text} must be {allowed}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_in(1)
+_port = _int_in(1, 65535)
+_seed = _int_in(0, 2**63 - 1)
 
 
 def _positive_float(text: str) -> float:
@@ -253,29 +271,70 @@ def _dig_regions(specs: list[str]) -> dict:
             vals = []
         if not name or len(vals) != 4:
             raise ValueError(f"--dig-region {spec!r}: write NAME=X0,Y0,X1,Y1 (a box in pixels), e.g. person=200,80,320,400")
+        if name in regions:
+            raise ValueError(f"--dig-region name {name!r} is given twice; give each region its own name")
         regions[name] = vals
     return regions
 
 
-def cmd_fuse(args: argparse.Namespace) -> int:
-    from .io import SIXTEEN_BIT_SUFFIXES, WRITE_SUFFIXES
+FIGURE_FILES = {  # what the figure flags write into their folders (weights_step<k>.png per refresh)
+    "--save-dig": ("dig_curves.png", "dig.json", "weights_step*.png"),
+    "--save-selection": ("ccf_selection.png", "ccf_selection.json"),
+}
 
-    from .io import check_output_dir, check_output_file, remove_stale_temps
+
+def _clashes(path: Path, folder: Path, names) -> bool:
+    import fnmatch
+
+    return path.parent.resolve() == folder.resolve() and any(fnmatch.fnmatch(path.name, n) for n in names)
+
+
+class AllOrNothing:
+    """Outputs of one command: if a later write fails, the ones this command wrote are removed again."""
+
+    def __init__(self):
+        self.created: list[Path] = []
+
+    def add(self, paths) -> None:
+        for p in [paths] if isinstance(paths, (str, Path)) else paths:
+            self.created.append(Path(p))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is not None:
+            for p in self.created:
+                Path(p).unlink(missing_ok=True)
+        return False
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from .io import SIXTEEN_BIT_SUFFIXES, WRITE_SUFFIXES, check_output_dir, check_output_file, remove_stale_temps
 
     out = Path(args.output)
-    # everything that will be written is checked before any work
+    # everything that will be written is checked before any work: writable, no source overwritten, no two
+    # outputs in one file
     check_output_file(out, "output", sources=args.sources)
     if out.suffix.lower() not in WRITE_SUFFIXES:
         raise ValueError(f"output {out.name!r} needs one of the extensions {', '.join(WRITE_SUFFIXES)}")
     if args.bit_depth == 16 and out.suffix.lower() not in SIXTEEN_BIT_SUFFIXES:
         raise ValueError(f"--bit-depth 16 needs a .png or .tif output, not {out.name!r}")
     if args.report:
-        check_output_file(args.report, "--report file", sources=[*args.sources, out])
+        check_output_file(args.report, "--report file", sources=args.sources)
+        if Path(args.report).resolve() == out.resolve():
+            raise ValueError(f"--report {args.report!r} is the output image; give the report its own file name")
     for flag, folder in (("--save-dig", args.save_dig), ("--save-selection", args.save_selection)):
         if folder:
             check_output_dir(folder, f"{flag} folder")
+            for what, p in [("output", out), *(("--report file", Path(r)) for r in [args.report] if r),
+                            *(("source", Path(s)) for s in args.sources)]:
+                if _clashes(p, Path(folder), FIGURE_FILES[flag]):
+                    raise ValueError(f"{flag} {folder!r} would write over the {what} {str(p)!r} (it writes "
+                                     f"{', '.join(FIGURE_FILES[flag])}); choose another folder")
     remove_stale_temps(out.parent if str(out.parent) else ".")
     from .api import fuse
+    from .methods import get_method
 
     options = method_options_from_args(args)
     if args.save_dig and args.method != "dig2dig":
@@ -291,23 +350,32 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         region_masks(regions, size, size)
     if args.save_selection and args.method != "ccf":
         raise ValueError("--save-selection needs --method ccf")
+    if (args.prior or args.prior_config) and not get_method(args.method).needs_prior:
+        print(f"dig2dig: warning: method {args.method} uses no prior; --prior/--prior-config are not used",
+              file=sys.stderr)
     result = fuse(args.sources, method=args.method, steps=_steps_arg(args.steps), seed=args.seed, task=args.task,
-                  prior=args.prior, prior_spec=args.prior_config, device=args.device, resize=args.resize,
-                  record=bool(args.save_dig), max_pixels=args.max_pixels, progress=not args.quiet, **options)
-    path = result.save(out, args.bit_depth)
-    if args.save_dig:
-        from .viz import save_dig
+                  prior=args.prior if get_method(args.method).needs_prior else None,
+                  prior_spec=args.prior_config if get_method(args.method).needs_prior else None, device=args.device,
+                  resize=args.resize, record=bool(args.save_dig), max_pixels=args.max_pixels,
+                  progress=not args.quiet, **options)
+    with AllOrNothing() as written:
+        existed = out.exists()
+        path = result.save(out, args.bit_depth)
+        if not existed:
+            written.add(path)
+        if args.save_dig:
+            from .viz import save_dig
 
-        save_dig(result, args.save_dig, regions=regions)
-    if args.save_selection:
-        from .guidance.ccf import save_selection
+            written.add(save_dig(result, args.save_dig, regions=regions))
+        if args.save_selection:
+            from .guidance.ccf import save_selection
 
-        save_selection(result.guidance, args.save_selection)
-    if args.report:
-        from .io import atomic_write_text
+            written.add(save_selection(result.guidance, args.save_selection))
+        if args.report:
+            from .io import atomic_write_text
 
-        atomic_write_text(args.report, json.dumps({"output": str(path), "config": result.config,
-                                                    "timings": result.timings}, indent=2))
+            atomic_write_text(args.report, json.dumps({"output": str(path), "config": result.config,
+                                                        "timings": result.timings}, indent=2))
     if not args.quiet:
         c = result.config
         roles = ", ".join(f"{k}={Path(v).name}" for k, v in c["roles"].items())
@@ -335,7 +403,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     summary = run_batch(items, args.output, config, shard=shard, executor=args.executor, workers=args.workers,
                         threads=args.threads, ray_address=args.ray_address, overwrite=args.overwrite,
-                        progress=not args.quiet, log=log)
+                        progress=not args.quiet, log=log, inputs=args.inputs)
     print(f"dig2dig batch: {summary.line()} -> {args.output}", file=sys.stderr)
     for f in summary.failed[:20]:
         print(f"  failed: {f['id']}: {f['error']}", file=sys.stderr)
@@ -369,15 +437,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .errors import EXIT_ITEMS_FAILED
     from .io import check_output_file
 
-    check_output_file(args.csv, "--csv file")
+    from .io import list_images
+
+    protected = []  # the images being scored, and their sources: never overwritten by a table
+    for folder in (Path(args.fused_dir), Path(args.sources)):
+        if folder.is_dir():
+            protected += list_images(folder) + [f for d in folder.iterdir() if d.is_dir() for f in list_images(d)]
+    check_output_file(args.csv, "--csv file", sources=protected)
     if args.md:
-        check_output_file(args.md, "--md file")
+        check_output_file(args.md, "--md file", sources=protected)
+        if Path(args.md).resolve() == Path(args.csv).resolve():
+            raise ValueError(f"--md {args.md!r} is the --csv file; give each its own file name")
     ev = evaluate_folder(args.fused_dir, args.sources, convention=args.convention, metrics=_metric_list(args.metrics),
                          method=args.method, progress=not args.quiet)
-    write_csv(args.csv, ev.rows)
     md = summary_markdown(ev.rows, title=f"{Path(args.fused_dir).name} ({args.convention} convention)")
-    if args.md:
-        atomic_write_text(args.md, md)
+    with AllOrNothing() as written:
+        for path, write in ((args.csv, lambda: write_csv(args.csv, ev.rows)),
+                            (args.md, lambda: atomic_write_text(args.md, md))):
+            if path:
+                existed = Path(path).exists()
+                write()
+                if not existed:
+                    written.add(path)
     if not args.quiet:
         print(md)
     scored = len({r["pair"] for r in ev.rows})
@@ -407,7 +488,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         log=lambda m: print(m, file=sys.stderr))
     print(Path(written["markdown"]).read_text())
     for k, v in written.items():
-        print(f"{k}: {v}", file=sys.stderr)
+        if k != "incomplete":
+            print(f"{k}: {v}", file=sys.stderr)
+    if written["incomplete"]:
+        from .errors import EXIT_ITEMS_FAILED
+
+        print("dig2dig bench: some pairs could not be fused or scored (listed in summary.md and manifest.json)",
+              file=sys.stderr)
+        return EXIT_ITEMS_FAILED
     return 0
 
 
@@ -420,6 +508,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError("dig2dig serve needs the web extra: pip install 'dig2dig[web]'") from None
     from .web.server import serve
 
+    import socket
+
+    try:  # a host that does not resolve or a port in use: say so before anything starts
+        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as e:
+        raise ValueError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); choose another --host or "
+                         f"--port") from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"dig2dig: warning: serving on {args.host}: anyone who can reach this machine can use it", file=sys.stderr)
     print(f"dig2dig serve: http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
@@ -452,8 +550,11 @@ def cmd_prior_train(args: argparse.Namespace) -> int:
 
 def cmd_prior_eval(args: argparse.Namespace) -> int:
     from .prior import load_prior
-    from .prior.evaluate import denoise_scores, load_gray_folder
+    from .prior.evaluate import denoise_scores, load_gray_folder, timestep_for_sigma
+    from .schedule import alphas_cumprod
 
+    for sigma in args.sigma:  # before anything is loaded
+        timestep_for_sigma(alphas_cumprod(), sigma)
     den = load_prior(args.prior, spec=args.prior_config, device=args.device or "cpu")
     images = load_gray_folder(args.images)
     print(f"prior {den.spec.name} ({den.spec.sha256[:12]}), {len(images)} images from {args.images}")
@@ -499,7 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # usage errors (argparse printed them), --help, --version
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     if not getattr(args, "func", None):
-        parser.print_help()
+        which = getattr(args, "help_of", parser)
+        which.print_help(sys.stderr)
+        print(f"dig2dig: error: give a command; see '{which.prog} --help'", file=sys.stderr)
         return EXIT_USAGE
     debug = bool(getattr(args, "debug", False) or os.environ.get("DIG2DIG_DEBUG"))
 
@@ -528,7 +631,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         code, message = describe(e)
         if debug and code != EXIT_INTERRUPTED:
-            raise
+            import traceback
+
+            traceback.print_exc()
         if code == EXIT_INTERRUPTED:
             print(f"dig2dig: {message}", file=sys.stderr)
         elif code == EXIT_INTERNAL:

@@ -86,7 +86,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """'Same'-size Gaussian blur with σ in pixels and reflected borders (replicated on tiny images)."""
     if sigma <= 0:
         return x
-    taps = gaussian_taps(sigma, dtype=x.dtype, device=x.device)
+    size = 2 * max(1, int(math.ceil(3 * sigma))) + 1
+    size = min(size, 2 * max(x.shape[-2:]) + 1)  # a kernel wider than the image adds nothing but cost
+    taps = gaussian_taps(sigma, size, dtype=x.dtype, device=x.device)
     r = taps.numel() // 2
     x = F.pad(x, (r, r, r, r), mode="reflect" if min(x.shape[-2:]) > r else "replicate")
     return separable_filter(x, taps)

@@ -66,6 +66,8 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     """The image files (by suffix, :data:`READ_SUFFIXES`) in ``folder``, sorted; sub-folders too if
     ``recursive``."""
     root = Path(folder)
+    if root.is_file():
+        raise NotADirectoryError(20, f"{str(root)!r} is a file; give the folder that holds the images", str(root))
     if not root.is_dir():
         raise FileNotFoundError(f"folder {str(root)!r} does not exist")
     found = root.rglob("*") if recursive else root.iterdir()
@@ -95,10 +97,12 @@ def header_size(source) -> tuple[int, int] | None:
 def check_pixels(size: tuple[int, int], label: str, max_pixels: int | None = None) -> None:
     """Refuse a width × height above ``max_pixels`` (default :data:`MAX_PIXELS`)."""
     limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
-    if size[0] * size[1] > limit:
-        raise ImageError(f"{label}: {size[0]}x{size[1]} is {size[0] * size[1] / 1e6:.4g} megapixels, more than the "
-                         f"limit of {limit / 1e6:g}; raise it with --max-pixels (max_pixels=) if the machine has the "
-                         f"memory")
+    n = size[0] * size[1]
+    if n > limit:
+        what = (f"{n / 1e6:.4g} megapixels, more than the limit of {limit / 1e6:g}" if limit >= 1_000_000 else
+                f"{n:,} pixels, more than the limit of {limit:,}")
+        raise ImageError(f"{label}: {size[0]}x{size[1]} is {what}; raise it with --max-pixels (max_pixels=) if the "
+                         f"machine has the memory")
 
 
 def decode_bytes(data: bytes, label: str, max_pixels: int | None = None) -> np.ndarray:
@@ -116,8 +120,8 @@ def decode_bytes(data: bytes, label: str, max_pixels: int | None = None) -> np.n
     except cv2.error:
         arr = None
     if arr is None:
-        detail = f": {said}" if said else " (corrupt or truncated?)"
-        raise ImageError(f"{label}: cannot decode the file as an image{detail}")
+        detail = f" ({said})" if said else " (corrupt, truncated, or not an image)"
+        raise ImageError(f"{label}: cannot decode the file as an image{detail}; re-export it as PNG, JPEG, TIFF or BMP")
     if said:
         warnings.warn(f"{Path(label).name}: the decoder reported '{said}'; the image may be damaged or truncated",
                       stacklevel=3)
@@ -130,15 +134,31 @@ def decode(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray
     ImageError with the fix on failure."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"image {str(p)!r} does not exist")
+        raise FileNotFoundError(f"image {str(p)!r} does not exist; check the path")
     if p.is_dir():
-        raise ImageError(f"{str(p)!r} is a folder, not an image file")
+        raise ImageError(f"{str(p)!r} is a folder, not an image file; give the image files inside it")
     if p.suffix.lower() not in READ_SUFFIXES:
         raise ImageError(f"{p.name}: unsupported file type {p.suffix!r}; use one of {', '.join(READ_SUFFIXES)}")
+    if not p.is_file():  # a FIFO, a device: reading could block forever
+        raise ImageError(f"{str(p)!r} is not a regular file; give an image file")
     size = header_size(p)
     if size is not None:  # before reading the whole file
         check_pixels(size, str(p), max_pixels)
+    if p.suffix.lower() in (".tif", ".tiff"):
+        _warn_if_multipage(p)
     return decode_bytes(p.read_bytes(), str(p), max_pixels)
+
+
+def _warn_if_multipage(p: Path) -> None:
+    try:
+        from PIL import Image as PILImage
+
+        with PILImage.open(p) as im:
+            pages = getattr(im, "n_frames", 1)
+    except Exception:  # noqa: BLE001 -- the decoder will say what is wrong
+        return
+    if pages > 1:
+        warnings.warn(f"{p.name} holds {pages} pages; dig2dig fuses the first one", stacklevel=3)
 
 
 def _decode_quietly(cv2, buf: np.ndarray) -> tuple[np.ndarray | None, str]:

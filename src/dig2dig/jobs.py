@@ -45,7 +45,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunError
-from .io import READ_SUFFIXES, WRITE_SUFFIXES, atomic_write_text, file_sha256, list_images, remove_stale_temps
+from .io import (
+    READ_SUFFIXES,
+    WRITE_SUFFIXES,
+    atomic_write_text,
+    check_output_dir,
+    file_sha256,
+    list_images,
+    remove_stale_temps,
+)
 from .runtime import Job, WorkerSpec, make_executor
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -66,6 +74,7 @@ class Item:
     task: str | None = None  # per item (manifest); None: the run's
     seed: int | None = None  # per item (manifest); None: derive_seed(run seed, id)
     output: str | None = None  # relative to the output folder (manifest); None: <id>.<ext>
+    missing: tuple[str, ...] = ()  # glob patterns that matched no file of this stem
 
 
 def _check_id(item_id: str, where: str) -> str:
@@ -77,14 +86,15 @@ def _check_id(item_id: str, where: str) -> str:
 
 
 def items_from_folder(folder: str | Path) -> list[Item]:
-    """A dataset folder ``<pair_id>/<role>.<ext>``: one item per sub-folder with two or more images."""
+    """A dataset folder ``<pair_id>/<role>.<ext>``: one item per sub-folder with images (a sub-folder with
+    a single image is an item too -- it fails, saying a source is missing, rather than vanishing)."""
     root = Path(folder)
     items, loose = [], []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = list_images(d)
-        if len(files) >= 2:
+        if files:
             items.append(Item(_check_id(d.name, str(d)), tuple(str(f) for f in files)))
-    if not items:
+    if not any(len(it.sources) >= 2 for it in items):
         loose = list_images(root)
         hint = (f"; it holds {len(loose)} image(s) directly -- for those, give glob patterns such as "
                 f"'{root}/ir/*.png' '{root}/vis/*.png', or a manifest") if loose else ""
@@ -133,6 +143,8 @@ def items_from_manifest(path: str | Path) -> list[Item]:
             if not isinstance(row, dict) or "id" not in row:
                 raise RunError(f"{path}:{n}: each line must be a JSON object with an 'id' and its sources")
             rows.append((f"{path}:{n}", row))
+    if not rows:
+        raise RunError(f"manifest {path} lists no items; add one line per item (an id and its sources)")
     items = []
     for where, row in rows:
         if isinstance(row.get("sources"), list):
@@ -147,10 +159,22 @@ def items_from_manifest(path: str | Path) -> list[Item]:
         out = str(row.get("output") or "").strip() or None
         if out is not None and (Path(out).is_absolute() or ".." in Path(out).parts):
             raise RunError(f"{where}: output {out!r} must be a path inside the output folder")
+        if out is not None and Path(out).suffix.lower() not in WRITE_SUFFIXES:
+            raise RunError(f"{where}: output {out!r} needs one of the extensions {', '.join(WRITE_SUFFIXES)}")
         task = str(row.get("task") or "").strip().lower() or None
+        if task is not None and task not in ("auto", *_tasks()):
+            raise RunError(f"{where}: task {task!r} is not one of auto, {', '.join(_tasks())}")
+        if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+            raise RunError(f"{where}: id {row['id']!r} must be a string or a number")
         items.append(Item(_check_id(row["id"], where), tuple(srcs), names, task, _seed_value(row.get("seed"), where),
                           out))
     return items
+
+
+def _tasks() -> tuple[str, ...]:
+    from .tasks import TASKS
+
+    return TASKS
 
 
 def items_from_globs(patterns: Sequence[str]) -> list[Item]:
@@ -171,10 +195,13 @@ def items_from_globs(patterns: Sequence[str]) -> list[Item]:
                 raise RunError(f"pattern {pat!r} matches two files with the stem {f.stem!r}: {stems[f.stem]} and {f}")
             stems[f.stem] = f
         by_pattern.append(stems)
-    common = sorted(set.intersection(*(set(s) for s in by_pattern)))
+    common = set.intersection(*(set(s) for s in by_pattern))
     if not common:
         raise RunError(f"no file stem is matched by every pattern {list(patterns)}")
-    return [Item(_check_id(stem, "glob"), tuple(str(s[stem]) for s in by_pattern)) for stem in common]
+    every = sorted(set.union(*(set(s) for s in by_pattern)))
+    # a stem some pattern lacks is an item with fewer sources: it fails, naming the missing pattern
+    return [Item(_check_id(stem, "glob"), tuple(str(s[stem]) for s in by_pattern if stem in s),
+                 missing=tuple(p for p, s in zip(patterns, by_pattern) if stem not in s)) for stem in every]
 
 
 def collect_items(inputs: Sequence[str | Path]) -> list[Item]:
@@ -182,6 +209,11 @@ def collect_items(inputs: Sequence[str | Path]) -> list[Item]:
     inputs = [str(i) for i in inputs]
     if not inputs:
         raise RunError("give a dataset folder, a manifest (.csv/.jsonl) or glob patterns")
+    if len(inputs) > 1:
+        odd = [i for i in inputs if Path(i).is_dir() or Path(i).suffix.lower() in MANIFEST_SUFFIXES]
+        if odd:
+            raise RunError(f"{odd[0]!r} is a folder or a manifest: give one dataset folder, one manifest, or glob "
+                           f"patterns (one per source), not a mix")
     if len(inputs) == 1 and Path(inputs[0]).is_dir():
         items = items_from_folder(inputs[0])
     elif len(inputs) == 1 and Path(inputs[0]).suffix.lower() in MANIFEST_SUFFIXES:
@@ -350,20 +382,18 @@ class OutputFolder:
         self.summary_path = self.root / f"summary{tag}.json"
         self._locks: list[int] = []
 
-    def prepare(self) -> None:
-        """Create the folder (its parent must exist) and check that it can be written."""
+    def check(self) -> None:
+        """Before any work: the folder is (or can be made) a writable folder whose parent exists."""
         if self.root.exists() and not self.root.is_dir():
             raise RunError(f"output {str(self.root)!r} is a file; give a folder (-o DIR)")
         if not self.root.parent.exists():
             raise RunError(f"the folder {str(self.root.parent)!r} that should hold {self.root.name!r} does not exist")
-        try:
-            self.root.mkdir(exist_ok=True)
-            probe = self.root / f".dig2dig-write-test~{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise RunError(f"cannot write to the output folder {str(self.root)!r} ({e.strerror or e}); "
-                           f"choose a folder you can write to") from None
+        check_output_dir(self.root, "output folder")
+
+    def prepare(self) -> None:
+        """Create the folder (after :meth:`check`)."""
+        self.check()
+        self.root.mkdir(exist_ok=True)
 
     def lock(self) -> None:
         """One run per folder: an exclusive lock for an unsharded run; a shared lock on the folder plus
@@ -412,8 +442,8 @@ class OutputFolder:
             return "todo", None
         if rec.get("key") != key:
             return "changed", rec
-        if not output.is_file():
-            return "todo", rec
+        if not output.is_file() or file_sha256(output) != rec.get("output_sha256"):
+            return "todo", rec  # missing or damaged since: redone
         return "done", rec
 
     def append_log(self, record: dict) -> None:
@@ -523,6 +553,35 @@ class Progress:
             self.bar.close()
 
 
+RUN_FILES = ("log", "summary")  # log[.shard-I-of-N].jsonl, summary[.shard-I-of-N].json
+
+
+def check_outputs(items: Sequence[Item], folder: OutputFolder, ext: str, inputs: Sequence[str | Path] = ()) -> None:
+    """Before any work: no two items write one file, no item writes over the run's own files, and the
+    output folder is not where sources live (outputs would become the next run's inputs)."""
+    out = folder.root.resolve()
+    for root in inputs:
+        r = Path(root).resolve()
+        if r.is_dir() and (out == r or r in out.parents):
+            raise RunError(f"the output folder {str(folder.root)!r} is inside the dataset {str(root)!r}; its images "
+                           f"would become sources of the next run -- choose a folder outside it")
+    seen: dict[Path, str] = {}
+    for it in items:
+        for s in it.sources:
+            d = Path(s).resolve().parent
+            if d == out or out in d.parents:
+                raise RunError(f"the output folder {str(folder.root)!r} holds the sources of item {it.id!r} ({s}); "
+                               f"choose a folder apart from the sources")
+        image, side = folder.paths(it, ext)
+        for p in (image, side):
+            if p.parent.resolve() == out and p.name.split(".")[0] in RUN_FILES:
+                raise RunError(f"item {it.id!r} would write {p.name}, a name the run keeps for its "
+                               f"{p.name.split('.')[0]} file; rename the item or give it another output")
+            if p in seen:
+                raise RunError(f"items {seen[p]!r} and {it.id!r} would both be written to {p}")
+            seen[p] = it.id
+
+
 def plan_jobs(items: Sequence[Item], run: ResolvedRun, folder: OutputFolder, overwrite: bool = False
               ) -> tuple[list[Job], int, list[dict]]:
     """(jobs to run, items already done, failures found while planning: unreadable sources).
@@ -531,12 +590,13 @@ def plan_jobs(items: Sequence[Item], run: ResolvedRun, folder: OutputFolder, ove
     ``overwrite``, in which case they are redone.
     """
     jobs, done, failed, changed = [], 0, [], []
-    outputs: dict[Path, str] = {}
     for it in items:
         out, side = folder.paths(it, run.ext)
-        if out in outputs:
-            raise RunError(f"items {outputs[out]!r} and {it.id!r} would both be written to {out}")
-        outputs[out] = it.id
+        if len(it.sources) < 2:  # a pair folder with one image, a stem some pattern lacks
+            why = (f"no file of this stem matches {', '.join(repr(p) for p in it.missing)}" if it.missing else
+                   f"only {len(it.sources)} image ({Path(it.sources[0]).name}); a source is missing")
+            failed.append({"id": it.id, "error": f"{why}; fusion needs two or more sources"})
+            continue
         try:
             sha = [file_sha256(s) for s in it.sources]
         except OSError as e:
@@ -574,6 +634,7 @@ def run_batch(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> Summary:
     """Fuse ``items`` (the shard ``shard`` of them) into ``out`` with ``config``; resumable.
 
@@ -587,6 +648,8 @@ def run_batch(
     runner = make_executor(executor, workers=workers, threads=threads, ray_address=ray_address,
                            device=config.device)
     folder = OutputFolder(out, shard)
+    folder.check()
+    check_outputs(items, folder, resolved.ext, inputs)
     folder.prepare()
     folder.lock()
     try:

@@ -80,8 +80,10 @@ class Method:
     def check_sources(self, n: int) -> None:
         hi = self.max_sources
         if n < self.min_sources or (hi is not None and n > hi):
-            want = f"exactly {hi}" if hi == self.min_sources else f"{self.min_sources} to {hi or 'any number of'}"
-            raise ValueError(f"method {self.name!r} fuses {want} sources, got {n}")
+            want = (f"exactly {hi}" if hi == self.min_sources else f"{self.min_sources} to {hi}" if hi else
+                    f"{self.min_sources} or more")
+            fix = "give that many registered images" if hi else "give two or more registered images"
+            raise ValueError(f"method {self.name!r} fuses {want} sources, got {n}; {fix}")
 
 
 def _build_ddfm(ctx: BuildContext, opts: DDFMOptions):

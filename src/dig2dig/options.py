@@ -211,20 +211,20 @@ class DIGOptions(Options):
     owner = "dig2dig"
     interval: int = option(10, "S: refresh the DIG weights every S steps", low=1, high=1000)
     distance: str = option("l2", "distance between a denoised source and the source", choices=("l2", "l1", "ssim", "none"))
-    temperature: float = option(1.0, "softmax temperature on the normalised gains", low=0, low_open=True)
+    temperature: float = option(1.0, "softmax temperature on the normalised gains", low=0, low_open=True, high=1000)
     limit: float = option(1.0, "soft limit L of the scaled gains before the softmax (L tanh(z/L); 0: none)", low=0,
                           high=20)
     weights: str = option("dig", "per-pixel DIG weights, or equal weights (fixed guidance)", choices=("dig", "equal"))
     mixing: str = option("complementary", "EM mixing rule: the released DDFM's, or the paper's f = x + v",
                          choices=("complementary", "attractive"))
-    smooth: float = option(12.0, "σ in pixels of the Gaussian that smooths the DIG maps (0: none)", low=0)
+    smooth: float = option(12.0, "σ in pixels of the Gaussian that smooths the DIG maps (0: none)", low=0, high=512)
     dig_scale: float = option(0.5, "resolution of the DIG maps relative to the image", low=0, high=1, low_open=True)
     window: str = option("backward", "measure DIG over the stretch just traversed (backward) or the coming one "
                          "(forward: weights from step 0)", choices=("backward", "forward"))
     accelerate: float = option(0.0, "merge pairs of steps up to the next refresh where the total DIG is below "
                                "R × its largest so far (0: off)", low=0, high=1, high_open=True, metavar="R")
     power: float = option(2.0, "exponent P of the DIG-N grid t_i = 999 (i/(N-1))^P (big steps at high noise)",
-                          low=0, low_open=True)
+                          low=0, low_open=True, high=10)
 
     def max_batch(self) -> int | None:
         return 1 if self.accelerate > 0 else None  # merged steps are decided per image
@@ -241,8 +241,8 @@ class DDFMOptions(Options):
     owner = "ddfm"
     mapping: str = option("release", "output mapping and slot order: the released code's, or the paper's f = x + v",
                           choices=("release", "paper"))
-    lamb: float = option(0.5, "λ of the total-variation term", low=0, low_open=True)
-    rho: float = option(0.001, "ρ of the total-variation term", low=0, low_open=True)
+    lamb: float = option(0.5, "λ of the total-variation term", low=0, low_open=True, high=100)
+    rho: float = option(0.001, "ρ of the total-variation term", low=0, low_open=True, high=100)
 
 
 def _conditions(value) -> tuple[str, ...]:
@@ -272,8 +272,8 @@ class CCFOptions(Options):
     conditions: tuple | None = option(None, "condition bank, comma-separated (see dig2dig.guidance.ccf_conditions)",
                                       kind="any", check=_conditions, none_means="the task's preset")
     topk: int = option(3, "conditions selected per step", low=1, high=1000)
-    lr: float = option(0.03, "Adam step size on x̂0", low=0, low_open=True)
-    alpha: float = option(1.5, "GradNorm's α in the gate", low=0)
+    lr: float = option(0.03, "Adam step size on x̂0", low=0, low_open=True, high=10)
+    alpha: float = option(1.5, "GradNorm's α in the gate", low=0, high=100)
     release_compat: bool = option(False, "reproduce the released CCF code, its defects included")
     tiebreak: str | None = option(None, "order of tied gate weights in the top-k", kind="str", choices=("stable", "torch"),
                                   none_means="torch with release_compat, else stable")
@@ -305,9 +305,9 @@ class LaplacianOptions(Options):
 @dataclass(frozen=True)
 class GuidedOptions(Options):
     owner = "guided"
-    r1: int = option(45, "radius of the base layer's guided filter", low=1, high=10000)
+    r1: int = option(45, "radius of the base layer's guided filter", low=1, high=1000)
     eps1: float = option(0.3, "ε of the base layer's guided filter", low=0, low_open=True)
-    r2: int = option(7, "radius of the detail layer's guided filter", low=1, high=10000)
+    r2: int = option(7, "radius of the detail layer's guided filter", low=1, high=1000)
     eps2: float = option(1e-6, "ε of the detail layer's guided filter", low=0, low_open=True)
 
 

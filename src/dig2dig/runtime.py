@@ -194,8 +194,20 @@ class LocalExecutor:
                                                                       "memory); rerun the command to redo it"}
                 except Exception as e:
                     yield {"id": job.id, "status": "failed", "error": one_line(e)}
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM) or abandoned: stop the workers now, so that
+            _stop_workers(pool)  # nothing is written after the run reports itself stopped
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_workers(pool) -> None:
+    """Terminate a process pool's workers (their in-flight items are lost; a rerun redoes them)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            proc.terminate()
+        except Exception:  # noqa: BLE001 -- already gone
+            pass
 
 
 def _with_threads(spec: WorkerSpec, threads: int | None) -> WorkerSpec:
@@ -244,11 +256,14 @@ class RayExecutor:
                  device: str | None = None):
         self.workers, self.threads, self.address, self.device = workers, threads, address, device
         self.gpu = bool(device) and str(device).startswith("cuda")
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ retries print a line each otherwise
         try:
             import ray  # noqa: F401
             import ray.data  # noqa: F401
         except ImportError:
             raise RunError("--executor ray needs Ray Data: pip install 'dig2dig[ray]'") from None
+        if address and address != "auto" and not address.startswith("ray://"):
+            self._check_reachable(address)  # before any folder is made or item planned
 
     def describe(self) -> dict:
         return {"kind": "ray", "address": self.address or "local", "actors": self.workers, "threads": self.threads,
@@ -261,7 +276,10 @@ class RayExecutor:
 
         if ray.is_initialized():
             return False
+        import signal
+
         kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ours = signal.getsignal(signal.SIGTERM)
         try:
             if self.address:
                 ray.init(address=self.address, **kw)
@@ -272,7 +290,23 @@ class RayExecutor:
             hint = ("; check the address, and where the cluster uses token authentication set RAY_AUTH_MODE=token "
                     "and RAY_AUTH_TOKEN (or ~/.ray/auth_token) as on the cluster") if self.address else ""
             raise RunError(f"cannot start or join {where}: {one_line(e)}{hint}") from None
+        finally:
+            try:
+                signal.signal(signal.SIGTERM, ours)  # Ray installs its own; SIGTERM stays an interrupt for us
+            except ValueError:
+                pass
         return True
+
+    @staticmethod
+    def _check_reachable(address: str, timeout: float = 10.0) -> None:
+        import socket
+
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+        except (OSError, ValueError) as e:
+            raise RunError(f"cannot reach the Ray cluster at {address!r} ({getattr(e, 'strerror', None) or e}); "
+                           f"check the address (host:port of the head node's GCS, e.g. 10.0.0.1:6379)") from None
 
     def _pool(self) -> tuple[int, float]:
         """(actors, CPUs per actor) from the cluster's resources; fail fast where GPUs are missing."""

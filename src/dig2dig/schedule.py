@@ -125,11 +125,12 @@ def make_grid(spec: int | str | Sequence[int], num_timesteps: int = NUM_TIMESTEP
             raise bad from None
     grid = sorted({int(t) for t in spec}, reverse=True)
     if not grid:
-        raise ValueError("the timestep grid is empty")
+        raise ValueError("the timestep grid is empty; give a step count, 'power:N:P' or timesteps like '999,500,0'")
     if grid[0] >= num_timesteps or grid[-1] < 0:
-        raise ValueError(f"grid timesteps must lie in [0, {num_timesteps - 1}], got {grid[0]}..{grid[-1]}")
+        raise ValueError(f"grid timesteps must lie in [0, {num_timesteps - 1}], got {grid[0]}..{grid[-1]}; or give "
+                         f"a step count")
     if len(grid) != len(list(spec)):
-        raise ValueError(f"grid has repeated timesteps: {list(spec)}")
+        raise ValueError(f"grid has repeated timesteps: {list(spec)}; give each timestep once")
     return grid
 
 

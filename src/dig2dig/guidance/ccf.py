@@ -244,11 +244,19 @@ def resolve_extractor(obj):
         return obj
     if isinstance(obj, str) and ":" in obj:
         mod, attr = obj.split(":", 1)
-        target = importlib.import_module(mod)
-        for part in attr.split("."):
-            target = getattr(target, part)
+        try:
+            target = importlib.import_module(mod)
+            for part in attr.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ValueError(f"feature extractor {obj!r}: cannot import it ({type(e).__name__}: {e}); give "
+                             f"'module:attr' of an importable torch module or function") from None
         if isinstance(target, type):
-            target = target()
+            try:
+                target = target()
+            except Exception as e:  # noqa: BLE001 -- a class that needs arguments, or fails to build
+                raise ValueError(f"feature extractor {obj!r}: {attr}() cannot be created without arguments "
+                                 f"({type(e).__name__}: {e}); name a module instance or a factory") from None
         if callable(target):
             return target
     raise ValueError(f"feature_extractor must be a torch callable or 'module:attr', got {obj!r}")

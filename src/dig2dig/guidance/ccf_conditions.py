@@ -436,8 +436,15 @@ class FeatureMatch(Condition):
         if feature_extractor is None or not callable(feature_extractor):
             raise ValueError("the 'feature' condition needs a callable feature_extractor")
         self.extractor = feature_extractor
-        with torch.no_grad():
-            self.targets = [[t.detach() for t in _as_tensors(feature_extractor(s))] for s in self.sources]
+        try:
+            with torch.no_grad():
+                self.targets = [[t.detach() for t in _as_tensors(feature_extractor(s))] for s in self.sources]
+        except Exception as e:  # noqa: BLE001 -- the user's extractor: say what it did, as an input error
+            raise ValueError(f"the feature extractor {getattr(feature_extractor, '__name__', type(feature_extractor).__name__)}"
+                             f" failed on a source ({type(e).__name__}: {' '.join(str(e).split())[:160]}); it must map a "
+                             f"(B, C, H, W) tensor to a tensor or a list/dict of tensors") from None
+        if not any(t.numel() for target in self.targets for t in target):
+            raise ValueError("the feature extractor returned no tensors for the sources")
 
     def __call__(self, x):
         feats = _as_tensors(self.extractor(x))

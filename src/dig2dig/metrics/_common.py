@@ -68,5 +68,5 @@ def require_integer_levels(x: np.ndarray, name: str, metric: str) -> np.ndarray:
 def require_min_size(x: np.ndarray, min_side: int, metric: str) -> None:
     if min(x.shape) < min_side:
         raise MetricInputError(
-            f"{metric} needs images of at least {min_side}x{min_side} pixels, got {x.shape}"
+            f"{metric} needs images of at least {min_side}x{min_side} pixels, got {x.shape[1]}x{x.shape[0]}"
         )

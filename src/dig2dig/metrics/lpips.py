@@ -51,7 +51,8 @@ def _resolve_paths(weights) -> tuple[str, ...]:
         if not env:
             raise LPIPSWeightsError(
                 "LPIPS needs local AlexNet + LPIPS-head weights and none were given (nothing is "
-                f"downloaded). Fix: pass weights='path/to/file' (or a list of files), or set {ENV_VAR}="
+                f"downloaded). Fix: --lpips-weights PATHS on the command line, weights='path/to/file' (or a list "
+                f"of files) from Python, or set {ENV_VAR}="
                 "'alexnet-owt-7be5be79.pth" + os.pathsep + "alex.pth' (torchvision AlexNet trunk + "
                 "lpips v0.1 alex heads, or one combined state dict); see dig2dig.metrics.lpips for the layout"
             )
@@ -68,7 +69,7 @@ def _resolve_paths(weights) -> tuple[str, ...]:
         if not path.is_file():
             raise LPIPSWeightsError(
                 f"LPIPS weights file {str(path)!r} does not exist; pass an existing local file "
-                f"(weights=... or {ENV_VAR})"
+                f"(--lpips-weights, weights=... or {ENV_VAR})"
             )
         paths.append(str(path.resolve()))
     return tuple(paths)

@@ -48,6 +48,9 @@ def load_prior(
     """Load a prior from a path (file or folder); ``None`` or ``"embedded"`` -> the shipped prior."""
     device = check_device(device)
     if embedded.is_embedded(source):
+        if spec is not None:
+            raise ValueError("--prior-config (prior_spec=) describes a checkpoint given with --prior; the embedded "
+                             "prior has its own spec, so leave it out or give --prior")
         return load_embedded(device=device, dtype=dtype)
     path = Path(source).expanduser()
     if not path.exists():
@@ -126,7 +129,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, not a checkpoint at all, pickle with code, ...
         kind = "safetensors file" if path.suffix == ".safetensors" else "PyTorch checkpoint (.pt/.pth)"
-        detail = " ".join(str(e).split())[:200]
+        detail = " ".join(str(e).split())
+        if "weights_only" in detail or type(e).__name__ == "UnpicklingError":
+            detail = "it holds Python objects other than tensors, which dig2dig never unpickles"
+        detail = detail[:160] + ("…" if len(detail) > 160 else "")
         raise CheckpointError(f"cannot read {path} as a {kind} ({type(e).__name__}: {detail}); give a guided-diffusion "
                               f"checkpoint, a diffusers UNet2DModel folder or a dig2dig prior folder") from None
     for wrapper in ("state_dict", "model", "ema", "model_ema"):
@@ -140,15 +146,25 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_spec_file(path: Path) -> dict:
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"spec {path} is not a text file; give the JSON/YAML create_model flags") from None
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError:
             raise CheckpointError(f"reading {path} needs PyYAML (pip install pyyaml), or give the spec as JSON") from None
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise CheckpointError(f"spec {path} is not valid YAML ({' '.join(str(e).split())[:120]})") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"spec {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                                  f"give the create_model flags as a JSON object") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"spec {path} must be a mapping of architecture flags")
     return data

@@ -42,6 +42,9 @@ from ..io import atomic_write_bytes, atomic_write_text, list_images
 from ..schedule import alphas_cumprod
 
 
+SECTIONS = ("data", "optim", "run")
+
+
 @dataclass
 class TrainConfig:
     architecture: dict = field(default_factory=dict)
@@ -76,21 +79,50 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
-        raw = tomllib.loads(Path(path).read_text())
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {str(path)!r} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not valid TOML ({e}); see configs/prior.toml for the format") from None
         flat: dict = {}
         for key, value in raw.items():
             if key == "architecture":
                 flat["architecture"] = value
             elif isinstance(value, dict):
+                if key not in SECTIONS:
+                    raise ValueError(f"{path}: unknown section [{key}]; the sections are [architecture], "
+                                     f"[{'], ['.join(SECTIONS)}]")
                 flat.update(value)
             else:
                 flat[key] = value
         unknown = set(flat) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
+        defaults = cls()
+        for key, value in flat.items():  # each setting has its default's type (ints pass for floats)
+            want = type(getattr(defaults, key))
+            ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                flat[key], ok = float(value), True
+            if not ok:
+                raise ValueError(f"{path}: {key} = {value!r} must be {want.__name__} (like its default "
+                                 f"{getattr(defaults, key)!r})")
         cfg = cls(**flat)
         if cfg.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"{path}: lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+        bad = [f"{k} = {getattr(cfg, k)}" for k in ("crop", "batch", "eval_every", "log_every", "checkpoint_every")
+               if getattr(cfg, k) < 1]
+        bad += [f"{k} = {getattr(cfg, k)}" for k in ("lr", "grad_clip") if not getattr(cfg, k) > 0]
+        bad += [f"{k} = {getattr(cfg, k)}" for k in ("max_steps", "warmup", "weight_decay", "lr_min", "threads")
+                if getattr(cfg, k) < 0]
+        if not 0 <= cfg.ema < 1 or not 0 <= cfg.uniform_fraction <= 1:
+            bad.append(f"ema = {cfg.ema} and uniform_fraction = {cfg.uniform_fraction} must lie in [0, 1)/[0, 1]")
+        if len(cfg.weights) != len(cfg.folders) or any(w < 0 for w in cfg.weights) or not sum(cfg.weights) > 0:
+            bad.append(f"weights = {cfg.weights}: one non-negative weight per folder ({len(cfg.folders)})")
+        if bad:
+            raise ValueError(f"{path}: out of range: {'; '.join(bad)}")
         return cfg
 
     def lr_at(self, step: int, opt_steps: int) -> float:
@@ -208,9 +240,12 @@ class Trainer:
         from .compact import CompactConfig, CompactUNet
         from .evaluate import load_gray_folder
 
+        from .loaders import check_device
+
         self.cfg, self.out, self.log, self.config_path = cfg, Path(out), log, str(config_path)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.out.exists() and not self.out.is_dir():
+            raise NotADirectoryError(20, f"--out {str(self.out)!r} is a file; give a folder for the run", str(self.out))
+        self.dev = check_device(device)
         root = _data_root(cfg, data_root)
         self.data = LumaCrops(root, cfg.folders, cfg.weights, cfg.exclude, cfg.crop)
         self.check = load_gray_folder(root / cfg.check_folder) if cfg.check_folder else {}
@@ -228,6 +263,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.last = self.out / "last.pt"
+        self.out.mkdir(parents=True, exist_ok=True)  # only once everything above is known to be usable
 
     # --- starting points ---------------------------------------------------------------------
     def resume(self) -> bool:
@@ -392,9 +428,18 @@ def train(config_path: str | Path, out: str | Path, *, data_root: str | None = N
         cfg.threads = threads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    existed = Path(out).exists()
     trainer = Trainer(cfg, Path(out), data_root=data_root, device=device, config_path=config_path, log=log)
-    if not trainer.resume() and init:
-        trainer.warm_start(init)
+    try:
+        if not trainer.resume() and init:
+            trainer.warm_start(init)
+    except BaseException:
+        if not existed:  # a refused start leaves no empty run folder behind
+            try:
+                Path(out).rmdir()
+            except OSError:
+                pass
+        raise
     return trainer.run(minutes)
 
 
