@@ -141,3 +141,23 @@ def test_option_validation_names_the_value_and_the_range():
     assert m.configure({"interval": "5", "temperature": "2"}).values()["interval"] == 5  # text from the CLI
     with pytest.raises(ValueError, match="unknown CCF condition"):
         get_method("ccf").configure({"conditions": "mse,nope"})
+
+
+SHARED_MATH = {"luma", "gaussian_taps", "gaussian_blur", "local_ssim", "ssim_terms", "sobel", "x0_from_eps",
+               "item_noise", "to_signed", "to_unit"}
+
+
+def test_the_shared_image_math_is_defined_once():
+    """The helpers of functional.py have no second definition (under any of these names) elsewhere;
+    methods that delegate to them (``Denoiser.x0_from_eps``) are not definitions."""
+    homes: dict[str, list[str]] = {}
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        methods = {id(f) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for f in c.body}
+        for node in ast.walk(tree):
+            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(node) not in methods
+                    and node.name.lstrip("_") in SHARED_MATH):
+                homes.setdefault(node.name.lstrip("_"), []).append(str(path.relative_to(SRC)))
+    assert set(homes) <= SHARED_MATH
+    again = {k: v for k, v in homes.items() if v != ["functional.py"]}
+    assert not again, f"defined outside functional.py: {again}"
