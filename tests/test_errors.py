@@ -309,7 +309,7 @@ def test_the_memory_estimate_refuses_an_image_too_big_for_the_machine(env, capsy
     monkeypatch.setattr(mem, "available_bytes", lambda device: 10_000)
     assert main([a.format(**env) for a in FUSE]) == EXIT_RESOURCE
     err = capsys.readouterr().err
-    assert "needs about" in err and "are free on cpu" in err and not Path(env["out"]).exists()
+    assert "needs about" in err and "are free on cpu" in err and "--tile" in err and not Path(env["out"]).exists()
 
 
 def _batch_cmd(ds: str, out: Path, prior: str) -> list[str]:

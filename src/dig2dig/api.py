@@ -74,7 +74,7 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def check_memory(den, images: float, height: int, width: int) -> None:
+def check_memory(den, images: float, height: int, width: int, tiled: bool = False) -> None:
     """Refuse a run whose prior forward would not fit in the device's free memory (before any work)."""
     from .errors import ResourceError
     from .prior.memory import available_bytes, forward_bytes, gigabytes
@@ -84,8 +84,9 @@ def check_memory(den, images: float, height: int, width: int) -> None:
     if have is not None and need > have:
         raise ResourceError(
             f"fusing {width}x{height} needs about {gigabytes(need)} for the prior's forward "
-            f"({images:g} image(s) at a time), but {gigabytes(have)} are free on {den.device}; fuse smaller images "
-            f"(or crops), fewer at a time, or on a machine with more memory")
+            f"({images:g} image(s) at a time), but {gigabytes(have)} are free on {den.device}; "
+            + ("use smaller tiles (--tile 256 --tile-batch 1), " if tiled else "tile the image (--tile auto or "
+               "--tile 256), ") + "fuse fewer images at a time, or use a machine with more memory")
 
 
 def derive_seed(seed: int, item_id: str | int) -> int:
@@ -270,7 +271,7 @@ def fuse_batch(
             if tile is None:
                 check_memory(den, images, *shape)
             else:
-                check_memory(den, popts.tile_batch, min(tile, shape[0]), min(tile, shape[1]))
+                check_memory(den, popts.tile_batch, min(tile, shape[0]), min(tile, shape[1]), tiled=True)
     results: list[FusionResult | None] = [None] * len(items)
     run = _Run(m, opts, grid, den, popts, tiles, history=history, record=record, profile=profile,
                progress=progress)
