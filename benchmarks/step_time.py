@@ -25,7 +25,7 @@ def main() -> int:
     ap.add_argument("--prior")
     ap.add_argument("--pair", default=str(SHARED / "data/fusion/vif/msrs/00001D"))
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--method", default="ddfm")
+    ap.add_argument("--method", default="ddfm", help="a method spec as bench reads it, e.g. dig2dig:interval=7")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the measurements here")
     args = ap.parse_args()
@@ -33,6 +33,7 @@ def main() -> int:
     import torch
 
     import dig2dig
+    from dig2dig.bench import parse_method
     from dig2dig.io import list_images
     from dig2dig.prior import embedded_available, load_prior
     from dig2dig.prior.base import Denoiser, PriorSpec
@@ -53,9 +54,10 @@ def main() -> int:
         den = Denoiser(net, PriorSpec("dig2dig", cfg.to_dict(), 1, cfg.spatial_multiple, name="random-compact"), net)
     pair = Path(args.pair)
     files = list_images(pair)
-    dig2dig.fuse(files, method=args.method, steps=2, prior=den)  # warm-up
+    _, method, opts = parse_method(args.method)
+    dig2dig.fuse(files, method=method, steps=2, prior=den, **opts)  # warm-up
     t0 = time.perf_counter()
-    r = dig2dig.fuse(files, method=args.method, steps=args.steps, prior=den)
+    r = dig2dig.fuse(files, method=method, steps=args.steps, prior=den, **opts)
     wall = time.perf_counter() - t0
     t = r.timings
     outside = wall - t["prior_forward_s"]

@@ -155,13 +155,17 @@ def part_memory(args) -> list[str]:
     for r in rows:
         wall = f"{r['wall_s']:.1f}" if "wall_s" in r else f"{r['per_tile_s']:.1f} s per 256² tile"
         lines.append(f"| {r['prior']} | {r['size'][1]}x{r['size'][0]} | {r['tile']} | {wall} | {r['peak_rss_gb']:.2f} |")
+    from dig2dig.prior.execution import tile_positions
+
+    n_tiles = len(tile_positions(3840, 256, 64)) * len(tile_positions(2160, 256, 64))
     small = {r["tile"]: r["wall_s"] for r in rows if r["prior"] == "embedded" and r["size"][0] == 1080}
     big = {r["tile"]: r["wall_s"] for r in rows if r["prior"] == "embedded" and r["size"][0] == 2160}
     lines.append("")
     lines.append(f"Time 3840×2160 / 1920×1080 (4× the pixels): whole {big['off'] / small['off']:.2f}×, tiles of 512 "
                  f"{big[512] / small[512]:.2f}×. ADM-256 tiled: the peak after three chunks of four 256² tiles (the "
                  f"peak of a whole tiled run; a whole 4K forward of ADM-256 takes "
-                 f"{[r for r in rows if r['prior'] == 'adm256'][0]['per_tile_s'] * 228 / 60:.0f} min on this CPU).")
+                 f"{[r for r in rows if r['prior'] == 'adm256'][0]['per_tile_s'] * n_tiles / 60:.0f} min on this CPU in "
+                 f"{n_tiles} tiles).")
     return lines
 
 
