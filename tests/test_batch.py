@@ -86,7 +86,8 @@ def test_items_from_a_folder_a_manifest_and_globs(tmp_path):
     ("id,ir,vis\na,x.png,y.png\na,x.png,y.png\n", "appears twice"),
     ("id,ir,vis\n../up,x.png,y.png\n", "cannot name a file"),
     ("name,ir,vis\na,x.png,y.png\n", "'id' column"),
-    ("id,ir,vis\na,x.png,\n", "1 source(s)"),
+    ("id,ir,vis\na,x.png,y.png,z.png\n", "more cells than the header"),
+    ("id,ir,vis\n\n\n,,\nb,x.png,y.png,z.png\n", "m.csv:5: the row has more cells"),  # the file's line
     ("id,ir,vis,seed\na,x.png,y.png,seven\n", "not an integer"),
     ("id,ir,vis,output\na,x.png,y.png,/etc/passwd\n", "inside the output folder"),
 ])
@@ -95,6 +96,16 @@ def test_bad_manifests_are_refused_with_the_row(tmp_path, content, message):
     m.write_text(content)
     with pytest.raises(RunError, match=message.replace("(", r"\(").replace(")", r"\)")):
         collect_items([m])
+
+
+def test_a_manifest_row_with_one_source_fails_alone_and_empty_rows_are_skipped(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=2)
+    m = tmp_path / "m.csv"
+    m.write_text(f"id,ir,vis\r\na,{ds}/p00/ir.png,{ds}/p00/vis.png\r\n,,\r\nb,{ds}/p01/ir.png,\r\n")
+    items = collect_items([m])
+    assert [it.id for it in items] == ["a", "b"]
+    s = run_batch(items, tmp_path / "out", RunConfig(method="average"), **QUIET)
+    assert s.done == 1 and [f["id"] for f in s.failed] == ["b"] and "m.csv:4 lists 1 source(s)" in s.failed[0]["error"]
 
 
 def test_bad_inputs(tmp_path):
@@ -116,6 +127,14 @@ def test_shards_from_flags_and_the_environment():
     assert parse_shard(None, {"RANK": "2", "WORLD_SIZE": "3"}) == (2, 3)
     assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4",
                               "SLURM_ARRAY_TASK_MIN": "2"}) == (3, 4)
+    # --array=0-8:2: five tasks 0, 2, 4, 6, 8 are shards 0 … 4
+    step = {"SLURM_ARRAY_TASK_COUNT": "5", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "8",
+            "SLURM_ARRAY_TASK_STEP": "2"}
+    assert [parse_shard(None, {**step, "SLURM_ARRAY_TASK_ID": str(t)}) for t in (0, 2, 4, 6, 8)] == \
+        [(i, 5) for i in range(5)]
+    with pytest.raises(RunError, match="not evenly spaced"):  # --array=1,3,7
+        parse_shard(None, {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1",
+                           "SLURM_ARRAY_TASK_MAX": "7"})
     for bad in ("4/4", "-1/2", "x", "1/0", "1"):
         with pytest.raises(RunError, match="I/N"):
             parse_shard(bad, {})
@@ -173,7 +192,8 @@ def test_a_crash_at_each_stage_resumes(tmp_path):
     s = run_batch(items, out, RunConfig(method="guided"), **QUIET)
     assert s.done == 3 and not stale.exists() and not list(out.rglob("*.part"))
     assert files_of(out) == files_of(ref)
-    assert read_log(out / "log.jsonl")[-1]["event"] == "end"
+    events = [r["event"] for r in read_log(out / "log.jsonl")]
+    assert events[-1] == "end" and events.count("start") == 2  # the torn line did not swallow the rerun's start
 
 
 def test_live_temporary_files_of_other_writers_are_left_alone(tmp_path):
@@ -181,9 +201,11 @@ def test_live_temporary_files_of_other_writers_are_left_alone(tmp_path):
 
     mine = tmp_path / f".x.png~{os.uname().nodename}~{os.getpid()}~abcd.part"
     other_host = tmp_path / ".x.png~elsewhere~1~abcd.part"
-    for f in (mine, other_host):
+    old_other_host = tmp_path / ".y.png~elsewhere~1~abcd.part"  # a cluster worker killed days ago
+    for f in (mine, other_host, old_other_host):
         f.write_bytes(b"")
-    assert remove_stale_temps(tmp_path) == [] and mine.exists() and other_host.exists()
+    os.utime(old_other_host, (time.time() - 3 * 86400,) * 2)
+    assert remove_stale_temps(tmp_path) == [old_other_host] and mine.exists() and other_host.exists()
 
 
 def test_one_run_per_folder_and_shards_side_by_side(tmp_path):
@@ -210,6 +232,23 @@ def test_one_run_per_folder_and_shards_side_by_side(tmp_path):
         a.unlock()
         b.unlock()
     OutputFolder(out).lock()  # released
+
+
+def test_shards_of_another_split_are_refused_and_named(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    a = OutputFolder(out, (0, 2))
+    a.lock()
+    try:
+        with pytest.raises(RunError, match=r"shard\(s\) 0/2 .* another number of shards"):
+            OutputFolder(out, (0, 3)).lock()  # 0/3 and 0/2 share items
+        with pytest.raises(RunError, match=r"in use by shard\(s\) 0/2 of another run"):
+            OutputFolder(out).lock()
+    finally:
+        a.unlock()
+    b = OutputFolder(out, (0, 3))
+    b.lock()  # free again
+    b.unlock()
 
 
 def test_a_crashed_run_leaves_no_lock(tmp_path):
@@ -314,8 +353,8 @@ def test_shards_together_equal_the_whole_run(tmp_path, tiny_gray_prior_path):
 def test_worker_processes_give_the_same_bytes(tmp_path, tiny_gray_prior_path):
     ds = make_dataset(tmp_path / "ds", n=3)
     items = collect_items([ds])
-    run_batch(items, tmp_path / "one", _diffusion(tiny_gray_prior_path), **QUIET)
-    s = run_batch(items, tmp_path / "two", _diffusion(tiny_gray_prior_path), workers=2, **QUIET)
+    run_batch(items, tmp_path / "one", _diffusion(tiny_gray_prior_path), threads=1, **QUIET)
+    s = run_batch(items, tmp_path / "two", _diffusion(tiny_gray_prior_path), workers=2, threads=1, **QUIET)
     assert s.done == 3 and files_of(tmp_path / "two") == files_of(tmp_path / "one")
     start = next(r for r in read_log(tmp_path / "two" / "log.jsonl") if r["event"] == "start")
     assert start["executor"]["workers"] == 2 and start["executor"]["threads"] >= 1
@@ -389,3 +428,95 @@ def test_sigterm_stops_worker_processes_and_every_output_is_logged(tmp_path, tin
     on_disk = {p.stem for p in out.glob("p*.json")}
     assert logged and on_disk == logged  # nothing written that the log does not know of
     assert read_log(out / "log.jsonl")[-1]["interrupted"] is True
+
+
+def test_what_task_detection_reads_is_part_of_the_key(tmp_path):
+    """Renaming manifest columns (a/b -> ir/vis) changes the detected task, so it changes the key."""
+    ds = make_dataset(tmp_path / "ds", n=1)
+    out = tmp_path / "out"
+    m = tmp_path / "m.csv"
+    m.write_text(f"id,a,b\nx,{ds}/p00/vis.png,{ds}/p00/ir.png\n")
+    run_batch(collect_items([m]), out, RunConfig(method="average"), **QUIET)
+    m.write_text(f"id,vis,ir\nx,{ds}/p00/vis.png,{ds}/p00/ir.png\n")
+    with pytest.raises(RunError, match="task_hints"):
+        run_batch(collect_items([m]), out, RunConfig(method="average"), **QUIET)
+
+
+def test_the_key_holds_the_prior_architecture_device_threads_and_version(tmp_path, tiny_gray_prior_path):
+    ds = make_dataset(tmp_path / "ds", n=1)
+    items = collect_items([ds])
+    run_batch(items, tmp_path / "out", _diffusion(tiny_gray_prior_path), threads=1, **QUIET)
+    cfg = json.loads((tmp_path / "out" / "p00.json").read_text())["config"]
+    assert len(cfg["prior_spec_sha256"]) == 64 and cfg["dig2dig"] == dig2dig.__version__
+    assert cfg["compute"] == {"device": "cpu", "threads": 1}
+    # float sums depend on the CPU thread count: a resume with other threads is another configuration
+    with pytest.raises(RunError, match="compute"):
+        run_batch(items, tmp_path / "out", _diffusion(tiny_gray_prior_path), threads=2, **QUIET)
+
+
+def test_damaged_sidecars_long_ids_and_items_named_summary(tmp_path):
+    from dig2dig.jobs import iter_sidecars
+
+    root = tmp_path / "ds"
+    make_dataset(root, n=2)
+    long_id = "x" * 240
+    (root / "p00").rename(root / long_id)
+    (root / "p01").rename(root / "summary_cam")
+    out = tmp_path / "out"
+    s = run_batch(collect_items([root]), out, RunConfig(method="average"), **QUIET)
+    assert s.done == 2 and not s.failed
+    assert sorted(r["id"] for r in iter_sidecars(out)) == ["summary_cam", long_id]
+    (out / "summary_cam.json").write_text("[1, 2]")  # not a sidecar of ours: the item is redone
+    (out / f"{long_id}.json").write_text('{"key": "x", "config": null}')  # another key, no config
+    with pytest.raises(RunError, match="other settings"):
+        run_batch(collect_items([root]), out, RunConfig(method="average"), **QUIET)
+    s = run_batch(collect_items([root]), out, RunConfig(method="average"), overwrite=True, **QUIET)
+    assert s.done == 2
+
+
+def test_an_item_output_that_cannot_hold_16_bits_is_refused_before_work(tmp_path):
+    ds = make_dataset(tmp_path / "ds", n=1)
+    m = tmp_path / "m.csv"
+    m.write_text(f"id,ir,vis,output\nx,{ds}/p00/ir.png,{ds}/p00/vis.png,x.jpg\n")
+    with pytest.raises(RunError, match="cannot hold 16 bits"):
+        run_batch(collect_items([m]), tmp_path / "out", RunConfig(method="average", bit_depth=16), **QUIET)
+    assert not (tmp_path / "out").exists()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_dead_worker_costs_only_its_item(tmp_path, tiny_gray_prior_path):
+    """A worker process killed mid-item: a new pool takes over, that item is tried again, all finish."""
+    import threading
+
+    ds = make_dataset(tmp_path / "ds", n=6, size=(64, 64))
+    out = tmp_path / "out"
+    cfg = RunConfig(method="dig2dig", steps=4, seed=5, prior=str(tiny_gray_prior_path))
+    result = {}
+    t = threading.Thread(target=lambda: result.update(s=run_batch(collect_items([ds]), out, cfg, workers=2,
+                                                                  threads=1, **QUIET)))
+    t.start()
+    killed = None
+    deadline = time.time() + 120
+    while time.time() < deadline and t.is_alive() and killed is None:
+        if any(r.get("status") == "done" for r in read_log(out / "log.jsonl")):
+            workers = [c for c in _children(os.getpid()) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            if workers:
+                killed = workers[0]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.005)
+    t.join(300)
+    assert killed is not None, "no worker was killed (the run ended first)"
+    s = result["s"]
+    assert (s.done, s.failed) == (6, []), s.failed
+    ref = run_batch(collect_items([ds]), tmp_path / "ref", cfg, threads=1, **QUIET)
+    assert ref.done == 6 and files_of(out) == files_of(tmp_path / "ref")

@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=_positive_int, default=1, help="local: worker processes; ray: actors (default: 1 "
                    "local; ray: sized to the cluster)")
     b.add_argument("--threads", type=_positive_int, help="torch threads per worker (default: the CPUs divided among "
-                   "the workers)")
+                   "the local workers; 1 per Ray actor); on a CPU the output bytes depend on it, so it is part of each "
+                   "item's configuration")
     b.add_argument("--ray-address", metavar="ADDRESS", help="join a running Ray cluster (e.g. 10.0.0.1:6379 or auto); "
                    "default: start a local one")
     b.add_argument("--overwrite", action="store_true", help="redo items that were fused with other settings "

@@ -306,7 +306,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     p = Path(path)
     if not p.parent.exists():
         raise FileNotFoundError(f"output folder {str(p.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}~{_HOST}~{os.getpid()}~", suffix=".part", dir=str(p.parent))
+    # the name part is cut so that long item names still give a legal file name (255 bytes)
+    short = p.name.encode()[:100].decode(errors="ignore")
+    fd, tmp = tempfile.mkstemp(prefix=f".{short}~{_HOST[:40]}~{os.getpid()}~", suffix=".part", dir=str(p.parent))
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -398,21 +400,23 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False, older_than_s: float = 3600.0) -> list[Path]:
     """Remove the temporary files that killed writers left in ``folder``: those of a process on
-    this host that no longer runs, and unattributable ones older than ``older_than_s``.  Temporary
-    files of live writers (other runs, other hosts sharing the folder) are left alone."""
+    this host that no longer runs, and those of other hosts (killed cluster workers) or of no known
+    writer once older than ``older_than_s``.  Temporary files of live writers on this host, and
+    recent ones of other hosts sharing the folder, are left alone."""
     root = Path(folder)
     if not root.is_dir():
         return []
     removed = []
     for f in (root.rglob(".*.part") if recursive else root.glob(".*.part")):
         parts = f.name[:-len(".part")].split("~")
-        if len(parts) >= 4 and parts[-2].isdigit():
-            stale = parts[-3] == _HOST and not _pid_alive(int(parts[-2]))
-        else:
-            try:
-                stale = time.time() - f.stat().st_mtime > older_than_s
-            except FileNotFoundError:
-                continue
+        try:
+            old = time.time() - f.stat().st_mtime > older_than_s
+        except FileNotFoundError:
+            continue
+        if len(parts) >= 4 and parts[-2].isdigit() and parts[-3] == _HOST[:40]:
+            stale = not _pid_alive(int(parts[-2]))
+        else:  # another host's (a killed cluster worker) or unattributable: stale once old
+            stale = old
         if stale:
             f.unlink(missing_ok=True)
             removed.append(f)

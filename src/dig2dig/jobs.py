@@ -40,7 +40,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ class Item:
     seed: int | None = None  # per item (manifest); None: derive_seed(run seed, id)
     output: str | None = None  # relative to the output folder (manifest); None: <id>.<ext>
     missing: tuple[str, ...] = ()  # glob patterns that matched no file of this stem
+    error: str | None = None  # known before any work (a manifest row with one source): fails, the run goes on
 
 
 def _check_id(item_id: str, where: str) -> str:
@@ -130,8 +131,14 @@ def items_from_manifest(path: str | Path) -> list[Item]:
         if not reader.fieldnames or "id" not in reader.fieldnames:
             raise RunError(f"manifest {path} needs a header row with an 'id' column and source columns, "
                            f"e.g. 'id,ir,vis'; its header is {reader.fieldnames}")
-        for n, row in enumerate(reader, start=2):
-            rows.append((f"{path}:{n}", row))
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row:
+                raise RunError(f"{where}: the row has more cells than the header has columns "
+                               f"({len(reader.fieldnames)}: {', '.join(reader.fieldnames)}); name every column")
+            if not any(str(v or "").strip() for v in row.values()):
+                continue  # an empty row (",,," from a spreadsheet)
+            rows.append((where, row))
     else:
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -153,8 +160,7 @@ def items_from_manifest(path: str | Path) -> list[Item]:
             cols = [k for k in row if k not in RESERVED_COLUMNS and k is not None and str(row[k] or "").strip()]
             srcs = [str(row[k]).strip() for k in cols]
             names = tuple(f"{k}{Path(s).suffix}" for k, s in zip(cols, srcs))
-        if len(srcs) < 2:
-            raise RunError(f"{where}: item {row.get('id')!r} has {len(srcs)} source(s); fusion needs two or more")
+        error = (f"{where} lists {len(srcs)} source(s); a source is missing" if len(srcs) < 2 else None)
         srcs = [str(p if (p := Path(s).expanduser()).is_absolute() else base / p) for s in srcs]
         out = str(row.get("output") or "").strip() or None
         if out is not None and (Path(out).is_absolute() or ".." in Path(out).parts):
@@ -167,7 +173,7 @@ def items_from_manifest(path: str | Path) -> list[Item]:
         if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
             raise RunError(f"{where}: id {row['id']!r} must be a string or a number")
         items.append(Item(_check_id(row["id"], where), tuple(srcs), names, task, _seed_value(row.get("seed"), where),
-                          out))
+                          out, error=error))
     return items
 
 
@@ -238,19 +244,29 @@ def collect_items(inputs: Sequence[str | Path]) -> list[Item]:
 
 def parse_shard(spec: str | None, env: dict | None = None) -> tuple[int, int]:
     """``"I/N"`` -> (I, N) with 0 <= I < N; by default from RANK/WORLD_SIZE, then the SLURM array
-    (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT), else (0, 1)."""
+    ((SLURM_ARRAY_TASK_ID - MIN) / STEP of SLURM_ARRAY_TASK_COUNT; an array that is not evenly spaced,
+    such as ``--array=1,3,7``, is refused), else (0, 1)."""
     env = os.environ if env is None else env
     where = "--shard"
     if spec is None:
         if env.get("RANK") is not None and env.get("WORLD_SIZE") is not None:
             spec, where = f"{env['RANK']}/{env['WORLD_SIZE']}", "RANK/WORLD_SIZE"
         elif env.get("SLURM_ARRAY_TASK_ID") is not None and env.get("SLURM_ARRAY_TASK_COUNT") is not None:
+            where = "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT"
             try:
-                first = int(env.get("SLURM_ARRAY_TASK_MIN", "0") or 0)
-                spec = f"{int(env['SLURM_ARRAY_TASK_ID']) - first}/{env['SLURM_ARRAY_TASK_COUNT']}"
+                tid, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
+                first = int(env.get("SLURM_ARRAY_TASK_MIN") or 0)
+                last = int(env.get("SLURM_ARRAY_TASK_MAX") or first + count - 1)
+                step = int(env.get("SLURM_ARRAY_TASK_STEP") or 1)
             except ValueError:
                 spec = f"{env['SLURM_ARRAY_TASK_ID']}/{env['SLURM_ARRAY_TASK_COUNT']}"
-            where = "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT"
+            else:
+                # shards must be 0 … N-1: only an array MIN-MAX[:STEP] with COUNT tasks maps onto them
+                if step < 1 or last - first != (count - 1) * step or (tid - first) % step:
+                    raise RunError(f"the SLURM array (ids {first}-{last}, step {step}, {count} tasks) is not "
+                                   f"evenly spaced, so its tasks cannot be numbered as shards; give each task "
+                                   f"--shard I/N explicitly")
+                spec = f"{(tid - first) // step}/{count}"
         else:
             return 0, 1
     i, sep, n = str(spec).partition("/")
@@ -290,9 +306,11 @@ class RunConfig:
     bit_depth: int | None = None  # None: 16 if a source is 16-bit and the format allows, else 8
     max_pixels: int | None = None  # None: dig2dig.io.MAX_PIXELS
 
-    def resolve(self) -> ResolvedRun:
+    def resolve(self, prior_device: str | None = "run") -> ResolvedRun:
         """Validate everything before any item runs: method, options, steps, task, output format,
-        device, and the prior (loaded once here, which also checks it)."""
+        device, and the prior (loaded once here, which also checks it).  ``prior_device``: where the
+        driver loads the prior to check it ("run": the run's device; "cpu" when the items run on a
+        cluster whose devices this machine may not have)."""
         from .methods import get_method
         from .tasks import TASKS
 
@@ -315,8 +333,11 @@ class RunConfig:
             grid = m.grid(self.steps if self.steps is not None else m.default_steps, opts)
             from .prior import resolve_prior
 
-            den = resolve_prior(self.prior, prior_spec=self.prior_spec, device=self.device)
-            prior = {"name": den.spec.name, "sha256": den.spec.sha256, "source": den.spec.source}
+            den = resolve_prior(self.prior, prior_spec=self.prior_spec,
+                                device=self.device if prior_device == "run" else prior_device)
+            what = {k: v for k, v in den.spec.to_dict().items() if k not in ("name", "source", "sha256", "extra")}
+            prior = {"name": den.spec.name, "sha256": den.spec.sha256, "source": den.spec.source,
+                     "spec_sha256": hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()}
         else:
             if self.steps is not None:
                 raise RunError(f"method {m.name!r} is not a diffusion method and takes no steps")
@@ -334,6 +355,7 @@ class ResolvedRun:
     prior: dict | None  # name, sha256, source; None for classical methods
     ext: str
     prior_options: dict = field(default_factory=dict)  # tiles, precision, compilation
+    compute: dict = field(default_factory=dict)  # device type and CPU threads: they change the bytes too
 
     def item_seed(self, item: Item) -> int:
         from .api import derive_seed
@@ -344,12 +366,26 @@ class ResolvedRun:
         return item.task or self.config.task
 
     def item_config(self, item: Item, source_sha: list[str]) -> dict:
-        """What decides the item's output bytes (hashed into its key)."""
-        return {"method": self.method, "options": self.options, "prior_options": self.prior_options,
-                "grid": self.grid, "seed": self.item_seed(item),
-                "task": self.item_task(item), "prior_sha256": self.prior["sha256"] if self.prior else None,
-                "sources_sha256": source_sha, "resize": self.config.resize, "format": self.ext,
-                "bit_depth": self.config.bit_depth}
+        """What decides the item's output bytes (hashed into its key): the method and its settings, the
+        prior's weights and architecture, the sources, what task detection reads, the output format,
+        where and with how many CPU threads it runs (float sums differ), and dig2dig's version."""
+        from ._version import __version__
+        from .tasks import name_hints
+
+        task = self.item_task(item)
+        names = list(item.names or [str(Path(s)) for s in item.sources])
+        out = {"method": self.method, "options": self.options, "prior_options": self.prior_options,
+               "grid": self.grid, "seed": self.item_seed(item), "task": task,
+               "prior_sha256": self.prior["sha256"] if self.prior else None,
+               "prior_spec_sha256": self.prior.get("spec_sha256") if self.prior else None,
+               "sources_sha256": source_sha, "resize": self.config.resize,
+               "format": Path(item.output).suffix.lower() if item.output else self.ext,
+               "bit_depth": self.config.bit_depth, "dig2dig": __version__}
+        if task == "auto":
+            out["task_hints"] = name_hints(names)
+        if self.prior:  # classical methods run the same NumPy/OpenCV code on any machine
+            out["compute"] = self.compute
+        return out
 
     def describe(self) -> dict:
         c = self.config
@@ -397,7 +433,8 @@ class OutputFolder:
 
     def lock(self) -> None:
         """One run per folder: an exclusive lock for an unsharded run; a shared lock on the folder plus
-        an exclusive one on its shard for a sharded run (shards of one run may work side by side)."""
+        an exclusive one on its shard for a sharded run (shards of one split may work side by side,
+        shards of another split -- another N -- may not, as they would share items)."""
         import fcntl
 
         index, count = self.shard
@@ -409,7 +446,9 @@ class OutputFolder:
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run"
+                live = self._live_shards()
+                holder = (f"shard(s) {', '.join(live)} of another run" if live and path.name == ".dig2dig.lock"
+                          else os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run")
                 os.close(fd)
                 self.unlock()
                 raise RunError(f"{self.root} is in use by {holder}; wait for it to finish or use another output "
@@ -418,9 +457,41 @@ class OutputFolder:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"dig2dig run pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
             self._locks.append(fd)
+        if count > 1:
+            other = [t for t in self._live_shards() if not t.endswith(f"/{count}")]
+            if other:
+                self.unlock()
+                raise RunError(f"{self.root} is in use by shard(s) {', '.join(other)} of a run split into another "
+                               f"number of shards; wait for them, or use the same split (--shard I/N with their N)")
+
+    def _live_shards(self) -> list[str]:
+        """'I/N' of the shard locks that a live run holds (never those of this process)."""
+        import fcntl
+        import re
+
+        live = []
+        for p in sorted(self.root.glob(".dig2dig.shard-*-of-*.lock")):
+            m = re.fullmatch(r"\.dig2dig\.shard-(\d+)-of-(\d+)\.lock", p.name)
+            if not m or (int(m[1]), int(m[2])) == self.shard:
+                continue
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                live.append(f"{m[1]}/{m[2]}")
+            finally:
+                os.close(fd)
+        return live
 
     def unlock(self) -> None:
         for fd in self._locks:
+            try:
+                os.ftruncate(fd, 0)  # no stale "in use by" text for the next reader
+            except OSError:
+                pass
             os.close(fd)  # closing releases the flock
         self._locks.clear()
 
@@ -440,6 +511,10 @@ class OutputFolder:
             rec = json.loads(sidecar.read_text())
         except (OSError, json.JSONDecodeError):
             return "todo", None
+        if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
+            return "todo", None  # not a sidecar of ours (or damaged): redone
+        if not isinstance(rec.get("config"), dict):
+            rec["config"] = {}
         if rec.get("key") != key:
             return "changed", rec
         if not output.is_file() or file_sha256(output) != rec.get("output_sha256"):
@@ -449,8 +524,11 @@ class OutputFolder:
     def append_log(self, record: dict) -> None:
         """One JSON line, flushed and fsync'd: the log survives a kill at any instant."""
         line = json.dumps({"time": round(time.time(), 3), **record}, default=str) + "\n"
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line  # a line torn by a kill: end it, so that this record stays whole
             os.write(fd, line.encode())
             os.fsync(fd)
         finally:
@@ -556,9 +634,11 @@ class Progress:
 RUN_FILES = ("log", "summary")  # log[.shard-I-of-N].jsonl, summary[.shard-I-of-N].json
 
 
-def check_outputs(items: Sequence[Item], folder: OutputFolder, ext: str, inputs: Sequence[str | Path] = ()) -> None:
-    """Before any work: no two items write one file, no item writes over the run's own files, and the
-    output folder is not where sources live (outputs would become the next run's inputs)."""
+def check_outputs(items: Sequence[Item], folder: OutputFolder, ext: str, inputs: Sequence[str | Path] = (),
+                  bit_depth: int | None = None) -> None:
+    """Before any work: no two items write one file, no item writes over the run's own files, every
+    item's format can hold the bit depth, and the output folder is not where sources live (outputs
+    would become the next run's inputs)."""
     out = folder.root.resolve()
     for root in inputs:
         r = Path(root).resolve()
@@ -573,6 +653,9 @@ def check_outputs(items: Sequence[Item], folder: OutputFolder, ext: str, inputs:
                 raise RunError(f"the output folder {str(folder.root)!r} holds the sources of item {it.id!r} ({s}); "
                                f"choose a folder apart from the sources")
         image, side = folder.paths(it, ext)
+        if bit_depth == 16 and image.suffix.lower() not in (".png", ".tif", ".tiff"):
+            raise RunError(f"item {it.id!r} writes {image.name}, which cannot hold 16 bits; give it a .png or .tif "
+                           f"output, or leave out --bit-depth 16")
         for p in (image, side):
             if p.parent.resolve() == out and p.name.split(".")[0] in RUN_FILES:
                 raise RunError(f"item {it.id!r} would write {p.name}, a name the run keeps for its "
@@ -592,9 +675,13 @@ def plan_jobs(items: Sequence[Item], run: ResolvedRun, folder: OutputFolder, ove
     jobs, done, failed, changed = [], 0, [], []
     for it in items:
         out, side = folder.paths(it, run.ext)
-        if len(it.sources) < 2:  # a pair folder with one image, a stem some pattern lacks
-            why = (f"no file of this stem matches {', '.join(repr(p) for p in it.missing)}" if it.missing else
-                   f"only {len(it.sources)} image ({Path(it.sources[0]).name}); a source is missing")
+        if it.error or len(it.sources) < 2:  # a pair folder with one image, a stem some pattern lacks
+            if it.error:
+                why = it.error
+            elif it.missing:
+                why = f"no file of this stem matches {', '.join(repr(p) for p in it.missing)}"
+            else:
+                why = f"only {len(it.sources)} image ({Path(it.sources[0]).name}); a source is missing"
             failed.append({"id": it.id, "error": f"{why}; fusion needs two or more sources"})
             continue
         try:
@@ -612,8 +699,9 @@ def plan_jobs(items: Sequence[Item], run: ResolvedRun, folder: OutputFolder, ove
             changed.append((it.id, _changed_fields(rec.get("config", {}), cfg)))
             if not overwrite:
                 continue
-        jobs.append(Job(it.id, tuple(it.sources), it.names, run.item_task(it), run.item_seed(it), str(out),
-                        str(side), key, cfg))
+        # absolute paths: workers (processes, cluster actors) need not share the driver's working folder
+        jobs.append(Job(it.id, tuple(os.path.abspath(s) for s in it.sources), it.names, run.item_task(it),
+                        run.item_seed(it), os.path.abspath(out), os.path.abspath(side), key, cfg))
     if changed and not overwrite:
         shown = "; ".join(f"{i}: {why}" for i, why in changed[:3]) + ("; …" if len(changed) > 3 else "")
         raise RunError(f"{len(changed)} item(s) in {folder.root} were fused with other settings ({shown}); "
@@ -643,13 +731,19 @@ def run_batch(
     """
     log = log or (lambda m: print(m, file=sys.stderr))
     t0 = time.perf_counter()
-    resolved = config.resolve()
-    mine = select_shard(items, *shard)
     runner = make_executor(executor, workers=workers, threads=threads, ray_address=ray_address,
                            device=config.device)
+    resolved = config.resolve(prior_device="cpu" if executor == "ray" else "run")
+    if resolved.prior:
+        try:
+            compute = runner.compute(config.device)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        resolved = replace(resolved, compute=compute)
+    mine = select_shard(items, *shard)
     folder = OutputFolder(out, shard)
     folder.check()
-    check_outputs(items, folder, resolved.ext, inputs)
+    check_outputs(items, folder, resolved.ext, inputs, config.bit_depth)
     folder.prepare()
     folder.lock()
     try:
@@ -687,10 +781,16 @@ def run_batch(
     return summary
 
 
+def _is_summary(name: str) -> bool:
+    import re
+
+    return re.fullmatch(r"summary(\.shard-\d+-of-\d+)?\.json", name) is not None
+
+
 def iter_sidecars(folder: str | Path) -> Iterator[dict]:
     """Every item sidecar in a batch folder (for bench and reports)."""
     for p in sorted(Path(folder).rglob("*.json")):
-        if p.name.startswith("summary") or p.name.startswith("."):
+        if p.name.startswith(".") or (p.parent == Path(folder) and _is_summary(p.name)):
             continue
         try:
             rec = json.loads(p.read_text())

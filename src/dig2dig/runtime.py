@@ -162,6 +162,15 @@ class LocalExecutor:
     def describe(self) -> dict:
         return {"kind": "local", "workers": self.workers, "threads": self._threads()}
 
+    def compute(self, device: str | None) -> dict:
+        """Where the items run and, on a CPU, with how many torch threads (part of each item's key)."""
+        import torch
+
+        from .prior.loaders import check_device
+
+        kind = check_device(device).type
+        return {"device": kind, "threads": (self._threads() or torch.get_num_threads()) if kind == "cpu" else None}
+
     def _threads(self) -> int | None:
         if self.threads:
             return int(self.threads)
@@ -176,29 +185,52 @@ class LocalExecutor:
             for job in jobs:
                 yield worker(job)
             return
+        yield from self._run_pool(spec, jobs)
+
+    def _run_pool(self, spec: WorkerSpec, jobs: Sequence[Job], attempts: int = 2) -> Iterator[dict]:
+        """Jobs through worker processes, at most one in flight per worker.  A worker that dies (killed,
+        out of memory) breaks the pool: a new pool takes over, the jobs that were in flight are tried
+        again, and a job in flight at ``attempts`` deaths is reported failed."""
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
         ctx = multiprocessing.get_context("spawn")  # no forked torch state
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(jobs)), mp_context=ctx,
-                                   initializer=_init_process, initargs=(spec,))
-        futures = {pool.submit(_run_in_process, job.to_json()): job for job in jobs}
-        try:
-            for fut in as_completed(futures):
-                job = futures[fut]
-                try:
-                    yield fut.result()
-                except BrokenProcessPool:
-                    yield {"id": job.id, "status": "failed", "error": "its worker process died (killed, or out of "
-                                                                      "memory); rerun the command to redo it"}
-                except Exception as e:
-                    yield {"id": job.id, "status": "failed", "error": one_line(e)}
-        except BaseException:  # interrupted (Ctrl-C, SIGTERM) or abandoned: stop the workers now, so that
-            _stop_workers(pool)  # nothing is written after the run reports itself stopped
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        queue, deaths = list(jobs), {}
+        while queue:
+            pool = ProcessPoolExecutor(max_workers=min(self.workers, len(queue)), mp_context=ctx,
+                                       initializer=_init_process, initargs=(spec,))
+            running: dict = {}
+            broken = False
+            try:
+                while (queue or running) and not broken:
+                    while queue and len(running) < self.workers:
+                        job = queue.pop(0)
+                        running[pool.submit(_run_in_process, job.to_json())] = job
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        job = running.pop(fut)
+                        try:
+                            yield fut.result()
+                        except BrokenProcessPool:
+                            broken = True
+                            running[fut] = job  # not finished: tried again below
+                        except Exception as e:
+                            yield {"id": job.id, "status": "failed", "error": one_line(e)}
+            except BaseException:  # interrupted (Ctrl-C, SIGTERM) or abandoned: stop the workers now, so that
+                _stop_workers(pool)  # nothing is written after the run reports itself stopped
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+            retry = []
+            for job in running.values():  # in flight when a worker died
+                deaths[job.id] = deaths.get(job.id, 0) + 1
+                if deaths[job.id] >= attempts:
+                    yield {"id": job.id, "status": "failed", "error": f"its worker process died {deaths[job.id]} "
+                                                                      "times (killed, or out of memory)"}
+                else:
+                    retry.append(job)
+            queue = retry + queue
 
 
 def _stop_workers(pool) -> None:
@@ -269,6 +301,13 @@ class RayExecutor:
         return {"kind": "ray", "address": self.address or "local", "actors": self.workers, "threads": self.threads,
                 "gpu": self.gpu}
 
+    def compute(self, device: str | None) -> dict:
+        """As :meth:`LocalExecutor.compute`, decided without the cluster: actors get a GPU each when the
+        device is one, else ``threads`` (default 1) CPU threads."""
+        if self.gpu:
+            return {"device": "cuda", "threads": None}
+        return {"device": "cpu", "threads": int(self.threads or 1)}
+
     def _connect(self):
         import logging
 
@@ -321,7 +360,7 @@ class RayExecutor:
             return (self.workers or gpus), float(self.threads or max(1, cpus // max(gpus, 1)))
         if cpus < 1:
             raise RunError("the Ray cluster offers no CPUs")
-        threads = self.threads or (max(1, cpus // self.workers) if self.workers else 1)
+        threads = self.threads or 1  # fixed, not sized to the cluster: CPU bytes depend on the thread count
         actors = self.workers or max(1, cpus // threads)
         if threads > cpus:
             raise RunError(f"--threads {threads} is more than the Ray cluster's {cpus} CPUs")

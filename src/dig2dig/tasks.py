@@ -79,6 +79,11 @@ def _hint(name: str) -> tuple[str, int | None] | None:
     return None
 
 
+def name_hints(names: list[str]) -> list[list | None]:
+    """What ``auto`` reads from each source's name: (task, role index) or None (for a run's key)."""
+    return [list(h) if (h := _hint(n)) is not None else None for n in names]
+
+
 def resolve_task(task: str, images, names: list[str]) -> TaskInfo:
     """Pick the task (if ``auto``) and the role order for ``images`` named ``names``.
 
