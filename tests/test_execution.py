@@ -70,10 +70,12 @@ def test_auto_tiles_fixed_size_priors_and_images_too_big_for_memory(tiny_gray_pr
     assert choose_tile(fixed, "off", 640, 640) is None and choose_tile(fixed, 96, 40, 40) == 96
     free = _den(Conv(8), multiple=8)
     assert choose_tile(free, "auto", 512, 512) is None
-    monkeypatch.setattr(mem, "available_bytes", lambda device: 2_000_000)
+    monkeypatch.setattr(mem, "available_bytes", lambda device: 1)  # what is free now does not decide ...
+    assert choose_tile(free, "auto", 512, 512) is None
+    monkeypatch.setattr(mem, "total_bytes", lambda device: 4_000_000)  # ... half the device's memory does
     tile = choose_tile(free, "auto", 512, 512, tile_batch=4)
     assert tile is not None and tile % 8 == 0 and mem.forward_bytes(free, 4, tile, tile) <= 2_000_000
-    monkeypatch.setattr(mem, "available_bytes", lambda device: 1)  # nothing fits: the smallest usable tile
+    monkeypatch.setattr(mem, "total_bytes", lambda device: 1)  # nothing fits: the smallest usable tile
     assert choose_tile(free, "auto", 512, 512) == 16
 
 

@@ -338,7 +338,7 @@ class PriorOptions(Options):
 
     owner = "prior"
     tile: Any = option("auto", "denoise in overlapping tiles of N pixels: auto tiles when a whole-image forward would "
-                       "not fit in memory or the prior was trained at a fixed size (ADM-256: 256)", kind="any",
+                       "need over half the device's memory, or the prior was trained at a fixed size (ADM-256: 256)", kind="any",
                        check=_tile, metavar="auto|off|N")
     tile_overlap: int | None = option(None, "pixels by which neighbouring tiles overlap (blended with a cosine ramp)",
                                       kind="int", low=0, high=65536, none_means="a quarter of the tile")

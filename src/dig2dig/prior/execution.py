@@ -144,7 +144,9 @@ def smallest_tile(den, size: int) -> int:
 
 
 def choose_tile(den, setting, height: int, width: int, images: float = 1.0, tile_batch: int = 4) -> int | None:
-    """The tile size for a height × width run (None: whole image) from ``auto``, ``off`` or a size."""
+    """The tile size for a height × width run (None: whole image) from ``auto``, ``off`` or a size.
+    ``auto``: the prior's training size for a fixed-size prior; else the whole image when its forward
+    needs at most half the device's memory, or the largest tile that does."""
     if setting in (None, "off"):
         return None
     if setting != "auto":
@@ -152,10 +154,13 @@ def choose_tile(den, setting, height: int, width: int, images: float = 1.0, tile
     trained = getattr(den.spec, "trained_size", None)
     if trained and (height > trained or width > trained):
         return int(trained)
-    free = memory.available_bytes(den.device)
-    if free is None or memory.forward_bytes(den, 1, height, width) * images <= free:
+    # half the device's whole memory, not what is free now: the choice (and so the bytes) must not
+    # depend on what else runs; too little free memory for the chosen size is refused before the run
+    total = memory.total_bytes(den.device)
+    budget = None if total is None else total // 2
+    if budget is None or memory.forward_bytes(den, 1, height, width) * images <= budget:
         return None
     size = smallest_tile(den, min(height, width))
-    while size > smallest_tile(den, 0) and memory.forward_bytes(den, tile_batch, size, size) > free:
+    while size > smallest_tile(den, 0) and memory.forward_bytes(den, tile_batch, size, size) > budget:
         size = smallest_tile(den, size // 2)
     return size  # if even this does not fit, the memory check before the run says so

@@ -80,6 +80,31 @@ def available_bytes(device: torch.device | str) -> int | None:
     return avail
 
 
+def total_bytes(device: torch.device | str) -> int | None:
+    """The device's whole memory (a container's limit where one is set); None when it cannot be told.
+    Unlike :func:`available_bytes` it does not move with other programs' use, so decisions made from
+    it (``tile=auto``) give the same bytes on the same machine whatever else runs."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.get_device_properties(dev).total_memory)
+    if dev.type != "cpu":
+        return None
+    total = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            total = int(limit) if total is None else min(total, int(limit))
+    except (OSError, ValueError):
+        pass
+    return total
+
+
 def _cgroup_free() -> int | None:
     """What a cgroup (v2) memory limit leaves, for runs in containers."""
     root = Path("/sys/fs/cgroup")
@@ -97,4 +122,4 @@ def gigabytes(n: float) -> str:
     return f"{n / 2**30:.1f} GB"
 
 
-__all__ = ["PEAK_FACTOR", "activation_bytes_per_pixel", "available_bytes", "forward_bytes", "gigabytes"]
+__all__ = ["PEAK_FACTOR", "activation_bytes_per_pixel", "available_bytes", "forward_bytes", "gigabytes", "total_bytes"]
