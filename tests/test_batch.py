@@ -520,3 +520,19 @@ def test_a_dead_worker_costs_only_its_item(tmp_path, tiny_gray_prior_path):
     assert (s.done, s.failed) == (6, []), s.failed
     ref = run_batch(collect_items([ds]), tmp_path / "ref", cfg, threads=1, **QUIET)
     assert ref.done == 6 and files_of(out) == files_of(tmp_path / "ref")
+
+
+def test_an_executor_that_fails_as_a_whole_is_not_a_clean_run(tmp_path, monkeypatch):
+    from dig2dig import runtime
+
+    def broken(self, spec, jobs):
+        yield {"id": jobs[0].id, "status": "done", "seconds": 0.0}
+        raise RuntimeError("the cluster went away")
+
+    monkeypatch.setattr(runtime.LocalExecutor, "run", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="went away"):
+        run_batch(collect_items([make_dataset(tmp_path / "ds", n=3)]), out, RunConfig(method="average"), **QUIET)
+    summary = json.loads((out / "summary.json").read_text())
+    assert "went away" in summary["aborted"] and summary["done"] == 1
+    assert read_log(out / "log.jsonl")[-1]["aborted"] == summary["aborted"]

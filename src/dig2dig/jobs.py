@@ -574,6 +574,7 @@ class Summary:
     skipped: int = 0  # already finished with the same configuration
     failed: list[dict] = field(default_factory=list)  # {"id", "error"}
     interrupted: bool = False
+    aborted: str | None = None  # the executor itself failed (a cluster lost): the error, re-raised
     wall_s: float = 0.0
     shard: tuple[int, int] = (0, 1)
 
@@ -583,7 +584,8 @@ class Summary:
 
     def to_dict(self) -> dict:
         return {"total": self.total, "done": self.done, "skipped": self.skipped, "failed": len(self.failed),
-                "failures": self.failed, "interrupted": self.interrupted, "wall_s": round(self.wall_s, 3),
+                "failures": self.failed, "interrupted": self.interrupted, "aborted": self.aborted,
+                "wall_s": round(self.wall_s, 3),
                 "items_per_minute": round(60 * self.done / self.wall_s, 3) if self.wall_s > 0 and self.done else None,
                 "shard": f"{self.shard[0]}/{self.shard[1]}"}
 
@@ -770,6 +772,11 @@ def run_batch(
                 bar.update(rec)
         except KeyboardInterrupt:
             summary.interrupted = True
+        except Exception as e:  # the executor failed as a whole: say so in the log and summary, then raise
+            from .runtime import one_line
+
+            summary.aborted = one_line(e)
+            raise
         finally:
             bar.close()
             summary.wall_s = time.perf_counter() - t0
