@@ -39,7 +39,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_result(dataset, tiny_gray_prior_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("raylocal") / "out"
-    run_batch(collect_items([dataset]), out, _config(tiny_gray_prior_path), **QUIET)
+    run_batch(collect_items([dataset]), out, _config(tiny_gray_prior_path), threads=1, **QUIET)  # as a Ray actor
     return files_of(out)
 
 
@@ -102,7 +102,8 @@ def test_local_cluster_gives_the_bytes_of_the_local_executor(local_cluster, data
     assert (s.done, s.failed) == (4, [])
     assert files_of(tmp_path / "out") == local_result
     # resumed on the other executor: nothing to do
-    s = run_batch(collect_items([dataset]), tmp_path / "out", _config(tiny_gray_prior_path), executor="local", **QUIET)
+    s = run_batch(collect_items([dataset]), tmp_path / "out", _config(tiny_gray_prior_path), executor="local",
+                  threads=1, **QUIET)
     assert (s.done, s.skipped) == (0, 4)
 
 

@@ -142,6 +142,7 @@ class Options:
     """Base of the per-method option records (frozen dataclasses whose fields are declared with :func:`option`)."""
 
     owner: ClassVar[str] = "method"  # named in error messages, e.g. "dig2dig"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # preset name -> other defaults (option ``preset``)
 
     def __post_init__(self) -> None:
         for info in self.infos():
@@ -172,6 +173,9 @@ class Options:
         unknown = sorted(set(given) - set(names))
         if unknown:
             raise ValueError(f"{cls.owner} has no option(s) {unknown}; its options are {names or 'none'}")
+        preset = given.get("preset")
+        if isinstance(preset, str) and preset.strip().lower() in cls.presets:  # options given override it
+            given = {**cls.presets[preset.strip().lower()], **given}
         return cls(**given)
 
     def values(self) -> dict[str, Any]:
