@@ -42,16 +42,21 @@ def test_softmax_weights_partition_of_unity_and_order():
 
 
 @needs_prior
-def test_weights_partition_of_unity_and_swap_symmetry():
+@pytest.mark.parametrize("preset", ["default", "soft"])
+def test_weights_partition_of_unity_and_swap_symmetry(preset):
     den = load_prior(None)
     a, b = _structured(seed=1), _structured(seed=2)
-    _, s_ab = _run_refreshes([a, b], den)
-    _, s_ba = _run_refreshes([b, a], den)
+    _, s_ab = _run_refreshes([a, b], den, preset=preset)
+    _, s_ba = _run_refreshes([b, a], den, preset=preset)
     torch.testing.assert_close(s_ab.weights.sum(0), torch.ones_like(s_ab.weights[0]), atol=1e-5, rtol=0)
     torch.testing.assert_close(s_ab.weights[0], s_ba.weights[1], atol=1e-5, rtol=0)
     torch.testing.assert_close(s_ab.weights[1], s_ba.weights[0], atol=1e-5, rtol=0)
-    assert 0.02 < float(s_ab.weights.min()) and float(s_ab.weights.max()) < 0.98  # neither one-hot ...
-    assert float(s_ab.weights.std()) > 0.02  # ... nor uniform
+    w = s_ab.weights.float()
+    if preset == "soft":  # limit 1: two-source weights stay within 0.12 … 0.88
+        assert 0.11 < float(w.min()) and float(w.max()) < 0.89
+    else:  # the default selects: most pixels go (almost) wholly to one source, smoothly in between
+        assert float((w.max(0).values > 0.9).float().mean()) > 0.5
+    assert float(w.std()) > 0.02  # never uniform
 
 
 @needs_prior
@@ -69,8 +74,9 @@ def test_structure_outweighs_constant_or_noise_where_it_has_structure(other):
     rng = np.random.default_rng(1)
     b = (np.full_like(a, 0.5) if other == "constant"
          else np.clip(0.5 + 0.15 * rng.standard_normal(a.shape), 0, 1).astype(np.float32))
-    _, state = _run_refreshes([a, b], den, refreshes=3)
-    w = state.weights[:, 0, 0].numpy()
+    # smoothing far below the patch size (the default σ is half this whole image): the gain is local
+    _, state = _run_refreshes([a, b], den, refreshes=3, smooth=4)
+    w = state.weights[:, 0, 0].float().numpy()
     assert w[0][patch].mean() > 0.8 > w[1][patch].mean()
     assert w[0][patch].mean() > w[0][~patch].mean()
 

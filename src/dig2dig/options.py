@@ -213,15 +213,23 @@ class DIGOptions(Options):
     """Dig2DIG (:mod:`dig2dig.guidance.dig`)."""
 
     owner = "dig2dig"
+    presets = {  # one option away from the default (options given as well override the preset)
+        "paper": {"mixing": "attractive", "limit": 0.0, "smooth": 0.0, "temperature": 1.0},
+        "soft": {"limit": 1.0, "smooth": 12.0, "temperature": 1.0},
+    }
+    preset: str = option("default", "a set of other defaults: paper = the paper read literally (the paper's mixing, no "
+                         "soft limit, no smoothing, temperature 1); soft = dig2dig 0.1's near-average weights (limit "
+                         "1, smooth 12, temperature 1); options given as well override it",
+                         choices=("default", "paper", "soft"))
     interval: int = option(10, "S: refresh the DIG weights every S steps", low=1, high=1000)
     distance: str = option("l2", "distance between a denoised source and the source", choices=("l2", "l1", "ssim", "none"))
-    temperature: float = option(1.0, "softmax temperature on the normalised gains", low=0, low_open=True, high=1000)
-    limit: float = option(1.0, "soft limit L of the scaled gains before the softmax (L tanh(z/L); 0: none)", low=0,
-                          high=20)
+    temperature: float = option(0.02, "softmax temperature on the normalised gains", low=0, low_open=True, high=1000)
+    limit: float = option(20.0, "soft limit L of the scaled gains before the softmax (L tanh(z/L); 0: none)", low=0,
+                          high=100)
     weights: str = option("dig", "per-pixel DIG weights, or equal weights (fixed guidance)", choices=("dig", "equal"))
     mixing: str = option("complementary", "EM mixing rule: the released DDFM's, or the paper's f = x + v",
                          choices=("complementary", "attractive"))
-    smooth: float = option(12.0, "σ in pixels of the Gaussian that smooths the DIG maps (0: none)", low=0, high=512)
+    smooth: float = option(32.0, "σ in pixels of the Gaussian that smooths the DIG maps (0: none)", low=0, high=512)
     dig_scale: float = option(0.5, "resolution of the DIG maps relative to the image", low=0, high=1, low_open=True)
     window: str = option("backward", "measure DIG over the stretch just traversed (backward) or the coming one "
                          "(forward: weights from step 0)", choices=("backward", "forward"))
