@@ -63,6 +63,7 @@ def main() -> int:
               f"{', '.join(f'`{m}`' for m in methods)}; the other {len(peers)} rows are the published peers' outputs "
               f"scored with the same code ({convention} convention). Seed {args.seed}; "
               f"`python benchmarks/field_bench.py --dataset {args.dataset}` reproduces it.\n\n")
+    header += _resolved(methods)
     md = md.replace("\n", "\n\n" + header, 1) if md.startswith("#") else header + md
     md += "\n" + "\n".join(ranks(aggregate(read_csv(written["csv"])), Path(pairs).name, methods,
                                   [p.name for p in peers], higher_is_better)) + "\n"
@@ -76,6 +77,22 @@ def main() -> int:
                 shutil.copyfile(plot, res / f"{args.dataset}_bench_bars.png")
     print(md)
     return 0
+
+
+def _resolved(methods: list[str]) -> str:
+    """The options each diffusion method ran with, defaults filled in (a default may change later)."""
+    from dig2dig.bench import parse_method
+    from dig2dig.methods import get_method
+
+    lines = []
+    for spec in methods:
+        _, name, opts = parse_method(spec)
+        m = get_method(name)
+        if m.needs_prior:
+            steps = opts.pop("steps", m.default_steps)
+            given = m.configure(opts).to_dict()
+            lines.append(f"`{spec}`: {steps} steps, " + ", ".join(f"{k}={v}" for k, v in given.items()))
+    return ("Options as run: " + "; ".join(lines) + ".\n\n") if lines else ""
 
 
 def ranks(agg: dict, dataset: str, methods: list[str], peers: list[str], higher_is_better) -> list[str]:

@@ -132,7 +132,7 @@ if case["prior"] == "adm256":
 else:
     t0 = time.perf_counter()
     r = dig2dig.fuse(srcs, steps=2, task="mff", tile=case["tile"])
-    out = {"wall_s": time.perf_counter() - t0, "tile": r.config["prior_run"]["tile"]}
+    out = {"wall_s": time.perf_counter() - t0, "tile_used": r.config["prior_run"]["tile"]}
 out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 print(json.dumps(out))
 """
@@ -150,7 +150,12 @@ def part_memory(args) -> list[str]:
             raise SystemExit(p.stderr[-3000:])
         rows.append({**case, **json.loads(p.stdout.strip().splitlines()[-1])})
         print(json.dumps(rows[-1]), flush=True)
-    lines = ["## 4K pairs: peak memory and time (CPU, " + f"{args.threads} threads)", "",
+    return render_memory(rows, args.threads)
+
+
+def render_memory(rows: list[dict], threads: int) -> list[str]:
+    """The Markdown section from the measured rows (one per case: prior, size, tile setting, results)."""
+    lines = ["## 4K pairs: peak memory and time (CPU, " + f"{threads} thread{'s' if threads != 1 else ''})", "",
              "| prior | size | tile | Dig2DIG, 2 steps (s) | peak resident memory (GB) |", "|---|---|---|---|---|"]
     for r in rows:
         wall = f"{r['wall_s']:.1f}" if "wall_s" in r else f"{r['per_tile_s']:.1f} s per 256² tile"

@@ -1,5 +1,5 @@
 """Take the screenshot of the web page in the README: `dig2dig serve` with the embedded prior, an MSRS
-pair fused with Dig2DIG-25 in Debian's Chromium, the DIG weight maps of the second refresh shown.
+pair fused with Dig2DIG (its defaults) in Debian's Chromium, with the DIG weight maps shown.
 
     python docs/web_screenshot.py [--pair DIR] [--out docs/img/web_page.png] [--chromium /usr/bin/chromium]
 """

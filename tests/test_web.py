@@ -57,8 +57,11 @@ def test_info_lists_methods_with_their_options_and_the_limits(client):
     info = client.get("/api/info").json()
     names = [m["name"] for m in info["methods"]]
     assert names[:3] == ["dig2dig", "ccf", "ddfm"] and "average" in names
-    dig = info["methods"][0]
-    assert {"name": "interval", "default": 10} .items() <= dig["options"][0].items()
+    dig = {o["name"]: o for o in info["methods"][0]["options"]}
+    from dig2dig.options import DIGOptions
+
+    assert dig["interval"]["default"] == DIGOptions().interval and dig["temperature"]["default"] == 0.02
+    assert "paper" in str(dig["preset"])  # the paper-literal settings, one option away
     assert info["limits"]["max_upload_mb"] == 1.0 and "feature_extractor" in info["not_from_requests"]
     assert client.get("/api/task", params=[("name", "ir.png"), ("name", "vis.png")]).json()["task"] == "vif"
     assert client.get("/api/task", params=[("name", "x.png"), ("name", "y.png")]).json()["task"] == "auto"
