@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -101,22 +102,18 @@ def ranks(agg: dict, dataset: str, methods: list[str], peers: list[str], higher_
     lines = [f"## Rank among the {len(peers)} peers (1 = best of {len(peers) + 1})", "",
              "| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     up = {k: higher_is_better(k) for k in metrics}
-    med = {}
-    for k in metrics:
-        vals = sorted(agg[(dataset, p, k)][0] for p in peers if (dataset, p, k) in agg)
-        med[k] = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+    field = {k: [agg[(dataset, p, k)][0] for p in peers if (dataset, p, k) in agg] for k in metrics}
+    med = {k: statistics.median(v) for k, v in field.items() if v}
+
+    def rank(m: str, k: str) -> str:  # 1 + the peers strictly better
+        if (dataset, m, k) not in agg:
+            return "–"
+        v = agg[(dataset, m, k)][0]
+        return str(1 + sum(1 for x in field[k] if (x > v if up[k] else x < v)))
+
     for m in methods:
-        cells = []
-        for k in metrics:
-            if (dataset, m, k) not in agg:
-                cells.append("–")
-                continue
-            v = agg[(dataset, m, k)][0]
-            better = sum(1 for p in peers if (dataset, p, k) in agg and
-                         (agg[(dataset, p, k)][0] > v if up[k] else agg[(dataset, p, k)][0] < v))
-            cells.append(str(better + 1))
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines.append("| *peer median* | " + " | ".join(f"{med[k]:.4g}" for k in metrics) + " |")
+        lines.append(f"| {m} | " + " | ".join(rank(m, k) for k in metrics) + " |")
+    lines.append("| *peer median* | " + " | ".join(f"{med[k]:.4g}" if k in med else "–" for k in metrics) + " |")
     return lines
 
 

@@ -59,25 +59,41 @@ def forward_bytes(den, batch: int, height: int, width: int) -> int:
     return int(weights + PEAK_FACTOR * activation_bytes_per_pixel(den) * batch * height * width)
 
 
+def _meminfo(field: str) -> int | None:
+    """A /proc/meminfo field in bytes (None off Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup(name: str) -> int | None:
+    """A cgroup (v2) memory file as bytes: ``memory.max`` (None when unlimited) or ``memory.current``."""
+    try:
+        text = (Path("/sys/fs/cgroup") / name).read_text().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _at_most(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 def available_bytes(device: torch.device | str) -> int | None:
-    """Memory free for a run on ``device`` (None when it cannot be told)."""
+    """Memory free for a run on ``device`` (None when it cannot be told); in a container, at most
+    what its memory limit leaves."""
     dev = torch.device(device)
     if dev.type == "cuda":
         free, _ = torch.cuda.mem_get_info(dev)
         return int(free)
     if dev.type != "cpu":
         return None
-    avail = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    cg = _cgroup_free()
-    if cg is not None:
-        avail = cg if avail is None else min(avail, cg)
-    return avail
+    limit, used = _cgroup("memory.max"), _cgroup("memory.current")
+    return _at_most(_meminfo("MemAvailable"), None if limit is None or used is None else max(limit - used, 0))
 
 
 def total_bytes(device: torch.device | str) -> int | None:
@@ -89,33 +105,7 @@ def total_bytes(device: torch.device | str) -> int | None:
         return int(torch.cuda.get_device_properties(dev).total_memory)
     if dev.type != "cpu":
         return None
-    total = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                total = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            total = int(limit) if total is None else min(total, int(limit))
-    except (OSError, ValueError):
-        pass
-    return total
-
-
-def _cgroup_free() -> int | None:
-    """What a cgroup (v2) memory limit leaves, for runs in containers."""
-    root = Path("/sys/fs/cgroup")
-    try:
-        limit = (root / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        used = int((root / "memory.current").read_text().strip())
-        return max(int(limit) - used, 0)
-    except (OSError, ValueError):
-        return None
+    return _at_most(_meminfo("MemTotal"), _cgroup("memory.max"))
 
 
 def gigabytes(n: float) -> str:
