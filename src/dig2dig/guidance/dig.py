@@ -54,9 +54,10 @@ Choices:
   row, i.e. fixed guidance -- ``weights="equal"`` here; ``none`` is our own variant.
 * **The grid** (DIG-N): the paper only asks for big steps at high noise and small ones at low
   noise; we use t_i = 999·(i/(N-1))^p with p = ``power`` = 2 (:func:`dig2dig.schedule.power_grid`).
-  The default is DIG-18 refreshed every 7 steps (refreshes at steps 0, 7, 14: the same three as
-  the paper's DIG-25 with S = 10, seven steps fewer): on the dev sets (section 2's table) it matches
-  DIG-25/S = 10 within 0.5 % on every metric and takes 10.7 s against DDFM-100's 55.1 s for a
+  The default is DIG-18 refreshed every 7 steps (refreshes at steps 0, 7, 14: as many as the
+  paper's DIG-25 with S = 10 has, at 0, 10, 20, with seven steps fewer): on the dev sets (section
+  2's table) it matches DIG-25/S = 10 within 0.6 % on Qabf, VIF, SF, SD, SSIM and CC (MI 1-3 %
+  higher, Nabf 8-15 % higher, still ~1e-3) and takes 10.7 s against DDFM-100's 55.1 s for a
   640×480 pair on the 2-core CPU (5.2×; DIG-25: 13.6 s, 4.0×).  ``steps=25, interval=10`` is the
   paper's setting.
 * **Acceleration** (``accelerate`` = r, default 0 = off; the paper names DIG-driven acceleration
