@@ -214,16 +214,14 @@ class DIGOptions(Options):
 
     owner = "dig2dig"
     presets = {  # one option away from the default (options given as well override the preset)
-        "paper": {"mixing": "attractive", "limit": 0.0, "smooth": 0.0, "temperature": 1.0, "interval": 10},
-        "soft": {"limit": 1.0, "smooth": 12.0, "temperature": 1.0, "interval": 10},
+        "paper": {"mixing": "attractive", "limit": 0.0, "smooth": 0.0, "temperature": 1.0},
+        "soft": {"limit": 1.0, "smooth": 12.0, "temperature": 1.0},
     }
     preset: str = option("default", "a set of other defaults: paper = the paper read literally (the paper's mixing, no "
-                         "soft limit, no smoothing, temperature 1, refresh every 10; use it with 25 steps); soft = "
-                         "dig2dig 0.1's near-average weights (limit 1, smooth 12, temperature 1, refresh every 10); "
-                         "options given as well override it",
+                         "soft limit, no smoothing, temperature 1); soft = dig2dig 0.1's near-average weights (limit 1, "
+                         "smooth 12, temperature 1); options given as well override it",
                          choices=("default", "paper", "soft"))
-    interval: int = option(7, "S: refresh the DIG weights every S steps (the paper: 10, with 25 steps)", low=1,
-                           high=1000)
+    interval: int = option(10, "S: refresh the DIG weights every S steps", low=1, high=1000)
     distance: str = option("l2", "distance between a denoised source and the source", choices=("l2", "l1", "ssim", "none"))
     temperature: float = option(0.02, "softmax temperature on the normalised gains", low=0, low_open=True, high=1000)
     limit: float = option(20.0, "soft limit L of the scaled gains before the softmax (L tanh(z/L); 0: none)", low=0,

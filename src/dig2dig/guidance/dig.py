@@ -23,8 +23,8 @@ Choices:
   for every source, so DIG differences reflect the sources, not the noise.  Because the noise is
   fixed, the level t_S of refresh k is the level t of refresh k - S: its distance maps are cached
   and each refresh costs **one batched prior forward of the N sources** at the new level.
-* **Refreshes** happen at steps 0, S, 2S, … (S = ``interval``: 10 in the paper, with DIG-25;
-  7 by default here, with DIG-18, see "The grid") and the weights are held between them.  ``window`` says which stretch of the trajectory a refresh
+* **Refreshes** happen at steps 0, S, 2S, … (S = ``interval`` = 10 as in the paper) and the
+  weights are held between them.  ``window`` says which stretch of the trajectory a refresh
   measures.  ``backward`` (default; the paper's formula read literally, t_S = the level S steps
   *earlier*): the stretch just traversed.  At step 0 there is no noisier level, so the first
   refresh only records d_i(t_0) and the first S steps run with equal weights (with DIG-25 and
@@ -54,12 +54,13 @@ Choices:
   row, i.e. fixed guidance -- ``weights="equal"`` here; ``none`` is our own variant.
 * **The grid** (DIG-N): the paper only asks for big steps at high noise and small ones at low
   noise; we use t_i = 999·(i/(N-1))^p with p = ``power`` = 2 (:func:`dig2dig.schedule.power_grid`).
-  The default is DIG-18 refreshed every 7 steps (refreshes at steps 0, 7, 14: as many as the
-  paper's DIG-25 with S = 10 has, at 0, 10, 20, with seven steps fewer): on the dev sets (section
-  2's table) it matches DIG-25/S = 10 within 0.6 % on Qabf, VIF, SF, SD, SSIM and CC (MI 1-3 %
-  higher, Nabf 8-15 % higher, still ~1e-3) and takes 10.7 s against DDFM-100's 55.1 s for a
-  640×480 pair on the 2-core CPU (5.2×; DIG-25: 13.6 s, 4.0×).  ``steps=25, interval=10`` is the
-  paper's setting.
+  The default is the paper's DIG-25 with S = 10.  DIG-18 with S = 7 (``steps=18, interval=7``:
+  refreshes at steps 0, 7, 14, as many as DIG-25/10 has, seven steps fewer) is the fast setting: on
+  the dev sets (section 2's table) it matches DIG-25/10 within 0.6 % on Qabf, VIF, SF, SD, SSIM and
+  CC (MI 1-3 % higher, Nabf 8-15 % higher, still ~1e-3) and takes 10.7 s against DDFM-100's 55.1 s
+  for a 640×480 pair on the 2-core CPU (5.15×; DIG-25: 13.6 s, 4.0×), but it keeps small infrared
+  pedestrians a little less well (VIFB ``manlight``: one of three clearly, against two), so it is
+  not the default.
 * **Acceleration** (``accelerate`` = r, default 0 = off; the paper names DIG-driven acceleration
   without specifying it): after a refresh, if the total gain Σ-mean of DIG_i over the window is
   below r × the largest total gain of this image so far, the steps up to the next refresh are
