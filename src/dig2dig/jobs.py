@@ -47,6 +47,7 @@ from typing import Any
 from .errors import RunError
 from .io import (
     READ_SUFFIXES,
+    SIXTEEN_BIT_SUFFIXES,
     WRITE_SUFFIXES,
     atomic_write_text,
     check_output_dir,
@@ -321,7 +322,7 @@ class RunConfig:
         ext = self.ext if self.ext.startswith(".") else f".{self.ext}"
         if ext.lower() not in WRITE_SUFFIXES:
             raise RunError(f"output format {self.ext!r} is not one of {', '.join(WRITE_SUFFIXES)}")
-        if self.bit_depth not in (None, 8, 16) or (self.bit_depth == 16 and ext.lower() not in (".png", ".tif", ".tiff")):
+        if self.bit_depth not in (None, 8, 16) or (self.bit_depth == 16 and ext.lower() not in SIXTEEN_BIT_SUFFIXES):
             raise RunError(f"bit depth {self.bit_depth} is not possible for {ext} output (16 needs .png or .tif)")
         from .api import check_seed
 
@@ -655,7 +656,7 @@ def check_outputs(items: Sequence[Item], folder: OutputFolder, ext: str, inputs:
                 raise RunError(f"the output folder {str(folder.root)!r} holds the sources of item {it.id!r} ({s}); "
                                f"choose a folder apart from the sources")
         image, side = folder.paths(it, ext)
-        if bit_depth == 16 and image.suffix.lower() not in (".png", ".tif", ".tiff"):
+        if bit_depth == 16 and image.suffix.lower() not in SIXTEEN_BIT_SUFFIXES:
             raise RunError(f"item {it.id!r} writes {image.name}, which cannot hold 16 bits; give it a .png or .tif "
                            f"output, or leave out --bit-depth 16")
         for p in (image, side):
@@ -678,12 +679,8 @@ def plan_jobs(items: Sequence[Item], run: ResolvedRun, folder: OutputFolder, ove
     for it in items:
         out, side = folder.paths(it, run.ext)
         if it.error or len(it.sources) < 2:  # a pair folder with one image, a stem some pattern lacks
-            if it.error:
-                why = it.error
-            elif it.missing:
-                why = f"no file of this stem matches {', '.join(repr(p) for p in it.missing)}"
-            else:
-                why = f"only {len(it.sources)} image ({Path(it.sources[0]).name}); a source is missing"
+            why = it.error or (f"no file of this stem matches {', '.join(repr(p) for p in it.missing)}" if it.missing
+                               else f"only {len(it.sources)} image ({Path(it.sources[0]).name}); a source is missing")
             failed.append({"id": it.id, "error": f"{why}; fusion needs two or more sources"})
             continue
         try:

@@ -304,9 +304,12 @@ class RayExecutor:
     def compute(self, device: str | None) -> dict:
         """As :meth:`LocalExecutor.compute`, decided without the cluster: actors get a GPU each when the
         device is one, else ``threads`` (default 1) CPU threads."""
-        if self.gpu:
-            return {"device": "cuda", "threads": None}
-        return {"device": "cpu", "threads": int(self.threads or 1)}
+        return {"device": "cuda", "threads": None} if self.gpu else {"device": "cpu", "threads": self.cpu_threads}
+
+    @property
+    def cpu_threads(self) -> int:
+        """Torch threads per CPU actor: fixed, not sized to the cluster (CPU bytes depend on it)."""
+        return int(self.threads or 1)
 
     def _connect(self):
         import logging
@@ -360,7 +363,7 @@ class RayExecutor:
             return (self.workers or gpus), float(self.threads or max(1, cpus // max(gpus, 1)))
         if cpus < 1:
             raise RunError("the Ray cluster offers no CPUs")
-        threads = self.threads or 1  # fixed, not sized to the cluster: CPU bytes depend on the thread count
+        threads = self.cpu_threads
         actors = self.workers or max(1, cpus // threads)
         if threads > cpus:
             raise RunError(f"--threads {threads} is more than the Ray cluster's {cpus} CPUs")
