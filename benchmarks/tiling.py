@@ -163,14 +163,13 @@ def render_memory(rows: list[dict], threads: int) -> list[str]:
     from dig2dig.prior.execution import tile_positions
 
     n_tiles = len(tile_positions(3840, 256, 64)) * len(tile_positions(2160, 256, 64))
-    small = {r["tile"]: r["wall_s"] for r in rows if r["prior"] == "embedded" and r["size"][0] == 1080}
-    big = {r["tile"]: r["wall_s"] for r in rows if r["prior"] == "embedded" and r["size"][0] == 2160}
+    wall = {(r["size"][0], r["tile"]): r["wall_s"] for r in rows if r["prior"] == "embedded"}
+    adm_min = next(r for r in rows if r["prior"] == "adm256")["per_tile_s"] * n_tiles / 60
     lines.append("")
-    lines.append(f"Time 3840×2160 / 1920×1080 (4× the pixels): whole {big['off'] / small['off']:.2f}×, tiles of 512 "
-                 f"{big[512] / small[512]:.2f}×. ADM-256 tiled: the peak after three chunks of four 256² tiles (the "
-                 f"peak of a whole tiled run; a whole 4K forward of ADM-256 takes "
-                 f"{[r for r in rows if r['prior'] == 'adm256'][0]['per_tile_s'] * n_tiles / 60:.0f} min on this CPU in "
-                 f"{n_tiles} tiles).")
+    lines.append(f"Time 3840×2160 / 1920×1080 (4× the pixels): whole {wall[2160, 'off'] / wall[1080, 'off']:.2f}×, "
+                 f"tiles of 512 {wall[2160, 512] / wall[1080, 512]:.2f}×. ADM-256 tiled: the peak after three chunks "
+                 f"of four 256² tiles (the peak of a whole tiled run; a whole 4K forward of ADM-256 takes "
+                 f"{adm_min:.0f} min on this CPU in {n_tiles} tiles).")
     return lines
 
 

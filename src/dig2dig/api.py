@@ -85,7 +85,8 @@ def check_memory(den, images: float, height: int, width: int, tiled: bool = Fals
         raise ResourceError(
             f"fusing {width}x{height} needs about {gigabytes(need)} for the prior's forward "
             f"({images:g} image(s) at a time), but {gigabytes(have)} are free on {den.device}; "
-            + ("use smaller tiles (--tile 256 --tile-batch 1), " if tiled else "denoise in tiles (e.g. --tile 256), ") + "fuse fewer images at a time, or use a machine with more memory")
+            + ("use smaller tiles (--tile 256 --tile-batch 1), " if tiled else "denoise in tiles (e.g. --tile 256), ")
+            + "fuse fewer images at a time, or use a machine with more memory")
 
 
 def derive_seed(seed: int, item_id: str | int) -> int:

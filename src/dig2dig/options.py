@@ -217,9 +217,9 @@ class DIGOptions(Options):
         "paper": {"mixing": "attractive", "limit": 0.0, "smooth": 0.0, "temperature": 1.0},
         "soft": {"limit": 1.0, "smooth": 12.0, "temperature": 1.0},
     }
-    preset: str = option("default", "a set of other defaults: paper = the paper read literally (the paper's mixing, no "
-                         "soft limit, no smoothing, temperature 1); soft = dig2dig 0.1's near-average weights (limit 1, "
-                         "smooth 12, temperature 1); options given as well override it",
+    preset: str = option("default", "a set of other defaults: paper = the paper read literally (the paper's "
+                         "mixing, no soft limit, no smoothing, temperature 1); soft = dig2dig 0.1's near-average "
+                         "weights (limit 1, smooth 12, temperature 1); options given as well override it",
                          choices=("default", "paper", "soft"))
     interval: int = option(10, "S: refresh the DIG weights every S steps", low=1, high=1000)
     distance: str = option("l2", "distance between a denoised source and the source", choices=("l2", "l1", "ssim", "none"))
@@ -350,7 +350,8 @@ class PriorOptions(Options):
 
     owner = "prior"
     tile: Any = option("auto", "denoise in overlapping tiles of N pixels: auto tiles when a whole-image forward would "
-                       "need over half the device's memory, or the prior was trained at a fixed size (ADM-256: 256)", kind="any",
+                       "need over half the device's memory, or the prior was trained at a fixed size (ADM-256: 256)",
+                       kind="any",
                        check=_tile, metavar="auto|off|N")
     tile_overlap: int | None = option(None, "pixels by which neighbouring tiles overlap (blended with a cosine ramp)",
                                       kind="int", low=0, high=65536, none_means="a quarter of the tile")
