@@ -759,16 +759,27 @@ def run_batch(
         spec = WorkerSpec(resolved.method, dict(config.options), config.steps, config.prior, config.prior_spec,
                           config.device, config.resize, config.bit_depth, threads, resolved.prior, config.max_pixels)
         bar = Progress(len(jobs), progress)
+        records = runner.run(spec, jobs)
+        logged: set[str] = set()
+
+        def record(rec: dict) -> None:
+            folder.append_log({"event": "item", **rec})
+            logged.add(rec["id"])
+            if rec["status"] == "done":
+                summary.done += 1
+            else:
+                summary.failed.append({"id": rec["id"], "error": rec.get("error", "")})
+            bar.update(rec)
+
         try:
-            for rec in runner.run(spec, jobs):
-                folder.append_log({"event": "item", **rec})
-                if rec["status"] == "done":
-                    summary.done += 1
-                else:
-                    summary.failed.append({"id": rec["id"], "error": rec.get("error", "")})
-                bar.update(rec)
+            for rec in records:
+                record(rec)
         except KeyboardInterrupt:
             summary.interrupted = True
+            records.close()  # the executor stops its workers before this returns
+            for job in jobs:  # items a worker finished while the driver was being stopped: logged too
+                if job.id not in logged and folder.state(Path(job.output), Path(job.sidecar), job.key)[0] == "done":
+                    record({"id": job.id, "status": "done", "note": "finished as the run was stopped"})
         except Exception as e:  # the executor failed as a whole: say so in the log and summary, then raise
             from .runtime import one_line
 
