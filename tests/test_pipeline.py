@@ -154,7 +154,7 @@ def test_rgba_alpha_is_dropped_with_a_warning(tmp_path):
     assert img.data.shape == (10, 10, 3) and img.data[0, 0, 0] == pytest.approx(200 / 255)
 
 
-@pytest.mark.parametrize("method", ["average", "maxabs", "laplacian", "guided"])
+@pytest.mark.parametrize("method", ["average", "maxabs", "laplacian", "guided", "mertens"])
 def test_classical_baselines_need_no_prior(method, monkeypatch, tmp_path):
     import dig2dig.prior.embedded as emb
 

@@ -12,6 +12,10 @@ luminance in [0, 1].  Colour is handled by the caller like for every other metho
 * ``guided``    -- guided-filtering fusion, GFF (Li, Kang & Hu, IEEE TIP 2013): two-scale split by a
   31×31 mean filter, saliency = Gaussian-smoothed |Laplacian|, winner-take-all weight maps refined
   by guided filters (r = 45, ε = 0.3 for the base layer; r = 7, ε = 1e-6 for the detail layer).
+* ``mertens``   -- exposure fusion (Mertens, Kautz & Van Reeth 2007) through OpenCV's ``MergeMertens``:
+  per-pixel weights from contrast (|Laplacian|) and well-exposedness (a Gaussian around 0.5, σ = 0.2),
+  blended over Laplacian pyramids.  It runs on the luminances dig2dig fuses, so its saturation term
+  (the spread of R, G, B) has no weight; colour comes from the task's chroma policy as for every method.
 """
 
 from __future__ import annotations
@@ -99,4 +103,13 @@ def guided(sources: list[np.ndarray], r1: int = 45, eps1: float = 0.3, r2: int =
     return np.clip(fused, 0.0, 1.0).astype(np.float32)
 
 
-BASELINES = {"average": average, "maxabs": maxabs, "laplacian": laplacian, "guided": guided}
+def mertens(sources: list[np.ndarray], contrast: float = 1.0, exposedness: float = 1.0) -> np.ndarray:
+    import cv2
+
+    s = _stack(sources)
+    # MergeMertens reads any input as 0..255 data (it divides by 255) and returns 0..1 (unclipped)
+    fused = cv2.createMergeMertens(float(contrast), 0.0, float(exposedness)).process([x * 255.0 for x in s])
+    return np.clip(fused, 0.0, 1.0).astype(np.float32)
+
+
+BASELINES = {"average": average, "maxabs": maxabs, "laplacian": laplacian, "guided": guided, "mertens": mertens}

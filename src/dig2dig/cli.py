@@ -65,8 +65,12 @@ def method_options_from_args(args: argparse.Namespace) -> dict:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     """What every fusing command shares: method, steps, seed, task, prior, device, resize."""
-    p.add_argument("--method", default="dig2dig", help="fusion method: dig2dig (default), ddfm, ccf; classical baselines: "
-                   "average, maxabs, laplacian, guided")
+    from .methods import METHODS
+
+    diffusion = ", ".join(n for n, m in METHODS.items() if m.needs_prior and n != "dig2dig")
+    classical = ", ".join(n for n, m in METHODS.items() if not m.needs_prior)
+    p.add_argument("--method", default="dig2dig", help=f"fusion method: dig2dig (default), {diffusion}; classical "
+                   f"baselines: {classical}")
     p.add_argument("--steps", help="reverse steps: a count (method default if omitted), 'power:N:P' or a list '999,500,0'")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     p.add_argument("--task", default="auto", choices=TASK_CHOICES, help="fusion task (default: detect from names/channels)")

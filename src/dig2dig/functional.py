@@ -1,8 +1,8 @@
 """The image math every method shares, as pure functions on torch batches (B, C, H, W).
 
 One home for: luminance (BT.601, constants in :mod:`dig2dig.color`), the public [0, 1] ↔ the
-prior's [-1, 1], Gaussian taps and separable filtering, the local SSIM map, Sobel gradients, x̂0
-from ε, and seeded per-item noise.  Method files import these; none of them keeps a private copy.
+prior's [-1, 1], Gaussian taps and separable filtering, Gaussian and Laplacian pyramids, the local
+SSIM map, Sobel gradients, x̂0 from ε, and seeded per-item noise.  Method files import these; none of them keeps a private copy.
 
 Float conventions, kept because the reference implementations' numbers depend on them:
 
@@ -92,6 +92,57 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     r = taps.numel() // 2
     x = F.pad(x, (r, r, r, r), mode="reflect" if min(x.shape[-2:]) > r else "replicate")
     return separable_filter(x, taps)
+
+
+_BINOMIAL5 = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)  # Burt & Adelson's generating kernel
+
+
+def pyr_down(x: torch.Tensor) -> torch.Tensor:
+    """One level down a Gaussian pyramid: the 5-tap binomial blur (reflected borders), every second pixel.
+
+    An H×W image becomes ceil(H/2)×ceil(W/2).
+    """
+    taps = torch.tensor(_BINOMIAL5, dtype=x.dtype, device=x.device)
+    x = F.pad(x, (2, 2, 2, 2), mode="reflect" if min(x.shape[-2:]) > 2 else "replicate")
+    return separable_filter(x, taps)[..., ::2, ::2]
+
+
+def pyr_up(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """One level up: bilinear interpolation to ``size`` (the finer level's H, W)."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def pyramid_levels(height: int, width: int, levels: int | None = None) -> int:
+    """Detail levels of a Laplacian pyramid: ``levels`` if given, else as many as keep the coarsest
+    level at least 8 pixels on its short side, at most 5 (the coarsest then holds structures of 32+ pixels)."""
+    if levels is not None:
+        return int(levels)
+    return int(max(1, min(5, math.floor(math.log2(max(min(height, width), 16) / 8)))))
+
+
+def laplacian_pyramid(x: torch.Tensor, levels: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(detail bands, finest first; the coarsest Gaussian level): ``collapse`` inverts it exactly."""
+    bands = []
+    for _ in range(levels):
+        down = pyr_down(x)
+        bands.append(x - pyr_up(down, x.shape[-2:]))
+        x = down
+    return bands, x
+
+
+def gaussian_pyramid_top(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """The coarsest level of ``x``'s Gaussian pyramid (``levels`` steps down)."""
+    for _ in range(levels):
+        x = pyr_down(x)
+    return x
+
+
+def collapse(bands: Sequence[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+    """The image of a Laplacian pyramid: up from ``base`` through ``bands`` (finest first)."""
+    x = base
+    for band in reversed(bands):
+        x = band + pyr_up(x, band.shape[-2:])
+    return x
 
 
 def box_mean(x: torch.Tensor, win: int) -> torch.Tensor:

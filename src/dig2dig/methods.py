@@ -20,6 +20,7 @@ from .options import (
     DIGOptions,
     GuidedOptions,
     LaplacianOptions,
+    MertensOptions,
     NoOptions,
     Options,
     PriorOptions,
@@ -95,7 +96,8 @@ def _build_ddfm(ctx: BuildContext, opts: DDFMOptions):
 def _build_dig(ctx: BuildContext, opts: DIGOptions):
     from .guidance.dig import DIGGuidance
 
-    return DIGGuidance(ctx.sources, ctx.prior, ctx.grid, noise_seeds=ctx.seeds, record=ctx.record, **opts.values())
+    return DIGGuidance(ctx.sources, ctx.prior, ctx.grid, noise_seeds=ctx.seeds, record=ctx.record, task=ctx.task,
+                       **opts.values())
 
 
 def _build_ccf(ctx: BuildContext, opts: CCFOptions):
@@ -135,6 +137,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            classical=_baseline("laplacian")),
     Method("guided", "classical baseline: guided-filtering fusion (GFF, Li et al. 2013)", GuidedOptions,
            classical=_baseline("guided")),
+    Method("mertens", "classical baseline: exposure fusion (Mertens et al. 2007, OpenCV's MergeMertens) on the "
+           "luminances", MertensOptions, classical=_baseline("mertens")),
 )}
 
 

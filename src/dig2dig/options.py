@@ -214,22 +214,36 @@ class DIGOptions(Options):
 
     owner = "dig2dig"
     presets = {  # one option away from the default (options given as well override the preset)
-        "paper": {"mixing": "attractive", "limit": 0.0, "smooth": 0.0, "temperature": 1.0},
-        "soft": {"limit": 1.0, "smooth": 12.0, "temperature": 1.0},
+        "paper": {"blend": "pixel", "mixing": "attractive", "limit": 0.0, "smooth": 0.0, "temperature": 1.0},
+        "soft": {"blend": "pixel", "mixing": "complementary", "limit": 1.0, "smooth": 12.0, "temperature": 1.0},
+        "select": {"blend": "pixel", "mixing": "complementary", "limit": 20.0, "smooth": 32.0, "temperature": 0.02},
     }
-    preset: str = option("default", "a set of other defaults: paper = the paper read literally (the paper's "
-                         "mixing, no soft limit, no smoothing, temperature 1); soft = dig2dig 0.1's near-average "
-                         "weights (limit 1, smooth 12, temperature 1); options given as well override it",
-                         choices=("default", "paper", "soft"))
+    preset: str = option("default", "a set of other defaults: paper = the paper read literally (per-pixel blend, "
+                         "the paper's mixing, no soft limit, no smoothing, temperature 1); soft = dig2dig 0.1's "
+                         "near-average per-pixel weights (limit 1, smooth 12, temperature 1); select = dig2dig 0.2's "
+                         "per-pixel selection (limit 20, smooth 32, temperature 0.02); options given as well "
+                         "override it", choices=("default", "paper", "soft", "select"))
+    blend: str = option("pyramid", "where the weights act: pyramid = per scale, on the sources' Laplacian-pyramid "
+                        "detail bands (DIG per band), the coarsest level an EM consensus; pixel = one per-pixel blend "
+                        "of intensities", choices=("pyramid", "pixel"))
+    levels: int | None = option(None, "pyramid blend: detail levels", kind="int", low=1, high=8,
+                                none_means="from the size, 1 to 5")
+    base: str = option("auto", "pyramid blend: weights of the coarsest level: consensus = the EM precisions of the "
+                       "released DDFM (near the sources' mean); select = the intensity DIG times the paper's EM "
+                       "precisions (the source DIG favours wins the region); auto = the task's (select for vif and "
+                       "mff, consensus for mif and mef)", choices=("auto", "consensus", "select"))
+    band_smooth: float = option(1.0, "pyramid blend: σ of the Gaussian that smooths each band's DIG map, in pixels "
+                                "of that band (0: none)", low=0, high=64)
     interval: int = option(10, "S: refresh the DIG weights every S steps", low=1, high=1000)
     distance: str = option("l2", "distance between a denoised source and the source", choices=("l2", "l1", "ssim", "none"))
-    temperature: float = option(0.02, "softmax temperature on the normalised gains", low=0, low_open=True, high=1000)
-    limit: float = option(20.0, "soft limit L of the scaled gains before the softmax (L tanh(z/L); 0: none)", low=0,
+    temperature: float = option(0.2, "softmax temperature on the normalised gains", low=0, low_open=True, high=1000)
+    limit: float = option(5.0, "soft limit L of the scaled gains before the softmax (L tanh(z/L); 0: none)", low=0,
                           high=100)
     weights: str = option("dig", "per-pixel DIG weights, or equal weights (fixed guidance)", choices=("dig", "equal"))
-    mixing: str = option("complementary", "EM mixing rule: the released DDFM's, or the paper's f = x + v",
+    mixing: str = option("complementary", "pixel blend: EM mixing rule: the released DDFM's, or the paper's f = x + v",
                          choices=("complementary", "attractive"))
-    smooth: float = option(32.0, "σ in pixels of the Gaussian that smooths the DIG maps (0: none)", low=0, high=512)
+    smooth: float = option(4.0, "σ in pixels of the Gaussian that smooths the detail salience (pyramid blend) or the DIG "
+                           "maps (pixel blend); 0: none", low=0, high=512)
     dig_scale: float = option(0.5, "resolution of the DIG maps relative to the image", low=0, high=1, low_open=True)
     window: str = option("backward", "measure DIG over the stretch just traversed (backward) or the coming one "
                          "(forward: weights from step 0)", choices=("backward", "forward"))
@@ -237,6 +251,11 @@ class DIGOptions(Options):
                                "R × its largest so far (0: off)", low=0, high=1, high_open=True, metavar="R")
     power: float = option(2.0, "exponent P of the DIG-N grid t_i = 999 (i/(N-1))^P (big steps at high noise)",
                           low=0, low_open=True, high=10)
+
+    def check(self) -> None:
+        if self.blend == "pyramid" and self.distance == "ssim":
+            raise ValueError("dig2dig option distance='ssim' measures whole images, not pyramid bands; use it with "
+                             "blend=pixel, or distance l2, l1 or none")
 
     def max_batch(self) -> int | None:
         return 1 if self.accelerate > 0 else None  # merged steps are decided per image
@@ -321,6 +340,13 @@ class GuidedOptions(Options):
     eps1: float = option(0.3, "ε of the base layer's guided filter", low=0, low_open=True)
     r2: int = option(7, "radius of the detail layer's guided filter", low=1, high=1000)
     eps2: float = option(1e-6, "ε of the detail layer's guided filter", low=0, low_open=True)
+
+
+@dataclass(frozen=True)
+class MertensOptions(Options):
+    owner = "mertens"
+    contrast: float = option(1.0, "exponent of the contrast measure (|Laplacian|) in the weights", low=0, high=10)
+    exposedness: float = option(1.0, "exponent of the well-exposedness measure in the weights", low=0, high=10)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,8 +28,34 @@ import numpy as np
 
 from .color import is_gray, luminance
 
-TASKS = ("vif", "mif", "mef", "mff")
-CHROMA = {"vif": "source", "mif": "source", "mef": "saturation", "mff": "saturation"}
+@dataclass(frozen=True)
+class TaskRecord:
+    """What a fusion task sets for every method: its chroma policy and the per-task defaults of the methods
+    (Dig2DIG's coarsest-level weights, ``base="auto"``)."""
+
+    name: str
+    chroma: str  # :data:`dig2dig.color.CHROMA_POLICIES`
+    dig_base: str  # Dig2DIG's pyramid blend: "select" or "consensus" coarsest-level weights
+
+
+TASK_RECORDS: dict[str, TaskRecord] = {r.name: r for r in (
+    TaskRecord("vif", chroma="source", dig_base="select"),
+    TaskRecord("mif", chroma="source", dig_base="consensus"),
+    TaskRecord("mef", chroma="saturation", dig_base="consensus"),
+    TaskRecord("mff", chroma="saturation", dig_base="select"),
+)}
+TASKS = tuple(TASK_RECORDS)
+CHROMA = {name: r.chroma for name, r in TASK_RECORDS.items()}
+
+
+def task_record(name: str | None) -> TaskRecord:
+    """The record of task ``name``; None (a method used outside a fusion task) gets VIF's."""
+    if name is None:
+        return TASK_RECORDS["vif"]
+    try:
+        return TASK_RECORDS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; use one of {', '.join(TASK_RECORDS)}") from None
 
 # token -> (task, role) where role 0 = intensity (first), 1 = texture (second), None = ordered
 _HINTS: dict[str, tuple[str, int | None]] = {}

@@ -161,7 +161,19 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..functional import gaussian_blur, item_noise, local_ssim, luma, with_luma
+from ..functional import (
+    collapse,
+    gaussian_blur,
+    gaussian_pyramid_top,
+    item_noise,
+    laplacian_pyramid,
+    local_ssim,
+    luma,
+    pyr_down,
+    pyr_up,
+    pyramid_levels,
+    with_luma,
+)
 from ..options import DIGOptions
 from ..sampler import Rectifier
 
@@ -178,6 +190,10 @@ class DIGState:
     scale: torch.Tensor | None = None  # running max of mean|DIG - mean_j DIG_j| over the refreshes so far
     gain_max: torch.Tensor | None = None  # running max of the total gain (B,), for acceleration
     stride: int = 1  # grid points per reverse step until the next refresh (2 = merged steps)
+    detail: torch.Tensor | None = None  # pyramid blend: the weighted detail bands, collapsed (B, 1, H, W)
+    band_scale: list | None = None  # pyramid blend: the running max spread of each band's DIG
+    choice: torch.Tensor | None = None  # pyramid blend: one-hot (N, B, 1, H, W), the source of each pixel's detail
+    base_weights: torch.Tensor | None = None  # pyramid blend, base="select": the coarsest level's DIG weights
     history: list = field(default_factory=list)  # one record per refresh
 
 
@@ -218,7 +234,7 @@ class DIGGuidance(Rectifier):
     name = "dig2dig"
 
     def __init__(self, sources: list[torch.Tensor], prior, grid: list[int], *, noise_seeds: list[int] | None = None,
-                 record: bool = False, **options):
+                 record: bool = False, task: str | None = None, **options):
         if len(sources) < 2:
             raise ValueError(f"Dig2DIG fuses two or more sources, got {len(sources)}")
         if len({tuple(s.shape) for s in sources}) != 1 or sources[0].ndim != 4 or sources[0].shape[1] != 1:
@@ -230,6 +246,7 @@ class DIGGuidance(Rectifier):
         self.weighting, self.mixing, self.smooth, self.dig_scale = o.weights, o.mixing, o.smooth, o.dig_scale
         self.window, self.accelerate = o.window, o.accelerate
         n, b, _, h, w = self.src.shape
+        self.pyramid = o.blend == "pyramid"
         m = prior.spatial_multiple
         # DIG works on (optionally) downscaled sources, at a size the prior accepts
         hs = max(m, int(round(h * o.dig_scale / m)) * m)
@@ -244,6 +261,25 @@ class DIGGuidance(Rectifier):
         self.eps = eps.repeat(n, 1, 1, 1)  # the same ε for every source of an item
         self.refresh_forwards = 0
         self._curve = None  # record mode: d_i at every grid level, computed once after sampling
+        if self.pyramid:
+            self._init_pyramid(task)
+
+    def _init_pyramid(self, task: str | None) -> None:
+        """The sources' pyramids (fixed for the whole run) and the coarsest level's well-exposedness."""
+        from ..tasks import task_record
+
+        n, b, _, h, w = self.src.shape
+        o = self.opts
+        self.n_levels = pyramid_levels(h, w, o.levels)
+        bands, top = laplacian_pyramid(self.src.reshape(n * b, 1, h, w), self.n_levels)
+        self.src_bands = [x.reshape(n, b, 1, *x.shape[-2:]) for x in bands]
+        self.src_top = top.reshape(n, b, 1, *top.shape[-2:])
+        self.band_sizes = [tuple(x.shape[-2:]) for x in bands]
+        # the DIG maps are at dig_scale: their band k holds the detail of the image's band k + 1 (at 0.5)
+        self.small_bands = max(1, self.n_levels - 1)
+        src_small_bands, _ = laplacian_pyramid(self.src_small, self.small_bands)
+        self.src_small_bands = src_small_bands
+        self.base = task_record(task).dig_base if o.base == "auto" else o.base
 
     # --- DIG -----------------------------------------------------------------------------
     def _levels(self, state: DIGState, ts: list[int]) -> list[torch.Tensor]:
@@ -259,12 +295,45 @@ class DIGGuidance(Rectifier):
             for k, t in enumerate(todo):
                 chunk = slice(k * n * b, (k + 1) * n * b)
                 x0 = luma(self.prior.x0_from_eps(xt[chunk].repeat(1, self.prior.channels, 1, 1), eps[chunk], t))
+                if self.pyramid:
+                    state.levels[t] = self._band_distances(x0)
+                    continue
                 if self.distance == "none":
                     d = x0
                 else:
                     d = gaussian_blur(distance_map(x0, self.src_small, self.distance), self.smooth * self.dig_scale)
                 state.levels[t] = d.reshape(n, b, 1, *self.small)
         return [state.levels[t] for t in ts]
+
+    def _band_distances(self, x0: torch.Tensor) -> list[torch.Tensor]:
+        """Pyramid blend: per detail band k, the smoothed distance between the denoised source's band and the
+        source's, each (N·B, 1, h_k, w_k); with ``base="select"`` the intensity distance map last (``none``: the
+        denoised bands and intensity themselves)."""
+        bands, _ = laplacian_pyramid(x0, self.small_bands)
+        whole = [x0] if self.base == "select" else []
+        if self.distance == "none":
+            return bands + whole
+        out = [gaussian_blur(distance_map(x, ref, self.distance), self.opts.band_smooth)
+               for x, ref in zip(bands, self.src_small_bands)]
+        return out + [gaussian_blur(distance_map(x, self.src_small, self.distance), self.smooth * self.dig_scale)
+                      for x in whole]
+
+    def _band_gains(self, d_from: list, d_to: list) -> list[torch.Tensor]:
+        """DIG_i of every band (and of the intensity, with ``base="select"``), (N, B, 1, h_k, w_k) each."""
+        n, b = self.src.shape[:2]
+        out = []
+        for k, (f, t) in enumerate(zip(d_from, d_to)):
+            sigma = self.opts.band_smooth if k < self.small_bands else self.smooth * self.dig_scale
+            g = gaussian_blur((t - f) ** 2, sigma) if self.distance == "none" else f - t
+            out.append(g.reshape(n, b, 1, *g.shape[-2:]))
+        return out
+
+    def _total(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Pyramid blend: the band maps summed at the DIG resolution, (N, B, 1, h, w) (for records and curves)."""
+        lead = maps[0].shape[:-3]
+        flat = [m.reshape(-1, 1, *m.shape[-2:]) for m in maps[:self.small_bands]]
+        total = sum(pyr_up(m, self.small) for m in flat)
+        return total.reshape(*lead, 1, *self.small)
 
     def _gain(self, d_from: torch.Tensor, d_to: torch.Tensor) -> torch.Tensor:
         """DIG_i between a noisier level (``d_from``) and a less noisy one (``d_to``): (N, B, 1, h, w)."""
@@ -287,13 +356,16 @@ class DIGGuidance(Rectifier):
         rec = {"step": step.index, "t": step.t, "t_from": None}
         if t_from is not None and t_from != t_to:
             d_from, d_to = self._levels(state, [t_from, t_to])
-            dig = self._gain(d_from, d_to)
-            cur = dig_scale_of(dig)
-            state.scale = cur if state.scale is None else torch.maximum(state.scale, cur)
-            w_small = softmax_weights(dig, self.temperature, state.scale, self.opts.limit)
-            weights = F.interpolate(w_small.reshape(n * b, 1, *self.small), size=(h, w), mode="bilinear",
-                                    align_corners=False).reshape(n, b, 1, h, w)
-            state.weights = weights / weights.sum(0, keepdim=True)
+            if self.pyramid:
+                dig = self._refresh_bands(state, self._band_gains(d_from, d_to))
+            else:
+                dig = self._gain(d_from, d_to)
+                cur = dig_scale_of(dig)
+                state.scale = cur if state.scale is None else torch.maximum(state.scale, cur)
+                w_small = softmax_weights(dig, self.temperature, state.scale, self.opts.limit)
+                weights = F.interpolate(w_small.reshape(n * b, 1, *self.small), size=(h, w), mode="bilinear",
+                                        align_corners=False).reshape(n, b, 1, h, w)
+                state.weights = weights / weights.sum(0, keepdim=True)
             gain = dig.mean(dim=(0, 2, 3, 4))  # total gain per item, (B,)
             state.gain_max = gain if state.gain_max is None else torch.maximum(state.gain_max, gain)
             if self.accelerate > 0:
@@ -313,6 +385,40 @@ class DIGGuidance(Rectifier):
         state.history.append(rec)
         return state
 
+    def _refresh_bands(self, state: DIGState, gains: list[torch.Tensor]) -> torch.Tensor:
+        """Pyramid blend: which source gives the detail at each pixel, from the DIG-weighted detail magnitudes,
+        and the detail bands blended accordingly; with ``base="select"`` the coarsest level's weights from the
+        intensity DIG.  Returns the gains summed over bands (for the records)."""
+        n, b, _, h, w = self.src.shape
+        scales = [dig_scale_of(g) for g in gains]
+        state.band_scale = scales if state.band_scale is None else [torch.maximum(s, c) for s, c in
+                                                                      zip(state.band_scale, scales)]
+        w_small = [softmax_weights(g, self.temperature, s, self.opts.limit) for g, s in zip(gains, state.band_scale)]
+        # salience: |detail| of every band, weighted by that band's DIG weights, summed at full resolution
+        # (the image's band l takes the DIG maps' band max(l - 1, 0): at dig_scale 0.5 DIG band k is image band k + 1)
+        salience = 0
+        for lvl, size in enumerate(self.band_sizes):
+            wk = w_small[min(max(lvl - 1, 0), self.small_bands - 1)]
+            act = pyr_up(wk.reshape(n * b, 1, *wk.shape[-2:]), size) * self.src_bands[lvl].abs().reshape(n * b, 1, *size)
+            salience = salience + pyr_up(act, (h, w))
+        salience = gaussian_blur(salience, self.smooth).reshape(self.src.shape)
+        # every pixel's detail from the most salient source, blended across scales through the Gaussian
+        # pyramid of the choice (Burt & Adelson), so that transitions are as wide as each band's structures
+        pick = salience.argmax(0, keepdim=True)
+        choice = (pick == torch.arange(n, device=pick.device).view(n, 1, 1, 1, 1)).to(self.src.dtype)
+        m = choice.reshape(n * b, 1, h, w)
+        bands = []
+        for lvl, size in enumerate(self.band_sizes):
+            bands.append((m.reshape(n, b, 1, *size) * self.src_bands[lvl]).sum(0))
+            m = pyr_down(m)
+        state.detail = collapse(bands, torch.zeros_like(self.src_top[0]))
+        state.choice = choice
+        if self.base == "select":
+            wb = pyr_up(w_small[-1].reshape(n * b, 1, *self.small), (h, w)).reshape(self.src.shape)
+            state.base_weights = wb / wb.sum(0, keepdim=True)
+        state.weights = choice  # what the records and figures show: the source each pixel's detail comes from
+        return self._total(gains)
+
     def advance(self, step, state: DIGState) -> int:
         """Grid points the sampler moves on from this step (the :func:`~dig2dig.sampler.ddim` hook)."""
         if self.accelerate <= 0 or state is None:
@@ -331,7 +437,7 @@ class DIGGuidance(Rectifier):
         maps = []
         for lo in range(0, len(self.grid), chunk):
             ts = self.grid[lo: lo + chunk]
-            maps += [d.cpu() for d in self._levels(scratch, ts)]
+            maps += [(self._total(d) if self.pyramid else d).cpu() for d in self._levels(scratch, ts)]
             scratch.levels.clear()
         return {"t": list(self.grid), "dist": torch.stack(maps)[:, :, :, 0]}
 
@@ -365,8 +471,25 @@ class DIGGuidance(Rectifier):
         r2 = (f.unsqueeze(0) - self.src) ** 2
         P = torch.sqrt(2.0 / state.tau / (r2 + 1e-6))
         state.tau = (1.0 / (P + 1e-10) + state.tau / 2).mean(dim=(2, 3, 4), keepdim=True)
+        if self.pyramid:
+            return self._fuse_pyramid(P, state), state
         a = state.weights / P if self.mixing == "complementary" else state.weights * P
         return (a * self.src).sum(0) / a.sum(0), state
+
+    def _fuse_pyramid(self, P: torch.Tensor, state: DIGState) -> torch.Tensor:
+        """The pyramid M-step: the chosen detail bands (fixed between refreshes) on a coarsest level mixed by the
+        released DDFM's precisions (``consensus``) or by the intensity DIG weights times the paper's (``select``)."""
+        n, b, _, h, w = self.src.shape
+        if self.base == "select":
+            a = P if state.base_weights is None else P * state.base_weights
+        else:
+            a = 1.0 / P
+        a = a / a.sum(0, keepdim=True)
+        top = gaussian_pyramid_top(a.reshape(n * b, 1, h, w), self.n_levels).reshape(self.src_top.shape)
+        base = (top * self.src_top).sum(0) / top.sum(0)
+        if state.detail is None:  # equal detail weights until the first informative refresh
+            state.detail = collapse([x.mean(0) for x in self.src_bands], torch.zeros_like(base))
+        return state.detail + collapse([torch.zeros_like(x[0]) for x in self.src_bands], base)
 
     def __call__(self, x0_hat: torch.Tensor, step, state: DIGState):
         if self.weighting == "dig" and step.index >= state.next_refresh:

@@ -242,7 +242,7 @@ _CDD_METRICS = (
         note="needs local weights (lpips_weights= or DIG2DIG_LPIPS_WEIGHTS)"),
 ) + tuple(  # on request only: not in the evaluator; computed on the same luminance planes
     _cm(name, variant, colour="luminance", default=False, note="extra: not in the evaluator")
-    for name, variant in (("EI", "vifb"), ("CE", "vifb"), ("NMI", "mefb"), ("FMI", "none"), ("Qncie", "mefb"),
+    for name, variant in (("SSIM_min", "cdd"), ("EI", "vifb"), ("CE", "vifb"), ("NMI", "mefb"), ("FMI", "none"), ("Qncie", "mefb"),
                           ("TE", "mefb"), ("RMSE", "vifb"), ("MS_SSIM", "wang"), ("MEF_SSIM", "ma"),
                           ("Nabf1", "petrovic"), ("Labf", "petrovic"), ("Qc", "cvejic"), ("Qy", "yang"),
                           ("Qw", "sw2"), ("Qe", "sw3"), ("VIFF", "han"), ("Qcb", "chen-blum"),

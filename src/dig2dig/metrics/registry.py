@@ -128,6 +128,8 @@ _add("Labf", "petrovic", _g.labf, False, 2, "unitless (0..1)", f"{TANG}analysis_
 # --- structural similarity ------------------------------------------------------------------------
 _add("SSIM", "cdd", _st.ssim_cdd, True, 2, "unitless (sum, -2..2)", f"{CDD} SSIM (skimage 0.19, data_range=2)",
      "skimage SSIM(F,A)+SSIM(F,B), 7x7 uniform, data_range 2")
+_add("SSIM_min", "cdd", _st.ssim_min_cdd, True, 2, "unitless (-1..1)", f"{CDD} SSIM terms (skimage 0.19, data_range=2)",
+     "min(SSIM(F,A), SSIM(F,B)): the source whose structure is kept least")
 _add("SSIM", "cdd-dr255", partial(_st.ssim_cdd, data_range=255.0), True, 2, "unitless (sum, -2..2)",
      f"{CDD} SSIM with data_range=255", "skimage SSIM sum, data_range 255")
 _add("SSIM", "vifb", _st.ssim_vifb, True, 2, "unitless (sum, -2..2)", f"{VIFB}metricsSsim.m",
