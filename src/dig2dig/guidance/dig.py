@@ -404,8 +404,9 @@ class DIGGuidance(Rectifier):
         salience = gaussian_blur(salience, self.smooth).reshape(self.src.shape)
         # every pixel's detail from the most salient source, blended across scales through the Gaussian
         # pyramid of the choice (Burt & Adelson), so that transitions are as wide as each band's structures
-        pick = salience.argmax(0, keepdim=True)
-        choice = (pick == torch.arange(n, device=pick.device).view(n, 1, 1, 1, 1)).to(self.src.dtype)
+        # (ties, e.g. where no source has detail, are shared equally)
+        choice = (salience == salience.amax(0, keepdim=True)).to(self.src.dtype)
+        choice = choice / choice.sum(0, keepdim=True)
         m = choice.reshape(n * b, 1, h, w)
         bands = []
         for lvl, size in enumerate(self.band_sizes):
