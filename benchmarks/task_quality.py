@@ -31,7 +31,7 @@ DDFM = "ddfm:steps=100"
 # task -> (datasets (name, folder, first N pairs or None), baselines the bar is taken from, key metrics)
 TASKS = {
     "vif": ([("vifb", "data/fusion/vif/vifb", None), ("msrs", "data/fusion/vif/msrs", None),
-             ("llvip", "data/fusion/vif/llvip", 10)], ["guided", "laplacian"], ["Qabf", "VIF", "SD", "MI"]),
+             ("llvip", "data/fusion/vif/llvip", 5)], ["guided", "laplacian"], ["Qabf", "VIF", "SD", "MI"]),
     "mif": ([("mri_ct", "data/fusion/mif/mri_ct", None), ("mri_pet", "data/fusion/mif/mri_pet", None)],
             ["guided", "laplacian"], ["Qabf", "VIF", "MI", "SSIM_min"]),
     "mef": ([("sice", "data/fusion/mef/sice", None), ("iidmef", "data/fusion/mef/iidmef", None)],
@@ -135,7 +135,8 @@ def main() -> int:
         lines.append("")
     if args.ddfm:
         lines += ["## The paper's claim: the default against DDFM-100 (same seed)", "",
-                  "| dataset | pairs | " + " | ".join(f"{c} {'↑' if c in UP else '↓'} default / DDFM" for c in PAPER_CLAIM)
+                  "| dataset | pairs | "
+                  + " | ".join(f"{c} {'↑' if c in UP else '↓'} default / DDFM" for c in PAPER_CLAIM)
                   + " | wins | time default / DDFM | speed-up |", "|---|---|" + "---|" * (len(PAPER_CLAIM) + 3)]
         for name, (folder, first) in DDFM_SETS.items():
             caps = [x for x in (first, args.limit, args.ddfm_limit) if x]

@@ -167,3 +167,65 @@ def test_acceleration_merges_low_gain_steps_and_keeps_batches_exact(tiny_gray_pr
     batch = dig2dig.fuse_batch(pairs, seeds=[1, 2], accelerate=0.99, **kw)
     for k, p in enumerate(pairs):
         np.testing.assert_array_equal(batch[k].image, dig2dig.fuse(p, seed=[1, 2][k], accelerate=0.99, **kw).image)
+
+
+@needs_prior
+def test_default_carries_both_sources_inside_a_bright_flat_region():
+    """A bright, flat disk ("bone") in one source and texture inside it in the other: the default (the pyramid
+    blend) keeps the texture at its full contrast *and* the disk's brightness; the per-pixel selection of
+    dig2dig 0.2 hands the disk to one source, and the plain average halves the texture."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    disk = (yy - 32) ** 2 + (xx - 32) ** 2 < 22 ** 2
+    inner = (yy - 32) ** 2 + (xx - 32) ** 2 < 16 ** 2
+    bright = np.where(disk, 0.9, 0.05).astype(np.float32)
+    tex = ((yy // 4 + xx // 4) % 2).astype(np.float32)
+    textured = np.where(disk, 0.25 + 0.35 * tex, 0.05).astype(np.float32)
+
+    def both_kept(**opts) -> bool:
+        y = dig2dig.fuse([bright, textured], task="mif", seed=0, **opts).luminance[inner]
+        texture = np.corrcoef(y, tex[inner])[0, 1] > 0.9 and y.std() > 0.9 * textured[inner].std()
+        return bool(texture and y.mean() > textured[inner].mean() + 0.15)
+
+    assert both_kept()
+    assert not both_kept(preset="select") and not both_kept(method="average")
+
+
+def test_pyramid_options_and_task_records(tiny_gray_prior):
+    from dig2dig.tasks import TASK_RECORDS, task_record
+
+    a, b = (torch.from_numpy(smooth_image(24, 40, k))[None, None] * 2 - 1 for k in (1, 2))
+    for task, record in TASK_RECORDS.items():
+        g = DIGGuidance([a, b], tiny_gray_prior, [999, 0], task=task, noise_seeds=[0])
+        assert g.pyramid and g.base == record.dig_base
+    assert DIGGuidance([a, b], tiny_gray_prior, [999, 0], task="mif", base="select").base == "select"
+    with pytest.raises(ValueError, match="unknown task"):
+        task_record("xray")
+    with pytest.raises(ValueError, match="distance='ssim'"):
+        DIGGuidance([a, b], tiny_gray_prior, [999, 0], distance="ssim")
+    assert not DIGGuidance([a, b], tiny_gray_prior, [999, 0], distance="ssim", blend="pixel").pyramid
+    for preset in ("paper", "soft", "select"):  # the per-pixel rules of earlier releases, one option away
+        assert not DIGGuidance([a, b], tiny_gray_prior, [999, 0], preset=preset).pyramid
+    # one EM step of the pyramid blend before any refresh: the sources' mean detail on a consensus base, between
+    # the sources up to the pyramid's ringing
+    g = DIGGuidance([a, b], tiny_gray_prior, [999, 0], task="mif", noise_seeds=[0])
+    f, _ = g.fuse_luma(torch.zeros_like(a), g.initial_state())
+    assert f.shape == a.shape and torch.isfinite(f).all()
+    inside = (f >= torch.minimum(a, b) - 0.05) & (f <= torch.maximum(a, b) + 0.05)
+    assert float(inside.float().mean()) > 0.9
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 1, 64, 64), (3, 1, 9, 200)])
+def test_laplacian_pyramid_collapses_exactly(shape):
+    from dig2dig.functional import collapse, gaussian_pyramid_top, laplacian_pyramid, pyramid_levels
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    levels = pyramid_levels(*shape[-2:])
+    assert 1 <= levels <= 5 and pyramid_levels(480, 640) == 5 and pyramid_levels(16, 16) == 1
+    bands, top = laplacian_pyramid(x, levels)
+    assert len(bands) == levels and bands[0].shape == x.shape
+    assert [b.shape[-2] for b in bands[1:]] == [-(-bands[k].shape[-2] // 2) for k in range(levels - 1)]
+    torch.testing.assert_close(collapse(bands, top), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(gaussian_pyramid_top(x, levels), top)
+    flat = torch.full(shape, 0.3)  # a flat image has no detail and a flat top
+    fb, ft = laplacian_pyramid(flat, levels)
+    assert max(float(b.abs().max()) for b in fb) < 1e-6 and torch.allclose(ft, flat[..., : ft.shape[-2], : ft.shape[-1]])

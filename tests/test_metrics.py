@@ -257,6 +257,18 @@ def test_better_fusion_scores_better(natural):
         assert spec.func(good, a, b) < spec.func(bad, a, b), name
 
 
+def test_ssim_min_is_the_source_kept_least(natural):
+    img, a, b = natural
+    for f in (a, b, np.floor((a + b) / 2)):
+        both = sorted([M.ssim_skimage(f, a, data_range=2.0), M.ssim_skimage(f, b, data_range=2.0)])
+        assert get_metric("SSIM_min").func(f, a, b) == pytest.approx(both[0])
+    # copying one source keeps all of it and the least of the other: high SSIM sum, low SSIM_min
+    avg = np.floor((a + b) / 2)
+    assert M.ssim_min_cdd(a, a, b) < M.ssim_min_cdd(avg, a, b)
+    u8 = [x.astype(np.uint8) for x in (a, b)]
+    assert M.score(u8[0], u8, "cddfuse", ["SSIM_min"])["SSIM_min"] == pytest.approx(M.ssim_min_cdd(a, a, b), abs=1e-5)
+
+
 def test_ms_ssim_wang(natural):
     rng = np.random.default_rng(1)
     x = np.clip(cv2.resize(natural[0], (192, 192)) + rng.normal(0, 3, (192, 192)), 0, 255)

@@ -171,6 +171,25 @@ def test_classical_baselines_need_no_prior(method, monkeypatch, tmp_path):
         dig2dig.fuse([a, b], method=method, steps=10)
 
 
+def test_mertens_keeps_the_well_exposed_detail():
+    from dig2dig import baselines
+
+    rng = np.random.default_rng(0)
+    texture = (rng.random((64, 64)) > 0.5).astype(np.float32)
+    under = np.full((64, 64), 0.05, np.float32)
+    under[:, :32] += 0.25 * texture[:, :32]  # the left half's texture shows only in the dark frame
+    over = np.full((64, 64), 1.0, np.float32)  # clipped on the left
+    over[:, 32:] = 0.3 + 0.4 * texture[:, 32:]  # the right half's texture, well exposed
+    f = baselines.mertens([under, over])
+    assert f.shape == (64, 64) and f.dtype == np.float32 and 0 <= f.min() and f.max() <= 1
+    # both halves keep their texture, and the clipped half is not white
+    assert np.corrcoef(f[:, 2:30].ravel(), texture[:, 2:30].ravel())[0, 1] > 0.5
+    assert np.corrcoef(f[:, 34:62].ravel(), texture[:, 34:62].ravel())[0, 1] > 0.5
+    assert f[:, :32].mean() < 0.9
+    with pytest.raises(ValueError, match="mertens option contrast"):
+        dig2dig.fuse([under, over], method="mertens", contrast=-1)
+
+
 def test_laplacian_and_guided_keep_the_sharper_source():
     from dig2dig import baselines
 

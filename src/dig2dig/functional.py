@@ -2,7 +2,8 @@
 
 One home for: luminance (BT.601, constants in :mod:`dig2dig.color`), the public [0, 1] ↔ the
 prior's [-1, 1], Gaussian taps and separable filtering, Gaussian and Laplacian pyramids, the local
-SSIM map, Sobel gradients, x̂0 from ε, and seeded per-item noise.  Method files import these; none of them keeps a private copy.
+SSIM map, Sobel gradients, x̂0 from ε, and seeded per-item noise.  Method files import these; none
+of them keeps a private copy.
 
 Float conventions, kept because the reference implementations' numbers depend on them:
 

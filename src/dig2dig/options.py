@@ -242,8 +242,8 @@ class DIGOptions(Options):
     weights: str = option("dig", "per-pixel DIG weights, or equal weights (fixed guidance)", choices=("dig", "equal"))
     mixing: str = option("complementary", "pixel blend: EM mixing rule: the released DDFM's, or the paper's f = x + v",
                          choices=("complementary", "attractive"))
-    smooth: float = option(4.0, "σ in pixels of the Gaussian that smooths the detail salience (pyramid blend) or the DIG "
-                           "maps (pixel blend); 0: none", low=0, high=512)
+    smooth: float = option(4.0, "σ in pixels of the Gaussian that smooths the detail salience (pyramid blend) or "
+                           "the DIG maps (pixel blend); 0: none", low=0, high=512)
     dig_scale: float = option(0.5, "resolution of the DIG maps relative to the image", low=0, high=1, low_open=True)
     window: str = option("backward", "measure DIG over the stretch just traversed (backward) or the coming one "
                          "(forward: weights from step 0)", choices=("backward", "forward"))

@@ -34,21 +34,25 @@ Choices:
   same one batched forward.  Either way each level is denoised once and reused by the next refresh.
   ``benchmarks/dig2dig_ablations.py`` (part ``window``) compares the two.
 * **x̂0 of a noised source** is clipped to [-1, 1], as the sampler clips its own x̂0.
-* **Smoothing** (``smooth`` = σ of G_σ in image pixels, default 32).  A DIG map comes from one
-  draw of ε, and at the noisiest levels x̂0 of a noised source is mostly the prior's guess from
-  that ε (√ᾱ_999 ≈ 0.006): the same blotchy guess g(ε) for every source, so the cross-source
-  differences of d_i(999) = (g - c_i)² are linear in g and carry its ~20-30-pixel blotches into
-  the weights, and from there into the image as patchy seams between the sources.  With weights
-  that select (below), the smoothing also sets the size of the regions a source can win: σ = 64
-  scores best on the dev sets but hands small infrared targets (a pedestrian of 10-20 pixels) to
-  the visible image around them; σ = 32 keeps them, at a small cost in the metrics (section 4).
-  (With the soft weights of dig2dig 0.1, ``preset="soft"``, σ = 12 was enough: chosen on MSRS
-  pairs 13-20 against DDFM-100, σ = 4 → 12 cut Nabf from 2.7e-5 to 4.9e-6.)
+* **What DIG is measured on.**  The default pyramid blend (section 2) measures it **per scale**:
+  the distance is taken between the Laplacian-pyramid bands of x̂0^i(t) and of c_i (band k of the
+  DIG-resolution pyramid), each smoothed by a Gaussian of ``band_smooth`` = 1 pixel of that band, so
+  DIG_i^k says how much of source i's detail *at that scale* the prior finished in the stretch.  The
+  pixel blend (the rule of dig2dig 0.1-0.2, ``blend="pixel"``) measures it on intensities,
+  d_i(t) = G_σ * dist(x̂0^i(t), c_i) with σ = ``smooth`` image pixels.  A DIG map comes from one draw
+  of ε, and at the noisiest levels x̂0 of a noised source is mostly the prior's guess from that ε
+  (√ᾱ_999 ≈ 0.006): the same blotchy guess g(ε) for every source, so the cross-source differences of
+  d_i(999) = (g - c_i)² are linear in g and carry its ~20-30-pixel blotches into intensity weights.
+  The pixel blend therefore needs wide smoothing (``preset="select"``: σ = 32; ``"soft"``: 12), and
+  with weights that select, σ is the size of the regions a source wins -- the round blobs and
+  region-shaped brightness steps of dig2dig 0.2.  Per band, the blotches of g sit in the coarse
+  bands, and each band's own smoothing is a pixel of that band.
 * **Resolution** (``dig_scale``, default 0.5): DIG maps are computed on sources resized by this
-  factor and upsampled back.  The maps are smoothed anyway, and it cuts a refresh to a quarter of
-  a full-size forward, which is what keeps DIG-25 under 1/3.5 of DDFM-100's time on a CPU.
+  factor and upsampled back.  It cuts a refresh to a quarter of a full-size forward, which is what
+  keeps DIG-25 under 1/3.5 of DDFM-100's time on a CPU.  At 0.5, band k of the DIG pyramid holds the
+  detail of the image's band k + 1; the image's finest band takes the DIG of its next band.
 * **Distances** (``distance``): ``l2`` (default; squared error, the paper's best), ``l1``
-  (absolute error), ``ssim`` (1 - local SSIM, 7×7 window), and ``none``: a gain with no
+  (absolute error), ``ssim`` (1 - local SSIM, 7×7 window; pixel blend only), and ``none``: a gain with no
   reference to the clean source, the change of the estimate itself,
   DIG_i = G_σ * (x̂0^i(t) - x̂0^i(t_S))².  The paper's Table 3 "no metric" row equals its DDFM
   row, i.e. fixed guidance -- ``weights="equal"`` here; ``none`` is our own variant.
@@ -69,9 +73,63 @@ Choices:
   stretch being merged; with ``backward`` the previous stretch stands in for it.  The decision is
   per image, so :func:`dig2dig.fuse_batch` runs accelerated items one at a time.
 
-2. Weights
+2. Where the weights act: a pyramid data term (the default)
+-----------------------------------------------------------
+dig2dig 0.2 put one weight per pixel on each source's *intensity* in the EM step (section 4) and
+sharpened the weights into a 32-pixel selection.  Large, simple, bright structures (CT bone, clipped
+highlights, haze) are finished first by the prior and won whole regions: MRI-CT came out as the CT,
+a multi-exposure pair as its bright frame, and infrared-visible scenes switched source in round,
+σ-sized regions with a brightness step around them.  A choice between intensities cannot carry the
+MRI's detail *inside* the CT's bright skull, nor the dark frame's detail inside a clipped highlight.
+
+``blend="pyramid"`` (the default) moves the weights to where exposure fusion and Laplacian-pyramid
+fusion put theirs (Burt & Adelson 1983; Mertens et al. 2007): the EM target is assembled scale by
+scale from the sources' Laplacian pyramids (``levels``: as many as keep the coarsest level 8 pixels
+or more, at most 5, i.e. structures of 32+ pixels).
+
+* **Detail (every band but the coarsest).**  At each refresh, each band's DIG (section 1) goes
+  through the softmax of section 3 (τ = ``temperature`` = 0.2, L = ``limit`` = 5): w_i^k, how much
+  of the detail at scale k the prior found in source i.  The *salience* of a source at a pixel is
+  its detail magnitude weighted by those gains and summed over scales, S_i = G_σ * Σ_l w_i^l |L_i^l|
+  (σ = ``smooth`` = 4 pixels) -- detail that the prior finishes counts, detail it does not (sensor
+  noise, blotches of ε) counts less.  Each pixel takes its detail from the most salient source (ties
+  shared), and that choice is carried to every band through its own Gaussian pyramid, so the
+  transition between two sources is as wide as each band's structures: no seams, no blobs.
+  Choosing one source per pixel for all bands, rather than each coefficient on its own, keeps a
+  source's structure whole (VIFB: Qabf 0.696 against 0.675, VIF 0.96 against 0.92, on 4 dev pairs).
+* **The coarsest level (``base``)** is mixed by the EM precisions of section 4, per task (the task
+  records in :mod:`dig2dig.tasks`, ``base="auto"``): ``consensus`` (MIF, MEF) uses the released DDFM's
+  precisions, a blend near the sources' mean, so the CT's bone and the bright frame cannot take the
+  MRI's soft tissue or the dark frame's highlights with them; ``select`` (VIF, MFF) uses the
+  intensity DIG weights (σ = ``smooth``, the coarsest level's own Gaussian pyramid smooths them to
+  32+ pixels) times the paper's attractive precisions, so each region keeps the brightness of the
+  source DIG favours: a night scene keeps its visible context and its bright infrared targets, an
+  in-focus region its source's values.
+
+The detail stays fixed between refreshes (until the first informative refresh: the sources' mean
+detail); the coarsest level is mixed again at every step from the current x̂0.  Per step this costs
+a Gaussian pyramid of N weight maps and one collapse: nothing next to the prior's forward.
+
+What each choice measured (the fast proxy: DIG-25's refreshes and the EM's fixed point without the
+reverse steps, which matched the full sampler within 0.002 Qabf; first 2-4 pairs of each dev set):
+
+    candidate                               VIFB Qabf/VIF/SD/MI       MRI-CT Qabf/VIF/MI/SSIM_min
+    per-coefficient DIG-weighted max        0.675 0.918 46.1 2.01     0.612 0.483 1.35 0.561
+    one choice per pixel, consensus base    0.696 0.962 45.7 2.09     0.611 0.615 1.41 0.515
+      + base from the intensity DIG (τ 0.2)  0.701 0.984 46.0 2.09     0.612 0.700 1.51 0.508
+      + the paper's precisions (select)    0.707 1.046 54.4 2.47     0.617 0.737 1.57 0.468
+    the choice itself as base weights       0.698 1.027 55.4 3.14     0.617 0.743 1.58 0.437
+    the better of guided and laplacian      0.711 1.015 49.0 2.99     0.619 0.558 1.52 0.577
+
+The selecting bases give MRI-CT its best Qabf and VIF, but they whiten the bone and drop the MRI
+detail inside it (SSIM_min 0.44-0.47), hence ``consensus`` for MIF; for MEF ``consensus`` scored
+MEF-SSIM 0.990 / 0.989 on SICE / IIDMEF against 0.982 / 0.976 for well-exposedness weights
+(Mertens' measure) on the coarsest level and on the salience, which were dropped.  The full
+dev-set tables are in ``benchmarks/results/task_quality.md`` (``benchmarks/task_quality.py``).
+
+3. Weights
 ----------
-w_i = softmax_i(DIG_i / (τ·s)) per pixel, with τ = ``temperature`` (default 0.02) and s the largest
+w_i = softmax_i(DIG_i / (τ·s)) per pixel, with τ = ``temperature`` (default 0.2) and s the largest
 cross-source spread, mean |DIG_i - mean_j DIG_j| over sources and pixels, of any refresh of this
 image so far.  DIG is an absolute quantity whose size depends on the image and the noise level, so
 a raw softmax would be uniform by accident (DIG ≪ 1 on [-1, 1] data) and a fixed τ would fit some
@@ -80,21 +138,22 @@ the part of DIG that all sources share (the general fall of the estimation error
 Taking the image's own largest spread makes the most informative refresh clearly non-uniform while
 later refreshes, whose gains are small because the sources are nearly recovered, fade toward equal
 weights instead of amplifying noise.  The scaled, centred gains are softly limited to ±L
-(z ↦ L tanh(z / L), L = ``limit``, default 20; L = 0 lifts the limit).  The weights are a partition
+(z ↦ L tanh(z / L), L = ``limit``, default 5; L = 0 lifts the limit).  The pyramid blend scales
+each band on its own (its own running spread).  The weights are a partition
 of unity at every pixel.  ``weights="equal"`` fixes w_i = 1/N (the fixed-guidance ablation, i.e.
 DDFM-style guidance with N sources).
 
-**Why these defaults.**  With τ = 1 and L = 1 (dig2dig 0.1, ``preset="soft"``) two-source weights
-stayed within 0.12 … 0.88: every pixel was a blend, the EM step then settles near the mean of the
-sources, and the result scored like the plain average on the metrics that reward carrying each
+**The pixel blend's selection (dig2dig 0.2, ``preset="select"``).**  With τ = 1 and L = 1 (dig2dig
+0.1, ``preset="soft"``) two-source weights stayed within 0.12 … 0.88: every pixel was a blend, the EM
+step then settles near the mean of the sources, and the result scored like the plain average on the metrics that reward carrying each
 source's structure (VIFB Qabf 0.448 vs 0.408 for the average; SF 11.1 vs 10.4).  A small τ with a
 wide limit turns the weights into a smooth *selection*: where one source's structure is finished
 by the prior first, that source's data term takes the pixel, and the σ-wide transitions between
 regions keep the seams invisible.  Chosen on the dev sets (VIFB 21, MSRS 10, MFFW 13 pairs; cddfuse
 convention; ``benchmarks/dig2dig_default.py``, table in ``benchmarks/results/dig2dig_default.md``)
-among the rules the paper allows; ``preset="paper"`` is the paper read literally (the paper's
-attractive mixing, no limit, no smoothing, τ = 1).  Means over pairs, default vs 0.1's soft weights
-vs the plain average:
+among the rules the paper allows; ``preset="paper"`` is the paper read literally (a per-pixel blend,
+the paper's attractive mixing, no limit, no smoothing, τ = 1).  Means over pairs, 0.2's selection vs
+0.1's soft weights vs the plain average:
 
     dataset   Qabf               VIF                SF                 SSIM (sum of two)
     VIFB      0.646 0.441 0.408  0.905 0.657 0.650  16.6 10.7 10.1     0.926 0.920 0.925
@@ -106,11 +165,11 @@ What it costs: the measures a plain average optimises get worse -- CC with the s
 to ~1e-3 (the published multi-focus methods' median is 8.6e-3); on MFFW the summed SSIM falls 5 %,
 and on MSRS MI falls to 1.80 (average 2.21).  τ = 0.01 with σ = 64 scores
 higher still on every dataset (VIFB Qabf 0.675, MSRS SSIM 0.926, MFFW MI 5.12) but hands small
-infrared pedestrians to the visible background around them, which is why σ = 32 and τ = 0.02 are
-the default.  The paper-literal rule (attractive mixing) selects without smoothing and tears the
+infrared pedestrians to the visible background around them, which is why σ = 32 and τ = 0.02 were
+0.2's default.  The paper-literal rule (attractive mixing) selects without smoothing and tears the
 image into the sources' pieces (VIFB SSIM 0.47, Nabf 0.066).
 
-3. Guidance: the DDFM EM step for N sources with per-pixel weights
+4. Guidance: the DDFM EM step for N sources with per-pixel weights
 -------------------------------------------------------------------
 The paper writes the weights into the score of the guided reverse process,
 ∇ log p(x_t | c) ≈ ∇ log p(x_t) + Σ_i w_i ∇ log p(c_i | x_t), and builds on DDFM, whose
@@ -124,7 +183,7 @@ E-step gives each source a precision from the current residual r_i = f - c_i,
 
 and its M-step mixes the sources.  Weighting source i's data term by w_i:
 
-* ``mixing="complementary"`` (default) -- the released DDFM's rule, generalised:
+* ``mixing="complementary"`` (default of the pixel blend) -- the released DDFM's rule, generalised:
   f' = Σ_i (w_i / P_i) c_i / Σ_i (w_i / P_i).  For N = 2 and equal weights this is exactly the
   release's F = (D·I + C·V)/(C + D).  Since 1/P_i ∝ |r_i|, it is one reweighted-least-squares step
   for Σ_i w_i √τ_i |f - c_i|³ / 3: an ℓ3 consensus that blends the sources (its fixed point
@@ -132,9 +191,15 @@ and its M-step mixes the sources.  Weighting source i's data term by w_i:
 * ``mixing="attractive"`` -- the paper's rule f = x + v, generalised: f' = Σ_i w_i P_i c_i /
   Σ_i w_i P_i, one IRLS step for Σ_i w_i |f - c_i| (a weighted median: per-pixel selection).
 
+With ``blend="pyramid"`` the E-step is the same and the M-step assembles f' by scales (section 2):
+f' = D + up(Σ_i Ĝ(a_i) Ĝ(c_i) / Σ_i Ĝ(a_i)), where D is the chosen detail collapsed to full size, Ĝ
+the coarsest level of a Gaussian pyramid, ``up`` the pyramid's expansion back to full size, and
+a_i = 1/P_i (``consensus``) or w_i P_i (``select``: the intensity DIG weights times the attractive
+precisions).  ``mixing`` is the pixel blend's rule; the pyramid's base names its own.
+
 Everything is per batch item (τ means are per image), so a batch equals its items run alone.
 
-4. What the ablations measured
+5. What the ablations measured
 ------------------------------
 (``benchmarks/results/dig2dig_ablations.md``: embedded prior, cddfuse convention, MSRS/LLVIP; made
 with the soft weights of dig2dig 0.1, ``preset="soft"``, before the defaults of section 2.)
@@ -399,8 +464,8 @@ class DIGGuidance(Rectifier):
         salience = 0
         for lvl, size in enumerate(self.band_sizes):
             wk = w_small[min(max(lvl - 1, 0), self.small_bands - 1)]
-            act = pyr_up(wk.reshape(n * b, 1, *wk.shape[-2:]), size) * self.src_bands[lvl].abs().reshape(n * b, 1, *size)
-            salience = salience + pyr_up(act, (h, w))
+            gain = pyr_up(wk.reshape(n * b, 1, *wk.shape[-2:]), size)
+            salience = salience + pyr_up(gain * self.src_bands[lvl].abs().reshape(n * b, 1, *size), (h, w))
         salience = gaussian_blur(salience, self.smooth).reshape(self.src.shape)
         # every pixel's detail from the most salient source, blended across scales through the Gaussian
         # pyramid of the choice (Burt & Adelson), so that transitions are as wide as each band's structures
@@ -438,7 +503,8 @@ class DIGGuidance(Rectifier):
         maps = []
         for lo in range(0, len(self.grid), chunk):
             ts = self.grid[lo: lo + chunk]
-            maps += [(self._total(d) if self.pyramid else d).cpu() for d in self._levels(scratch, ts)]
+            maps += [(self._total(d).reshape(self.src.shape[0], self.src.shape[1], 1, *self.small) if self.pyramid
+                      else d).cpu() for d in self._levels(scratch, ts)]
             scratch.levels.clear()
         return {"t": list(self.grid), "dist": torch.stack(maps)[:, :, :, 0]}
 
