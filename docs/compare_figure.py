@@ -1,7 +1,7 @@
 """Side-by-side pictures: the sources, the plain average and fused results, one row per pair.
 
-    python docs/compare_figure.py --out docs/img/fusion_compare.jpg \\
-        --config "Dig2DIG 0.3 default=dig2dig:limit=1,temperature=1,smooth=12" --config "Dig2DIG default=dig2dig" \\
+    python docs/compare_figure.py --out runs/compare.jpg \\
+        --config "0.2 selection=dig2dig:preset=select" --config "default=dig2dig" \\
         ../shared/data/fusion/vif/vifb/kettle ../shared/data/fusion/mff/mffw/03 ...
 
 Each row is scaled to one height; every panel is labelled.  ``--config`` takes ``LABEL=SPEC`` with a

@@ -60,8 +60,8 @@ def test_info_lists_methods_with_their_options_and_the_limits(client):
     dig = {o["name"]: o for o in info["methods"][0]["options"]}
     from dig2dig.options import DIGOptions
 
-    assert dig["interval"]["default"] == DIGOptions().interval and dig["temperature"]["default"] == 0.02
-    assert "paper" in str(dig["preset"])  # the paper-literal settings, one option away
+    assert dig["interval"]["default"] == DIGOptions().interval and dig["temperature"]["default"] == DIGOptions().temperature
+    assert "paper" in str(dig["preset"]) and dig["blend"]["default"] == "pyramid"  # earlier rules one option away
     assert info["limits"]["max_upload_mb"] == 1.0 and "feature_extractor" in info["not_from_requests"]
     assert client.get("/api/task", params=[("name", "ir.png"), ("name", "vis.png")]).json()["task"] == "vif"
     assert client.get("/api/task", params=[("name", "x.png"), ("name", "y.png")]).json()["task"] == "auto"
