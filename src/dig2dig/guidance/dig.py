@@ -124,8 +124,21 @@ reverse steps, which matched the full sampler within 0.002 Qabf; first 2-4 pairs
 The selecting bases give MRI-CT its best Qabf and VIF, but they whiten the bone and drop the MRI
 detail inside it (SSIM_min 0.44-0.47), hence ``consensus`` for MIF; for MEF ``consensus`` scored
 MEF-SSIM 0.990 / 0.989 on SICE / IIDMEF against 0.982 / 0.976 for well-exposedness weights
-(Mertens' measure) on the coarsest level and on the salience, which were dropped.  The full
-dev-set tables are in ``benchmarks/results/task_quality.md`` (``benchmarks/task_quality.py``).
+(Mertens' measure) on the coarsest level and on the salience, which were dropped.
+
+On the full dev sets (``benchmarks/results/task_quality.md``, ``benchmarks/task_quality.py``) the default
+reaches 5 of the 13 per-task bars -- VIF's VIF and SD, MIF's Qabf and VIF, MFF's Qabf -- and misses the
+others by 0.2-4 % (VIF Qabf 0.651 vs guided's 0.673, MI 2.02 vs 2.04; MIF MI 1.74 vs 1.80, SSIM_min
+0.590 vs 0.616; MEF-SSIM 0.986 vs 0.988; MFF MI 4.48 vs 4.55, SF 21.8 vs 22.2).  Against DDFM-100 it
+wins Qabf only: SSIM, MSE, CC, PSNR and Nabf reward a blend of the sources, and DDFM's consensus is one.
+Seen in the images: MRI detail inside the CT's bone is fainter than ``laplacian``'s (the consensus base
+greys the bone, but the choice hands its detail to the CT's edges where both have some), a faint halo
+follows the skull outside it (the coarse bands of two sources mixed by the choice), MSRS night scenes come
+out darker than the visible image, and on MFFW 01 a small part of the in-focus snout still comes from the
+blurred source (the salience sums all bands, and a blurred edge has more energy at the middle scales).
+Next: weigh each band's share of the salience by its DIG spread (fine bands for focus, middle bands for
+targets), keep the choice off the coarsest two bands, and give the consensus base the well-exposed or
+brighter source's share per region (MRI-CT bone, night scenes).
 
 3. Weights
 ----------
