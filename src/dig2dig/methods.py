@@ -123,8 +123,9 @@ def _baseline(name: str) -> Callable:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("dig2dig", "Dig2DIG (Cao et al. 2025): DDFM-style EM guidance weighted per pixel by diffusion information "
-           "gains, refreshed every S steps, on a non-uniform DIG-N grid", DIGOptions, default_steps=25,
+    Method("dig2dig", "Dig2DIG (Cao et al. 2025): DDFM-style EM guidance weighted by diffusion information gains "
+           "per pyramid band (each pixel's detail from the source the prior finds most of), refreshed every S steps, "
+           "on a non-uniform DIG-N grid", DIGOptions, default_steps=25,
            build=_build_dig, grid=_dig_grid),
     Method("ccf", "CCF (Cao et al., NeurIPS 2024): one Adam step per reverse step on a gated top-k selection from a "
            "bank of fusion conditions", CCFOptions, default_steps=200, build=_build_ccf),
