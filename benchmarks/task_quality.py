@@ -50,14 +50,20 @@ DDFM_SETS = {"msrs": ("data/fusion/vif/msrs", None), "mri_ct": ("data/fusion/mif
 def _scores(out: Path, folder: Path, methods: list[str], convention: str, metrics: list[str], prior: Path,
             limit: int | None) -> dict:
     """{(method, metric): [values per pair]} and {method: [seconds per pair]} from one resumable bench folder."""
-    from dig2dig.bench import TIME_METRIC, read_csv, run_bench
+    from dig2dig.bench import read_csv, run_bench
 
     w = run_bench([folder], methods, out, convention=convention, metrics=metrics, prior=str(prior), limit=limit,
                   plots=False, log=lambda m: print(m, file=sys.stderr))
     values: dict = {}
     for r in read_csv(w["csv"]):
-        values.setdefault((r["method"], r["metric"] if r["metric"] != TIME_METRIC else "time_s"), []).append(r["value"])
+        values.setdefault((r["method"], r["metric"]), []).append(r["value"])
     return values
+
+
+def _cap(*limits: int | None) -> int | None:
+    """The smallest of the pair limits given (None: all pairs)."""
+    given = [x for x in limits if x]
+    return min(given) if given else None
 
 
 def _mean(v: list[float]) -> float:
@@ -98,13 +104,12 @@ def main() -> int:
     verdicts = []
     for task in args.tasks.split(","):
         datasets, bar_from, keys = TASKS[task]
-        methods = [DEFAULT, *[b for b in ("guided", "laplacian", "mertens") if b in bar_from or b != "mertens"],
-                   "average"]
+        methods = [DEFAULT, "guided", "laplacian", *(["mertens"] if "mertens" in bar_from else []), "average"]
         metrics = [m for m in dict.fromkeys(keys + SHOWN) if m != "MEF_SSIM"]
         per_task: dict = {}
         lines += [f"## {task.upper()}", ""]
         for name, folder, first in datasets:
-            limit = min(x for x in (first, args.limit) if x) if (first or args.limit) else None
+            limit = _cap(first, args.limit)
             v = _scores(out / name, SHARED / folder, methods, "cddfuse", metrics, prior, limit)
             if "MEF_SSIM" in keys:  # the same fused images (the run folder resumes), scored in the mefb convention
                 v.update(_scores(out / name, SHARED / folder, methods, "mefb", ["MEF_SSIM"], prior, limit))
@@ -140,8 +145,7 @@ def main() -> int:
                   + " | ".join(f"{c} {'↑' if c in UP else '↓'} default / DDFM" for c in PAPER_CLAIM)
                   + " | wins | time default / DDFM | speed-up |", "|---|---|" + "---|" * (len(PAPER_CLAIM) + 3)]
         for name, (folder, first) in DDFM_SETS.items():
-            caps = [x for x in (first, args.limit, args.ddfm_limit) if x]
-            limit = min(caps) if caps else None
+            limit = _cap(first, args.limit, args.ddfm_limit)
             v = _scores(out / name, SHARED / folder, [DEFAULT, DDFM], "cddfuse", PAPER_CLAIM, prior, limit)
             wins, cells = 0, []
             for c in PAPER_CLAIM:

@@ -270,7 +270,6 @@ class DIGState:
     stride: int = 1  # grid points per reverse step until the next refresh (2 = merged steps)
     detail: torch.Tensor | None = None  # pyramid blend: the weighted detail bands, collapsed (B, 1, H, W)
     band_scale: list | None = None  # pyramid blend: the running max spread of each band's DIG
-    choice: torch.Tensor | None = None  # pyramid blend: one-hot (N, B, 1, H, W), the source of each pixel's detail
     base_weights: torch.Tensor | None = None  # pyramid blend, base="select": the coarsest level's DIG weights
     history: list = field(default_factory=list)  # one record per refresh
 
@@ -343,7 +342,7 @@ class DIGGuidance(Rectifier):
             self._init_pyramid(task)
 
     def _init_pyramid(self, task: str | None) -> None:
-        """The sources' pyramids (fixed for the whole run) and the coarsest level's well-exposedness."""
+        """The sources' pyramids (fixed for the whole run) and the coarsest level's rule for this task."""
         from ..tasks import task_record
 
         n, b, _, h, w = self.src.shape
@@ -355,8 +354,7 @@ class DIGGuidance(Rectifier):
         self.band_sizes = [tuple(x.shape[-2:]) for x in bands]
         # the DIG maps are at dig_scale: their band k holds the detail of the image's band k + 1 (at 0.5)
         self.small_bands = max(1, self.n_levels - 1)
-        src_small_bands, _ = laplacian_pyramid(self.src_small, self.small_bands)
-        self.src_small_bands = src_small_bands
+        self.src_small_bands = laplacian_pyramid(self.src_small, self.small_bands)[0]
         self.base = task_record(task).dig_base if o.base == "auto" else o.base
 
     # --- DIG -----------------------------------------------------------------------------
@@ -408,10 +406,8 @@ class DIGGuidance(Rectifier):
 
     def _total(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Pyramid blend: the band maps summed at the DIG resolution, (N, B, 1, h, w) (for records and curves)."""
-        lead = maps[0].shape[:-3]
         flat = [m.reshape(-1, 1, *m.shape[-2:]) for m in maps[:self.small_bands]]
-        total = sum(pyr_up(m, self.small) for m in flat)
-        return total.reshape(*lead, 1, *self.small)
+        return sum(pyr_up(m, self.small) for m in flat).reshape(*self.src.shape[:2], 1, *self.small)
 
     def _gain(self, d_from: torch.Tensor, d_to: torch.Tensor) -> torch.Tensor:
         """DIG_i between a noisier level (``d_from``) and a less noisy one (``d_to``): (N, B, 1, h, w)."""
@@ -491,7 +487,6 @@ class DIGGuidance(Rectifier):
             bands.append((m.reshape(n, b, 1, *size) * self.src_bands[lvl]).sum(0))
             m = pyr_down(m)
         state.detail = collapse(bands, torch.zeros_like(self.src_top[0]))
-        state.choice = choice
         if self.base == "select":
             wb = pyr_up(w_small[-1].reshape(n * b, 1, *self.small), (h, w)).reshape(self.src.shape)
             state.base_weights = wb / wb.sum(0, keepdim=True)
@@ -516,8 +511,7 @@ class DIGGuidance(Rectifier):
         maps = []
         for lo in range(0, len(self.grid), chunk):
             ts = self.grid[lo: lo + chunk]
-            maps += [(self._total(d).reshape(self.src.shape[0], self.src.shape[1], 1, *self.small) if self.pyramid
-                      else d).cpu() for d in self._levels(scratch, ts)]
+            maps += [(self._total(d) if self.pyramid else d).cpu() for d in self._levels(scratch, ts)]
             scratch.levels.clear()
         return {"t": list(self.grid), "dist": torch.stack(maps)[:, :, :, 0]}
 
@@ -569,7 +563,9 @@ class DIGGuidance(Rectifier):
         base = (top * self.src_top).sum(0) / top.sum(0)
         if state.detail is None:  # equal detail weights until the first informative refresh
             state.detail = collapse([x.mean(0) for x in self.src_bands], torch.zeros_like(base))
-        return state.detail + collapse([torch.zeros_like(x[0]) for x in self.src_bands], base)
+        for size in reversed(self.band_sizes):  # the pyramid's expansion of the coarsest level to full size
+            base = pyr_up(base, size)
+        return state.detail + base
 
     def __call__(self, x0_hat: torch.Tensor, step, state: DIGState):
         if self.weighting == "dig" and step.index >= state.next_refresh:
