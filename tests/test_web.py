@@ -22,6 +22,8 @@ from dig2dig.web.server import create_app  # noqa: E402
 
 from .conftest import DATA, smooth_image  # noqa: E402
 
+LOCAL = "http://127.0.0.1:8000"  # the Host the server answers to by default
+
 
 def _png(img: np.ndarray) -> bytes:
     arr = np.round(img * 255).astype(np.uint8)
@@ -35,7 +37,8 @@ def pair():
 
 @pytest.fixture(scope="module")
 def client(tiny_gray_prior_path):
-    with TestClient(create_app(prior=str(tiny_gray_prior_path), max_upload_mb=1.0, max_pixels=1_000_000)) as c:
+    with TestClient(create_app(prior=str(tiny_gray_prior_path), max_upload_mb=1.0, max_pixels=1_000_000),
+                    base_url=LOCAL) as c:
         yield c
 
 
@@ -63,6 +66,7 @@ def test_info_lists_methods_with_their_options_and_the_limits(client):
     assert dig["interval"]["default"] == DIGOptions().interval and dig["temperature"]["default"] == DIGOptions().temperature
     assert "paper" in str(dig["preset"]) and dig["blend"]["default"] == "pyramid"  # earlier rules one option away
     assert info["limits"]["max_upload_mb"] == 1.0 and "feature_extractor" in info["not_from_requests"]
+    assert {"compile", "precision", "tile"} <= set(info["not_from_requests"]) and "prior_options" not in info
     assert client.get("/api/task", params=[("name", "ir.png"), ("name", "vis.png")]).json()["task"] == "vif"
     assert client.get("/api/task", params=[("name", "x.png"), ("name", "y.png")]).json()["task"] == "auto"
     page = client.get("/")
@@ -110,6 +114,9 @@ def test_a_job_from_upload_to_download(client, pair, tiny_gray_prior_path, tmp_p
      "cannot be set from a web request"),
     ([("ir.png", "a"), ("vis.png", "b")], {"steps": "0"}, 422, "steps must be between 1 and 1000"),
     ([("ir.png", "a"), ("vis.png", "b")], {"seed": "-4"}, 422, "seed"),
+    ([("ir.png", "a"), ("vis.png", "b")], {"options": '{"compile": true}'}, 422, "cannot be set from a web request"),
+    ([("ir.png", "a"), ("vis.png", "b")], {"options": '{"precision": "fp16"}'}, 422, "the server decides"),
+    ([("ir.png", "a"), ("vis.png", "b")], {"resize": "maybe"}, 422, "resize 'maybe' must be true or false"),
     ([("ir.png", "a"), ("vis.png", "b")], {"task": "fusion"}, 422, "unknown task"),
     ([("ir.png", "a"), ("vis.png", "b"), ("x.png", "a")], {"method": "ddfm"}, 422, "exactly 2 sources"),
     ([("ir.png", "a"), ("notes.png", "text")], {}, 422, "notes.png: cannot decode"),
@@ -175,7 +182,7 @@ def test_a_failed_fusion_reports_the_command_lines_one_line_error(client, pair, 
 def test_nothing_is_left_on_disk_and_stopping_forgets_everything(tiny_gray_prior_path, pair):
     before = set(Path(tempfile.gettempdir()).glob("dig2dig-web-*"))
     app = create_app(prior=str(tiny_gray_prior_path))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         r = c.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", pair[1])), data={"steps": "4"})
         _wait(c, r.json()["id"])
         c.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", pair[1])), data={"steps": "500"})
@@ -239,15 +246,21 @@ def test_the_page_in_a_real_browser(live_server, tiny_gray_prior_path, tmp_path)
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(live_server)
-        page.wait_for_function("document.querySelectorAll('select[name=method] option').length > 3")
+        console = []
+        page.on("console", lambda m: console.append(m.text))
+        # the page runs under its content security policy (no eval), so wait with selectors, not JS strings
+        page.wait_for_selector("select[name=method] option[value=average]", state="attached")
         page.set_input_files("input[type=file]", [str(p) for p in sources])
         page.select_option("select[name=method]", "dig2dig")
         page.fill("input[name=steps]", "2")
-        page.wait_for_function("!document.getElementById('fuse').disabled")
+        page.wait_for_selector("#fuse:not([disabled])")
         assert page.inner_text("#task-guess").startswith("guessed mif")
         page.click("button:has-text('Fuse')")
-        page.wait_for_function("document.getElementById('result').complete && "
-                               "document.getElementById('result').naturalWidth > 0", timeout=120_000)
+        deadline = time.time() + 120
+        while not page.evaluate("(() => { const r = document.getElementById('result');"
+                                " return r.complete && r.naturalWidth > 0; })()"):
+            assert time.time() < deadline, "no result within 120 s"
+            time.sleep(0.1)
         w, h = page.evaluate("[document.getElementById('result').naturalWidth, "
                              "document.getElementById('result').naturalHeight]")
         src_h, src_w = cv2.imread(str(sources[0]), cv2.IMREAD_UNCHANGED).shape[:2]
@@ -258,6 +271,7 @@ def test_the_page_in_a_real_browser(live_server, tiny_gray_prior_path, tmp_path)
         downloaded = Path(dl.value.path()).read_bytes()
         browser.close()
     assert not errors, errors
+    assert not [m for m in console if "Content Security Policy" in m], console
     from dig2dig.cli import main
 
     out = tmp_path / "cli.png"

@@ -181,16 +181,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prior_args(be)
     be.set_defaults(func=cmd_bench)
 
+    from .web import server as web
+
     sv = sub.add_parser("serve", help="a web page to try fusion and see the DIG maps (pip install 'dig2dig[web]')",
                         description="Serve one page (and its JSON job API) on which sources can be dropped, fused "
                                     "and downloaded, with Dig2DIG's weight maps and DIG curves. Binds to 127.0.0.1 "
-                                    "unless --host says otherwise; one fusion runs at a time, the others queue.")
+                                    "unless --host says otherwise (then --token is needed); one fusion runs at a "
+                                    "time, the others queue within the limits below (503 beyond them).")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=_port, default=8000, help="port, 1 to 65535 (default 8000)")
     _add_prior_args(sv)
-    sv.add_argument("--max-upload-mb", type=_positive_float, default=50.0, help="largest request (default 50 MB)")
+    sv.add_argument("--max-upload-mb", type=_positive_float, default=web.MAX_UPLOAD_MB,
+                    help=f"largest request, chunked or not (default {web.MAX_UPLOAD_MB:g} MB)")
     sv.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
                     help="largest source image in pixels (default 200000000)")
+    sv.add_argument("--max-queue", type=_positive_int, default=web.MAX_QUEUE, metavar="N",
+                    help=f"jobs queued or running at once (default {web.MAX_QUEUE})")
+    sv.add_argument("--max-queued-mp", type=_positive_float, default=web.MAX_QUEUED_MP, metavar="MP",
+                    help=f"megapixels of sources the queued and running jobs hold together (default "
+                         f"{web.MAX_QUEUED_MP:g}); a request beyond it waits for room (503)")
+    sv.add_argument("--token", metavar="auto|TOKEN", default=os.environ.get("DIG2DIG_TOKEN"),
+                    help="require this token on every request ('auto': a random one, printed in the address); "
+                         "needed when --host is not a loopback address (default: $DIG2DIG_TOKEN, else none)")
+    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="also answer requests whose Host header is NAME (e.g. the name of a proxy in front); "
+                         "repeatable")
     sv.set_defaults(func=cmd_serve)
 
     pr = sub.add_parser("prior", help="inspect the diffusion prior")
@@ -523,11 +538,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise ValueError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); choose another --host or "
                          f"--port") from None
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"dig2dig: warning: serving on {args.host}: anyone who can reach this machine can use it", file=sys.stderr)
-    print(f"dig2dig serve: http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
-    serve(host=args.host, port=args.port, prior=args.prior, prior_spec=args.prior_config, device=args.device,
-          max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
+    from .web.server import is_loopback
+
+    token = args.token
+    if token == "auto":
+        import secrets
+
+        token = secrets.token_urlsafe(18)
+    if token is not None and len(token) < 12:
+        raise ValueError(f"--token is {len(token)} characters; use at least 12 (or --token auto)")
+    if not is_loopback(args.host) and token is None:
+        raise ValueError(f"--host {args.host} serves beyond this machine: pass --token auto (or a token of your "
+                         f"own) so that only people given the address can use it")
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    where = f"http://{shown}:{args.port}/" + (f"?token={token}" if token else "")
+    print(f"dig2dig serve: {where} (Ctrl-C to stop)", file=sys.stderr)
+    serve(host=args.host, port=args.port, allow_hosts=tuple(args.allow_host), token=token, prior=args.prior,
+          prior_spec=args.prior_config, device=args.device, max_upload_mb=args.max_upload_mb,
+          max_pixels=args.max_pixels, max_queue=args.max_queue, max_queued_mp=args.max_queued_mp)
     return 0
 
 

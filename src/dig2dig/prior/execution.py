@@ -99,7 +99,7 @@ class ExecutedDenoiser:
         if compile:
             key = id(den.net)
             if key not in _COMPILED:
-                _COMPILED[key] = torch.compile(den.net)
+                _COMPILED[key] = torch.compile(den.net, dynamic=False)  # one graph per shape (full, half, tile)
             self.net = _COMPILED[key]
         if self.gpu and den.module is not None:
             den.module.to(memory_format=torch.channels_last)

@@ -5,26 +5,42 @@ The page (``static/``) talks to the same API scripts can use:
 * ``GET /api/info`` -- methods with their options (from the option records), tasks, limits, the prior;
 * ``GET /api/task?name=a.png&name=b.png`` -- the task the file names suggest;
 * ``POST /api/jobs`` (multipart: one ``files`` field per source, ``method``, ``steps``, ``seed``,
-  ``task``, optional ``options`` as a JSON object) -> ``{"id": ..., "position": ...}``;
+  ``task``, ``resize``, optional ``options`` as a JSON object) -> ``{"id": ..., "position": ...}``;
 * ``GET /api/jobs/{id}`` -> state (queued, running, done, failed, cancelled), progress (steps done,
   total, ETA), queue position, the one-line error, the result's size and files;
 * ``GET /api/jobs/{id}/result.png``, ``/report.json``, ``/files/{name}`` (Dig2DIG weight maps per
   refresh and DIG curves, CCF's selection plot);
 * ``DELETE /api/jobs/{id}`` cancels a queued or running job, or forgets a finished one.
 
-Safety, for shared machines: the server binds to 127.0.0.1 unless told otherwise; uploads are
-limited in size (HTTP 413) and pixels (422, read from the header before decoding); an upload's type
-is decided by decoding it, never by its name, and names are used only as labels (task detection),
-never as paths; job ids are random; sources are decoded in memory and results kept in memory, so
-nothing is written to disk (figures are rendered in a temporary folder that is removed at once); the
-prior is the server's, never a path from a request; one fusion runs at a time, the others wait in a
-queue; a fusion that fails reports the same one-line error as the command line.
+What the server protects (README, "The web page", says the same for users):
+
+* **Who can reach it.** It binds to 127.0.0.1 unless told otherwise, and binding beyond loopback needs a
+  token (``--token``): API calls then carry it (``Authorization: Bearer`` or the cookie set by opening
+  ``/?token=...``).  The ``Host`` header must name an address the server was started on (no DNS
+  rebinding); a write (POST, DELETE) from another site is refused from its ``Origin`` /
+  ``Sec-Fetch-Site`` headers, so a page the user visits cannot queue jobs; every answer carries a
+  ``default-src 'self'`` content security policy and refuses framing and sniffing.
+* **Memory.** A request is read up to ``--max-upload-mb`` and no further (chunked or not), in memory,
+  never spooled to disk; at most ``--max-queue`` jobs wait or run, holding at most
+  ``--max-queued-mp`` megapixels of sources between them; beyond either the answer is 503 with
+  ``Retry-After``.  Queued sources are kept as the uploaded (compressed) bytes and decoded when their
+  job starts; a request's pixels are read from the image headers before anything is decoded; one
+  upload is decoded at a time, off the event loop, so status and info answer while it runs; finished
+  results are kept for the last ``KEEP_FINISHED`` jobs and at most ``KEEP_RESULT_MB`` of files.
+* **What a request can do.** Names are labels (task detection), never paths; job ids are random; the
+  prior and every execution setting (precision, tiles, compilation) are the server's; options that
+  import code are refused; one fusion runs at a time; a fusion that fails reports the same one-line
+  error as the command line; figures are rendered in a temporary folder that is removed at once.
+
+It does not protect against a user who holds the token (or, on loopback, any local user) sending
+expensive jobs within those bounds, and it speaks plain HTTP: put it behind a TLS proxy to serve it
+beyond one machine.
 """
 
-
-
 import json
+import logging
 import queue
+import re
 import secrets
 import tempfile
 import threading
@@ -37,12 +53,41 @@ from typing import Any
 STATIC = Path(__file__).with_name("static")
 MAX_UPLOAD_MB = 50.0  # per request
 MAX_SOURCES = 8
-KEEP_FINISHED = 32  # finished jobs kept for download; older ones are forgotten
-NOT_FROM_REQUESTS = ("feature_extractor",)  # would import code named by the request
+MAX_QUEUE = 8  # jobs waiting or running
+MAX_QUEUED_MP = 64.0  # megapixels of sources held by the jobs waiting or running
+MAX_UPLOADS = 4  # requests being read or decoded at once
+KEEP_FINISHED = 32  # finished jobs kept for download; older ones are forgotten ...
+KEEP_RESULT_MB = 256.0  # ... and so are the oldest once their files pass this size
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TOKEN_COOKIE = "dig2dig_token"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+                               "frame-ancestors 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+log = logging.getLogger("dig2dig.web")
+
+
+def not_from_requests() -> tuple[str, ...]:
+    """Options a request may not set: code imports, and every execution setting (the server's)."""
+    from ..options import PriorOptions
+
+    return ("feature_extractor", *(i.name for i in PriorOptions.infos()))
 
 
 class JobCancelled(Exception):
     """Raised inside a running fusion when its job is cancelled."""
+
+
+class Busy(Exception):
+    """The queue is full (jobs or pixels): answered 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -52,8 +97,10 @@ class WebJob:
     steps: Any
     seed: int
     task: str
+    resize: bool
     names: list[str]
-    images: list  # decoded dig2dig.io.Image
+    sources: list[bytes]  # the uploads as sent (compressed); decoded when the job starts
+    pixels: int  # width x height summed over the sources
     options: dict
     state: str = "queued"
     done: int = 0
@@ -65,20 +112,33 @@ class WebJob:
     info: dict = field(default_factory=dict)  # size, task, roles, refreshes ...
     cancel: threading.Event = field(default_factory=threading.Event)
 
-    def status(self, position: int | None) -> dict:
-        eta = None
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running")
+
+    def eta(self) -> float | None:
         if self.state == "running" and self.done and self.total and self.started:
-            eta = round((time.time() - self.started) / self.done * (self.total - self.done), 1)
+            return round((time.time() - self.started) / self.done * (self.total - self.done), 1)
+        return None
+
+    def status(self, position: int | None) -> dict:
         return {"id": self.id, "state": self.state, "method": self.method, "queue_position": position,
-                "progress": {"done": self.done, "total": self.total, "eta_s": eta}, "error": self.error,
+                "progress": {"done": self.done, "total": self.total, "eta_s": self.eta()}, "error": self.error,
                 "result": {**self.info, "files": sorted(self.result)} if self.state == "done" else None}
 
 
 class JobQueue:
-    """Jobs run one at a time by a worker thread; the API only submits, reads and cancels."""
+    """Jobs run one at a time by a worker thread; the API only admits, reads and cancels.
 
-    def __init__(self, prior, device: str | None = None, keep: int = KEEP_FINISHED):
-        self.prior, self.device, self.keep = prior, device, keep
+    Admission is bounded: at most ``max_queue`` jobs waiting or running, holding at most
+    ``max_pixels`` source pixels between them (:class:`Busy` beyond either)."""
+
+    def __init__(self, prior, device: str | None = None, *, max_queue: int = MAX_QUEUE,
+                 max_pixels: int = int(MAX_QUEUED_MP * 1e6), decode_pixels: int | None = None,
+                 keep: int = KEEP_FINISHED, keep_bytes: int = int(KEEP_RESULT_MB * 2**20)):
+        self.prior, self.device = prior, device
+        self.max_queue, self.max_pixels, self.decode_pixels = max_queue, max_pixels, decode_pixels
+        self.keep, self.keep_bytes = keep, keep_bytes
         self.jobs: OrderedDict[str, WebJob] = OrderedDict()
         self.pending: queue.Queue[str | None] = queue.Queue()
         self.lock = threading.Lock()
@@ -86,10 +146,36 @@ class JobQueue:
         self.thread.start()
 
     # --- the API's side ------------------------------------------------------------------------
+    def retry_after(self) -> int:
+        """Seconds until a place is likely to free up (the running job's ETA, else a few)."""
+        with self.lock:
+            etas = [j.eta() for j in self.jobs.values() if j.state == "running"]
+        return int(min(600, max(2, *(e for e in etas if e is not None), 2) + 1)) if etas else 5
+
+    def check_room(self, pixels: int = 0) -> None:
+        """Raise :class:`Busy` if a job of ``pixels`` source pixels would not fit now."""
+        with self.lock:
+            active = [j for j in self.jobs.values() if j.active]
+            held = sum(j.pixels for j in active)
+        if len(active) >= self.max_queue:
+            raise Busy(f"the server is busy: {len(active)} jobs are queued or running, its limit "
+                       f"(--max-queue {self.max_queue}); try again shortly", self.retry_after())
+        if pixels and held + pixels > self.max_pixels:
+            raise Busy(f"the server is busy: the queued jobs hold {held / 1e6:.3g} of its "
+                       f"{self.max_pixels / 1e6:g} megapixels (--max-queued-mp) and this one needs "
+                       f"{pixels / 1e6:.3g}; try again shortly", self.retry_after())
+
     def submit(self, job: WebJob) -> int:
         with self.lock:
-            self.jobs[job.id] = job
-            self._forget_old()
+            active = [j for j in self.jobs.values() if j.active]
+            if len(active) >= self.max_queue or sum(j.pixels for j in active) + job.pixels > self.max_pixels:
+                full = True
+            else:
+                full = False
+                self.jobs[job.id] = job
+                self._forget_old()
+        if full:
+            self.check_room(job.pixels)  # raises Busy with the reason
         self.pending.put(job.id)
         return self.position(job)
 
@@ -106,17 +192,17 @@ class JobQueue:
             for other in self.jobs.values():
                 if other is job:
                     break
-                ahead += other.state in ("queued", "running")
+                ahead += other.active
             return ahead
 
     def cancel(self, job_id: str) -> WebJob | None:
         job = self.get(job_id)
         if job is None:
             return None
-        if job.state in ("queued", "running"):
+        if job.active:
             job.cancel.set()
             if job.state == "queued":
-                job.state, job.finished, job.images = "cancelled", time.time(), []
+                job.state, job.finished, job.sources = "cancelled", time.time(), []
         else:
             with self.lock:
                 self.jobs.pop(job_id, None)
@@ -131,8 +217,12 @@ class JobQueue:
             self.jobs.clear()
 
     def _forget_old(self) -> None:
-        finished = [j for j in self.jobs.values() if j.state in ("done", "failed", "cancelled")]
-        for j in finished[: max(0, len(finished) - self.keep)]:
+        finished = [j for j in self.jobs.values() if not j.active]
+        size = sum(len(data) for j in finished for data, _ in j.result.values())
+        for k, j in enumerate(finished):
+            if len(finished) - k <= self.keep and size <= self.keep_bytes:
+                break
+            size -= sum(len(data) for data, _ in j.result.values())
             self.jobs.pop(j.id, None)
 
     # --- the worker's side ---------------------------------------------------------------------
@@ -155,18 +245,23 @@ class JobQueue:
 
                 job.state, job.error = "failed", describe(e)[1]
             finally:
-                job.finished, job.images = time.time(), []
+                job.finished, job.sources = time.time(), []
+                with self.lock:
+                    self._forget_old()
 
     def _fuse(self, job: WebJob) -> None:
         from ..api import fuse
+        from ..io import image_from_bytes
 
         def progress(done: int, total: int) -> None:
             job.done, job.total = done, total
             if job.cancel.is_set():
                 raise JobCancelled
 
-        r = fuse(job.images, method=job.method, steps=job.steps, seed=job.seed, task=job.task, names=job.names,
-                 prior=self.prior if r_needs_prior(job.method) else None, device=self.device,
+        images = [image_from_bytes(data, name, self.decode_pixels) for data, name in zip(job.sources, job.names)]
+        job.sources = []
+        r = fuse(images, method=job.method, steps=job.steps, seed=job.seed, task=job.task, names=job.names,
+                 resize=job.resize, prior=self.prior if needs_prior(job.method) else None, device=self.device,
                  record=job.method == "dig2dig", progress=progress, **job.options)
         job.result["result.png"] = (r.encode(".png"), "image/png")
         report = {"config": r.config, "timings": r.timings}
@@ -178,7 +273,8 @@ class JobQueue:
             if r.method == "dig2dig" and r.guidance:
                 from ..viz import save_dig
 
-                save_dig(r, tmp, sources=[img.data for img in _role_order(job, r)])
+                by_name = dict(zip(job.names, images))
+                save_dig(r, tmp, sources=[by_name[n].data for n in r.config["roles"].values() if n in by_name])
                 job.info["refreshes"] = [x["step"] for x in r.guidance["refreshes"] if "weights" in x]
             if r.method == "ccf" and r.guidance:
                 from ..guidance.ccf import save_selection
@@ -188,15 +284,172 @@ class JobQueue:
                 job.result[f.name] = (f.read_bytes(), "image/png")
 
 
-def r_needs_prior(method: str) -> bool:
+def needs_prior(method: str) -> bool:
     from ..methods import get_method
 
     return get_method(method).needs_prior
 
 
-def _role_order(job: WebJob, r) -> list:
-    by_name = dict(zip(job.names, job.images))
-    return [by_name[n] for n in r.config["roles"].values() if n in by_name]
+# --------------------------------------------------------------------------------------------
+# the guard: who may talk to the server, and the headers every answer carries
+
+
+def _host_name(host_header: str) -> str:
+    """The host of a ``Host`` header without its port: ``[::1]:8000`` -> ``::1``."""
+    h = host_header.strip().lower()
+    if h.startswith("["):
+        return h[1: h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+class Guard:
+    """ASGI middleware run before every route.
+
+    * ``Host`` must be one of ``hosts`` (None: any; the server was bound to every interface and a
+      token is required instead) -- a DNS-rebinding page names its own host and is refused;
+    * with a ``token``, every path but the static files needs it (``Authorization: Bearer`` or the
+      cookie that opening ``/?token=...`` sets, HttpOnly and SameSite=Strict);
+    * a write (anything but GET/HEAD/OPTIONS) must come from the page itself: a cross-site
+      ``Origin`` or ``Sec-Fetch-Site`` is refused;
+    * a declared ``Content-Length`` above the upload limit is refused before any of it is read;
+    * every answer carries :data:`SECURITY_HEADERS`.
+    """
+
+    def __init__(self, app, *, hosts: set[str] | None, token: str | None, limit_bytes: int, limit_text: str):
+        self.app, self.hosts, self.token = app, hosts, token
+        self.limit_bytes, self.limit_text = limit_bytes, limit_text
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.datastructures import Headers, MutableHeaders
+
+        headers = Headers(scope=scope)
+        refused = self._check(scope, headers)
+
+        async def send_secured(message):
+            if message["type"] == "http.response.start":
+                out = MutableHeaders(scope=message)
+                for k, v in SECURITY_HEADERS.items():
+                    out[k] = v
+            await send(message)
+
+        if refused is not None:
+            await refused(scope, receive, send_secured)
+            return
+        await self.app(scope, receive, send_secured)
+
+    def _check(self, scope, headers):
+        from urllib.parse import parse_qs
+
+        from starlette.responses import JSONResponse, RedirectResponse
+
+        def deny(status: int, message: str):
+            return JSONResponse({"detail": message}, status_code=status)
+
+        host = headers.get("host", "")
+        if self.hosts is not None and _host_name(host) not in self.hosts:
+            return deny(400, f"this server answers to {', '.join(sorted(self.hosts))}, not to the host "
+                             f"{host[:80]!r}; open it by one of those, or start it with --allow-host NAME")
+        path = scope.get("path", "")
+        if self.token is not None and not path.startswith("/static/"):
+            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
+            if path == "/" and given is not None and self._match(given):
+                r = RedirectResponse("/", status_code=303)  # the token leaves the address bar
+                r.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
+                return r
+            auth = headers.get("authorization", "")
+            cookie = _cookie(headers.get("cookie", ""), TOKEN_COOKIE)
+            bearer = auth[7:] if auth.lower().startswith("bearer ") else None
+            if not any(t is not None and self._match(t) for t in (bearer, cookie)):
+                return deny(401, "this server needs its token: open the address dig2dig serve printed "
+                                 "(…/?token=...), or send 'Authorization: Bearer <token>'")
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            site = headers.get("sec-fetch-site")
+            origin = headers.get("origin")
+            scheme = scope.get("scheme", "http")
+            if site is not None and site not in ("same-origin", "none"):
+                return deny(403, f"a {method} from another site ({site}) is refused; use the page this server serves")
+            if origin is not None and origin.lower() != f"{scheme}://{host.lower()}":
+                return deny(403, f"a {method} from the origin {origin[:80]!r} is refused; use the page this "
+                                 f"server serves")
+            length = headers.get("content-length", "")
+            if length.isdigit() and len(length) < 19 and int(length) > self.limit_bytes:
+                return deny(413, f"the upload is {int(length) / 2**20:.1f} MB, more than the server's limit of "
+                                 f"{self.limit_text}; send smaller images")
+        return None
+
+    def _match(self, given: str) -> bool:
+        return secrets.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name:
+            return v
+    return None
+
+
+def allowed_hosts(host: str, extra: tuple[str, ...] | list[str] = ()) -> set[str] | None:
+    """The ``Host`` names a server bound to ``host`` answers to; None (any) for a wildcard bind."""
+    h = _host_name(host) if host.startswith("[") else host.lower()
+    if h in ("0.0.0.0", "::", ""):
+        return {*(x.lower() for x in extra)} or None
+    names = {h, *(x.lower() for x in extra)}
+    if h in LOOPBACK or h.startswith("127."):
+        names |= set(LOOPBACK)
+    return names
+
+
+def is_loopback(host: str) -> bool:
+    h = _host_name(host) if host.startswith("[") else host.lower()
+    return h in LOOPBACK or h.startswith("127.")
+
+
+# --------------------------------------------------------------------------------------------
+# reading a request
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _shown(text: str, n: int = 40) -> str:
+    """A value as echoed in a message: quoted, and cut to ``n`` characters."""
+    return repr(text if len(text) <= n else text[:n] + "…")
+
+
+def _whole_number(name: str, text: str, high: int) -> int:
+    if not _DIGITS.fullmatch(text) or int(text) >= high:
+        raise ValueError(f"{name} {_shown(text)} must be a whole number from 0 to {high - 1}")
+    return int(text)
+
+
+def _steps(text: str):
+    if not text:
+        return None
+    if _DIGITS.fullmatch(text):
+        return int(text) if len(text) <= 6 else 10**6  # out of range: the grid says so
+    if len(text) > 400 or not text.isascii():
+        raise ValueError(f"steps {_shown(text)}: give a step count, 'uniform:N', 'power:N:P' or a list like "
+                         f"'999,500,0'")
+    return text
+
+
+def _flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("", "0", "false", "off", "no"):
+        return False
+    if value in ("1", "true", "on", "yes"):
+        return True
+    raise ValueError(f"{name} {_shown(text)} must be true or false")
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,184 +457,277 @@ def _role_order(job: WebJob, r) -> list:
 
 
 def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
-               max_pixels: int | None = None, max_sources: int = MAX_SOURCES):
-    """The FastAPI app; ``prior`` (a path, a Denoiser, or None for the embedded one) is loaded now."""
+               max_pixels: int | None = None, max_sources: int = MAX_SOURCES, max_queue: int = MAX_QUEUE,
+               max_queued_mp: float = MAX_QUEUED_MP, max_uploads: int = MAX_UPLOADS,
+               hosts: set[str] | frozenset[str] | None = frozenset(LOOPBACK), token: str | None = None):
+    """The FastAPI app; ``prior`` (a path, a Denoiser, or None for the embedded one) is loaded now.
+
+    ``hosts``: the ``Host`` names answered (None: any); ``token``: needed by every API call when set."""
+    import asyncio
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, HTTPException, Query, Request
+    import numpy as np
+
+    from fastapi import FastAPI, Query, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
+    from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import ClientDisconnect
 
     from .._version import __version__
     from ..errors import describe
-    from ..io import MAX_PIXELS, image_from_bytes
+    from ..io import MAX_PIXELS, check_pixels, header_size, image_from_bytes
     from ..methods import METHODS, get_method
-    from ..options import PriorOptions
     from ..prior import resolve_prior
     from ..tasks import TASKS, resolve_task
 
     den = resolve_prior(prior, prior_spec=prior_spec, device=device)
-    jobs = JobQueue(den, device)
-    limit_bytes = int(max_upload_mb * 2**20)
     pixels = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    budget = int(max_queued_mp * 1e6)
+    jobs = JobQueue(den, device, max_queue=max_queue, max_pixels=budget, decode_pixels=pixels)
+    limit_bytes = int(max_upload_mb * 2**20)
+    limit_text = f"{max_upload_mb:g} MB"
+    refused_options = not_from_requests()
+    decoding = asyncio.Semaphore(1)  # one upload decoded at a time (its memory is bounded by one job's)
+    uploads = {"now": 0}  # requests being read or decoded
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         jobs.stop()  # cancels what runs, drops every job and its results
 
-    app = FastAPI(title="dig2dig", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="dig2dig", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.state.jobs = jobs
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(Guard, hosts=hosts, token=token, limit_bytes=limit_bytes, limit_text=limit_text)
 
-    def fail(status: int, message: str):
-        raise HTTPException(status_code=status, detail=message)
+    def answer(status: int, message: str, headers: dict | None = None):
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
-    @app.middleware("http")
-    async def limit_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if request.method == "POST" and length and length.isdigit() and int(length) > limit_bytes:
-            return JSONResponse({"detail": f"the upload is {int(length) / 2**20:.1f} MB, more than the server's limit "
-                                           f"of {max_upload_mb:g} MB; send smaller images"}, status_code=413)
-        return await call_next(request)
+    @app.exception_handler(RequestError)
+    async def request_error(request, e: RequestError):
+        return answer(e.status, str(e))
+
+    @app.exception_handler(Busy)
+    async def busy(request, e: Busy):
+        return answer(503, str(e), {"Retry-After": str(e.retry_after)})
+
+    @app.exception_handler(Exception)
+    async def internal(request, e: Exception):  # the one error boundary: one line in the log, none to the client
+        log.error("dig2dig serve: %s %s failed: %s", request.method, request.url.path, describe(e)[1])
+        return answer(500, "internal error; the server's log has the one-line reason")
 
     @app.get("/", include_in_schema=False)
-    def index():
+    async def index():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    @app.get("/api/info")
-    def info():
-        def describe_options(record):
-            return [{"name": i.name, "kind": i.kind, "default": i.default, "default_text": i.default_text(),
-                     "choices": i.choices, "range": i.range_text(), "help": i.help,
-                     "low": i.low, "high": i.high} for i in record.infos()]
+    def describe_options(record):
+        return [{"name": i.name, "kind": i.kind, "default": i.default, "default_text": i.default_text(),
+                 "choices": i.choices, "range": i.range_text(), "help": i.help,
+                 "low": i.low, "high": i.high} for i in record.infos() if i.name not in refused_options]
 
-        return {"version": __version__, "device": str(den.device),
-                "prior": {"name": den.spec.name, "sha256": den.spec.sha256},
-                "methods": [{"name": m.name, "description": m.description, "default_steps": m.default_steps,
-                             "needs_prior": m.needs_prior, "min_sources": m.min_sources,
-                             "max_sources": m.max_sources, "options": describe_options(m.options)}
-                            for m in METHODS.values()],
-                "prior_options": describe_options(PriorOptions), "tasks": ["auto", *TASKS],
-                "not_from_requests": list(NOT_FROM_REQUESTS),
-                "limits": {"max_upload_mb": max_upload_mb, "max_pixels": pixels, "max_sources": max_sources}}
+    info_body = {"version": __version__, "device": str(den.device),
+                 "prior": {"name": den.spec.name, "sha256": den.spec.sha256},
+                 "methods": [{"name": m.name, "description": m.description, "default_steps": m.default_steps,
+                              "needs_prior": m.needs_prior, "min_sources": m.min_sources,
+                              "max_sources": m.max_sources, "options": describe_options(m.options)}
+                             for m in METHODS.values()],
+                 "tasks": ["auto", *TASKS], "not_from_requests": list(refused_options),
+                 "limits": {"max_upload_mb": max_upload_mb, "max_pixels": pixels, "max_sources": max_sources,
+                            "max_queue": max_queue, "max_queued_mp": max_queued_mp}}
+
+    @app.get("/api/info")
+    async def info():
+        return info_body
 
     @app.get("/api/task")
-    def task_guess(name: list[str] = Query(default=[])):
+    async def task_guess(name: list[str] = Query(default=[])):
         def from_images():
             raise LookupError  # only the names are known here
 
         try:
-            t = resolve_task("auto", from_images, list(name))
+            t = resolve_task("auto", from_images, [n[:200] for n in name[:max_sources]])
             return {"task": t.name, "reason": t.reason}
         except LookupError:
             return {"task": "auto", "reason": "decided from the images when fusing"}
 
+    async def read_body(request: Request) -> bytes:
+        """The whole body, in memory, refused (413) as soon as it passes the limit."""
+        chunks, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > limit_bytes:
+                raise RequestError(413, f"the upload is more than the server's limit of {limit_text}; send "
+                                        f"smaller images")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def parse_form(request: Request, body: bytes):
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            raise RequestError(422, "send the sources as a multipart/form-data request with one 'files' field each")
+
+        async def one_chunk():
+            yield body
+
+        parser = MultiPartParser(request.headers, one_chunk(), max_files=max_sources, max_fields=50,
+                                 max_part_size=64 * 1024)
+        parser.spool_max_size = len(body) + 1  # the parts stay in memory: nothing is written to disk
+        try:
+            return await parser.parse()
+        except MultiPartException as e:
+            if "Too many files" in str(e):
+                raise RequestError(422, f"more than {max_sources} files: this server fuses at most {max_sources} "
+                                        f"sources") from None
+            raise RequestError(422, f"the form could not be read: {e}") from None
+
+    def settings(form, count: int):
+        """The request's fields, validated (ValueError with the message otherwise)."""
+        m = get_method(str(form.get("method") or "dig2dig")[:100])
+        try:
+            options = json.loads(str(form.get("options") or "{}"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"options must be a JSON object of option names and values (not JSON: {e.msg} at "
+                             f"character {e.pos})") from None
+        except ValueError:  # e.g. a number of thousands of digits
+            raise ValueError("options must be a JSON object of option names and values (a value is too long)") from None
+        if not isinstance(options, dict):
+            raise ValueError("options must be a JSON object of option names and values")
+        refused = sorted(set(options) & set(refused_options))
+        if refused:
+            raise ValueError(f"option(s) {refused} cannot be set from a web request: the server decides how "
+                             f"the prior runs, and nothing imports code named by a request")
+        opts, _ = m.split(options)
+        steps = _steps(str(form.get("steps") or "").strip())
+        if m.needs_prior:
+            total = len(m.grid(steps if steps is not None else m.default_steps, opts))
+        elif steps is not None:
+            raise ValueError(f"method {m.name!r} is not a diffusion method and takes no steps")
+        else:
+            total = 0
+        seed = _whole_number("seed", str(form.get("seed") or "0").strip(), 2**63)
+        task = str(form.get("task") or "auto").strip().lower()
+        if task not in ("auto", *TASKS):
+            raise ValueError(f"unknown task {_shown(task)}; use one of auto, {', '.join(TASKS)}")
+        resize = _flag("resize", str(form.get("resize") or ""))
+        m.check_sources(count)
+        return m, options, steps, seed, task, resize, total
+
+    def decode_all(datas: list[bytes], names: list[str], resize: bool) -> int:
+        """Every source decodes and the sizes agree (the arrays are dropped: the job keeps the bytes);
+        the pixels the job holds."""
+        from ..geometry import check_same_size
+
+        shapes = [image_from_bytes(d, n, pixels).data.shape[:2] for d, n in zip(datas, names)]
+        if not resize:
+            check_same_size([np.empty(s, np.uint8) for s in shapes], names)
+        return sum(h * w for h, w in shapes)
+
     @app.post("/api/jobs", status_code=201)
     async def submit(request: Request):
-        form = await request.form(max_files=max_sources + 1, max_fields=50)
+        jobs.check_room()  # a full queue is refused before the body is read
+        if uploads["now"] >= max_uploads:
+            raise Busy(f"the server is busy reading {uploads['now']} other uploads; try again shortly", 2)
+        uploads["now"] += 1
         try:
-            uploads = form.getlist("files")
-            if len(uploads) > max_sources:
-                fail(422, f"{len(uploads)} files: this server fuses at most {max_sources} sources")
-            method = str(form.get("method") or "dig2dig")
             try:
-                m = get_method(method)
-                options = json.loads(str(form.get("options") or "{}"))
-                if not isinstance(options, dict):
-                    raise ValueError("options must be a JSON object of option names and values")
-                refused = sorted(set(options) & set(NOT_FROM_REQUESTS))
-                if refused:
-                    raise ValueError(f"option(s) {refused} cannot be set from a web request (they import code on the "
-                                     f"server); use the command line or Python")
-                opts, _ = m.split(options)
-                steps_text = str(form.get("steps") or "").strip()
-                steps = (int(steps_text) if steps_text.isdigit() else steps_text) if steps_text else None
-                if m.needs_prior:
-                    m.grid(steps if steps is not None else m.default_steps, opts)
-                elif steps is not None:
-                    raise ValueError(f"method {m.name!r} is not a diffusion method and takes no steps")
-                seed_text = str(form.get("seed") or "0").strip()
-                seed = int(seed_text) if seed_text.lstrip("-").isdigit() else None
-                if seed is None or not 0 <= seed < 2**63:
-                    raise ValueError(f"seed {seed_text!r} must be an integer in [0, 2**63)")
-                task = str(form.get("task") or "auto").lower()
-                if task not in ("auto", *TASKS):
-                    raise ValueError(f"unknown task {task!r}; use one of auto, {', '.join(TASKS)}")
-                m.check_sources(len(uploads))
-            except ValueError as e:
-                fail(422, describe(e)[1])
-            images, names, total = [], [], 0
-            for k, up in enumerate(uploads):
-                if not hasattr(up, "read"):
-                    fail(422, "each 'files' field must be a file upload")
-                data = await up.read(limit_bytes + 1)
-                total += len(data)
-                if total > limit_bytes:
-                    fail(413, f"the upload is more than the server's limit of {max_upload_mb:g} MB; send smaller images")
-                label = Path(str(up.filename or f"source{k + 1}")).name[:100] or f"source{k + 1}"  # a label only
-                while label in names:  # labels name the roles in the report: keep them apart
-                    label = f"{Path(label).stem}-{k + 1}{Path(label).suffix}"
+                body = await read_body(request)
+            except ClientDisconnect:
+                log.warning("dig2dig serve: a client hung up during its upload; nothing was queued")
+                return Response(status_code=400)
+            form = await parse_form(request, body)
+            del body
+            try:
+                uploads_ = form.getlist("files")
+                if not all(hasattr(u, "read") for u in uploads_):
+                    raise RequestError(422, "each 'files' field must be a file upload")
                 try:
-                    images.append(image_from_bytes(data, label, pixels))
+                    m, options, steps, seed, task, resize, total = settings(form, len(uploads_))
                 except ValueError as e:
-                    fail(422, describe(e)[1])
-                names.append(label)
-            sizes = {img.data.shape[:2] for img in images}
-            if len(sizes) > 1:
-                desc = ", ".join(f"{n} is {i.data.shape[1]}x{i.data.shape[0]}" for n, i in zip(names, images))
-                fail(422, f"sources must be registered images of one size, but {desc}")
+                    raise RequestError(422, describe(e)[1]) from None
+                datas, names = [], []
+                for k, up in enumerate(uploads_):
+                    datas.append(await up.read())
+                    label = Path(str(up.filename or f"source{k + 1}")).name[:100] or f"source{k + 1}"  # a label only
+                    while label in names:  # labels name the roles in the report: keep them apart
+                        label = f"{Path(label).stem}-{k + 1}{Path(label).suffix}"
+                    names.append(label)
+            finally:
+                await form.close()
+            sizes = [header_size(d) for d in datas]
+            try:
+                for s, n in zip(sizes, names):
+                    if s is not None:
+                        check_pixels(s, n, pixels)
+            except ValueError as e:
+                raise RequestError(422, describe(e)[1]) from None
+            need = sum(w * h for w, h in (s for s in sizes if s is not None))
+            if need > budget:
+                raise RequestError(413, f"the sources hold {need / 1e6:.3g} megapixels, more than this server "
+                                        f"queues at once ({max_queued_mp:g}, --max-queued-mp); send smaller images")
+            jobs.check_room(need)
+            async with decoding:
+                try:
+                    need = await run_in_threadpool(decode_all, datas, names, resize)
+                except ValueError as e:
+                    raise RequestError(422, describe(e)[1]) from None
+            if need > budget:  # a header Pillow could not read told too little
+                raise RequestError(413, f"the sources hold {need / 1e6:.3g} megapixels, more than this server "
+                                        f"queues at once ({max_queued_mp:g}, --max-queued-mp); send smaller images")
         finally:
-            await form.close()
-        job = WebJob(secrets.token_urlsafe(12), m.name, steps, seed, task, names, images, options,
-                     total=len(m.grid(steps if steps is not None else m.default_steps, opts)) if m.needs_prior else 0)
-        position = jobs.submit(job)
+            uploads["now"] -= 1
+        job = WebJob(secrets.token_urlsafe(12), m.name, steps, seed, task, resize, names, datas, need, options,
+                     total=total)
+        position = jobs.submit(job)  # Busy if the queue filled up meanwhile
         return {"id": job.id, "position": position}
 
     def find(job_id: str) -> WebJob:
         job = jobs.get(job_id)
         if job is None:
-            fail(404, f"no job {job_id!r} (unknown, or forgotten after it finished)")
+            raise RequestError(404, "no such job (unknown, or forgotten after it finished)")
         return job
 
     @app.get("/api/jobs/{job_id}")
-    def status(job_id: str):
+    async def status(job_id: str):
         job = find(job_id)
         return job.status(jobs.position(job))
 
     def result_file(job_id: str, name: str):
         job = find(job_id)
         if job.state != "done":
-            fail(409, f"job {job_id} is {job.state}; its files exist once it is done")
+            raise RequestError(409, f"the job is {job.state}; its files exist once it is done")
         if name not in job.result:
-            fail(404, f"job {job_id} has no file {name!r}")
+            raise RequestError(404, f"the job has no file {_shown(name)}")
         data, media = job.result[name]
         return Response(data, media_type=media, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/jobs/{job_id}/result.png")
-    def result_png(job_id: str):
+    async def result_png(job_id: str):
         return result_file(job_id, "result.png")
 
     @app.get("/api/jobs/{job_id}/report.json")
-    def report_json(job_id: str):
+    async def report_json(job_id: str):
         return result_file(job_id, "report.json")
 
     @app.get("/api/jobs/{job_id}/files/{name}")
-    def job_file(job_id: str, name: str):
+    async def job_file(job_id: str, name: str):
         return result_file(job_id, name)
 
     @app.delete("/api/jobs/{job_id}")
-    def cancel(job_id: str):
+    async def cancel(job_id: str):
         job = jobs.cancel(job_id)
         if job is None:
-            fail(404, f"no job {job_id!r}")
+            raise RequestError(404, "no such job (unknown, or forgotten after it finished)")
         return {"id": job.id, "state": job.state}
 
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, **app_kw) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8000, *, allow_hosts: tuple[str, ...] = (), token: str | None = None,
+          **app_kw) -> None:
     """Run the server until Ctrl-C (``dig2dig serve``)."""
     import uvicorn
 
-    uvicorn.run(create_app(**app_kw), host=host, port=port, log_level="warning")
+    app = create_app(hosts=allowed_hosts(host, allow_hosts), token=token, **app_kw)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

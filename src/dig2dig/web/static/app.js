@@ -69,7 +69,6 @@ function showMethod() {
   $("steps").title = m.needs_prior ? `default ${m.default_steps}` : "a classical method takes no steps";
   const box = $("options");
   box.replaceChildren(...m.options.filter((o) => !info.not_from_requests.includes(o.name)).map(optionInput));
-  if (m.needs_prior) box.append(...info.prior_options.map(optionInput));
   $("options-box").hidden = box.children.length === 0;
   ready();
 }
@@ -132,6 +131,7 @@ async function fuse() {
   if ($("steps").value) form.append("steps", $("steps").value);
   form.append("seed", $("seed").value || "0");
   form.append("task", $("task").value);
+  if ($("resize").checked) form.append("resize", "true");
   form.append("options", JSON.stringify(chosenOptions()));
   $("fuse").disabled = true;
   try {
