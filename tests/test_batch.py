@@ -525,7 +525,7 @@ def test_a_dead_worker_costs_only_its_item(tmp_path, tiny_gray_prior_path):
 def test_an_executor_that_fails_as_a_whole_is_not_a_clean_run(tmp_path, monkeypatch):
     from dig2dig import runtime
 
-    def broken(self, spec, jobs):
+    def broken(self, spec, jobs, on_step=None):
         yield {"id": jobs[0].id, "status": "done", "seconds": 0.0}
         raise RuntimeError("the cluster went away")
 
@@ -536,3 +536,20 @@ def test_an_executor_that_fails_as_a_whole_is_not_a_clean_run(tmp_path, monkeypa
     summary = json.loads((out / "summary.json").read_text())
     assert "went away" in summary["aborted"] and summary["done"] == 1
     assert read_log(out / "log.jsonl")[-1]["aborted"] == summary["aborted"]
+
+
+def test_a_terminal_shows_the_running_items_steps(tmp_path, tiny_gray_prior_path, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    ds = make_dataset(tmp_path / "ds", n=1)
+    s = run_batch(collect_items([ds]), tmp_path / "out", RunConfig(method="dig2dig", steps=3,
+                                                                    prior=str(tiny_gray_prior_path)),
+                  progress=True, log=lambda m: None)
+    assert s.done == 1
+    assert "p00: step 1/3" in term.getvalue() and "p00: step 3/3" in term.getvalue()

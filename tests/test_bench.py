@@ -5,6 +5,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 from dig2dig.bench import aggregate, list_pairs, run_bench, summary_markdown
 from dig2dig.cli import main
@@ -102,14 +103,27 @@ def test_method_specs_carry_options_and_steps(tmp_path):
     assert {r["method"] for r in csv.DictReader(open(written["csv"]))} == {"laplacian:levels=2"}
 
 
-def test_bench_survives_a_bad_pair(tmp_path):
+@pytest.mark.parametrize("task", ["auto", "vif", "mif"])  # a named task decodes the sources to order the roles
+def test_bench_survives_a_bad_pair(tmp_path, task):
     ds = _dataset(tmp_path / "ds")
     (ds / "p1" / "vis.png").write_bytes(b"broken")
     written = run_bench([ds], ["average"], tmp_path / "b", convention="cddfuse", metrics=["EN"], progress=False,
-                        plots=False, log=lambda m: None)
+                        plots=False, log=lambda m: None, task=task)
     man = json.loads(written["manifest"].read_text())
     assert len(man["errors"]) == 1 and "p1" in man["errors"][0]["item"]
     assert len(list(csv.DictReader(open(written["csv"])))) == 2 * 2  # EN and time_s for the two good pairs
+
+
+def test_steps_apply_to_the_diffusion_methods_of_a_run(tmp_path, tiny_gray_prior_path):
+    ds = _dataset(tmp_path / "ds", n=1)
+    written = run_bench([ds], ["dig2dig", "average", "guided"], tmp_path / "b", steps=2,
+                        prior=str(tiny_gray_prior_path), convention="cddfuse", metrics=["EN"], progress=False,
+                        plots=False, log=lambda m: None)
+    man = json.loads(written["manifest"].read_text())
+    assert not man["errors"] and {r["method"] for r in csv.DictReader(open(written["csv"]))} == {
+        "dig2dig", "average", "guided"}
+    side = json.loads(next((tmp_path / "b" / "fused" / "ds" / "dig2dig").glob("p0*.json")).read_text())
+    assert side["steps"] == 2
 
 
 def test_bench_never_reuses_results_made_with_other_settings(tmp_path):

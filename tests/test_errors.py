@@ -59,6 +59,9 @@ def env(tmp_path, tiny_gray_prior_path):
     (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
     (tmp_path / "huge.png").write_bytes(_png_header_only(30000, 30000))
     (tmp_path / "adir").mkdir()
+    (tmp_path / "noarch").mkdir()
+    (tmp_path / "noarch" / "spec.json").write_text('{"channels": 1, "spatial_multiple": 8}')
+    (tmp_path / "noarch" / "weights.safetensors").write_bytes(b"")
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "wrong.pt")
     ds = tmp_path / "ds" / "p0"
     ds.mkdir(parents=True)
@@ -94,7 +97,13 @@ CASES = [
      "900 megapixels"),
     ("pixel limit", [*AVG, "--max-pixels", "100"], 2, "1,280 pixels, more than the limit of 100"),
     ("pixel limit zero", [*AVG, "--max-pixels", "0"], 2, "must be at least 1"),
-    ("sizes differ", ["fuse", "{ir}", "{small}", "-o", "{out}", "--method", "average"], 2, "--resize"),
+    ("sizes differ", ["fuse", "{ir}", "{small}", "-o", "{out}", "--method", "average"], 2,
+     "or pass --resize to resample"),
+    ("mistyped flag", [*AVG, "--stpes", "3"], 2, "unrecognized arguments: --stpes 3 (did you mean --steps?)"),
+    ("prior spec without architecture", [*AVG[:-2], "--prior", "{tmp}/noarch"], 2,
+     "spec.json has no 'architecture' key"),
+    ("serve beyond loopback, no token", ["serve", "--host", "0.0.0.0"], 2, "pass --token auto"),
+    ("serve short token", ["serve", "--token", "abc"], 2, "use at least 12"),
     ("one source", ["fuse", "{ir}", "-o", "{out}", "--method", "average"], 2, "2 or more sources, got 1"),
     ("ddfm with three", ["fuse", "{ir}", "{vis}", "{ir2}", "-o", "{out}", "--prior", "{prior}", "--method", "ddfm"], 2,
      "exactly 2 sources"),

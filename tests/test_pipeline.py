@@ -118,6 +118,13 @@ def test_task_detection_from_names_and_roles(tiny_prior):
     assert resolve_task("auto", [c, c], ["a.jpg", "b.jpg"]).name == "mff"
     assert resolve_task("auto", [c, g], ["one.png", "two.png"]).name == "vif"
     assert resolve_task("vif", [c, g], ["one.png", "two.png"]).order == (1, 0)  # gray = infrared
+    # MIF roles are named as a radiologist would: CT is anatomical, PET and SPECT functional
+    assert resolve_task("auto", [g, g], ["a/mri.png", "a/ct.png"]).roles == ("CT", "MRI")
+    assert resolve_task("auto", [c, g], ["p/pet.png", "p/mri.png"]).roles == ("PET", "MRI")
+    assert resolve_task("auto", [g, c], ["p/mri.png", "p/spect.png"]).roles == ("SPECT", "MRI")
+    unnamed = resolve_task("mif", [g, c], ["one.png", "two.png"])  # gray MRI beside a colour-coded scan
+    assert unnamed.order == (1, 0) and unnamed.roles == ("PET/SPECT", "MRI")
+    assert resolve_task("mif", [g, g], ["one.png", "two.png"]).roles == ("CT/PET/SPECT", "MRI")
     with pytest.raises(ValueError, match="unknown task"):
         resolve_task("fusion", [c, g], ["a", "b"])
 

@@ -54,8 +54,12 @@ def list_pairs(dataset_dir: str | Path, task: str = "auto") -> list[Pair]:
         files = list_images(d)
         if len(files) < 2:
             continue
-        info = resolve_task(task, lambda files=files: [read_image(f).data for f in files], [str(f) for f in files])
-        pairs.append(Pair(root.name, d.name, tuple(files[i] for i in info.order), info.name))
+        try:
+            info = resolve_task(task, lambda files=files: [read_image(f).data for f in files], [str(f) for f in files])
+            order, name = info.order, info.name
+        except (ValueError, OSError):  # a source that does not decode: its pair fails when run, the others go on
+            order, name = range(len(files)), task
+        pairs.append(Pair(root.name, d.name, tuple(files[i] for i in order), name))
     if not pairs:
         raise FileNotFoundError(f"no <pair_id>/<source> image folders in {root}")
     return pairs
@@ -380,6 +384,7 @@ def run_bench(
     """
     from .errors import RunError
     from .jobs import OutputFolder, RunConfig, items_from_folder, run_batch
+    from .methods import get_method
     from .metrics import CONVENTIONS
 
     if limit is not None and int(limit) < 1:
@@ -403,7 +408,7 @@ def run_bench(
     runs = []
     for spec in methods:
         label, name, mopts = parse_method(spec)
-        m_steps = mopts.pop("steps", steps)
+        m_steps = mopts.pop("steps", steps if get_method(name).needs_prior else None)  # --steps: diffusion methods
         config = RunConfig(method=name, options={**(options or {}), **mopts}, steps=m_steps, seed=seed, task=task,
                            prior=prior, prior_spec=prior_spec, device=device, bit_depth=8)
         config.resolve()  # refuse a bad method, option, device or prior before any work

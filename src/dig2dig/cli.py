@@ -47,7 +47,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
                 continue
             seen[i.name] = title
             extra = f"; {i.range_text()}" if i.kind in ("int", "float") and i.range_text() else ""
-            kw: dict = {"dest": i.name, "default": None, "help": f"{i.help} (default: {i.default_text()}{extra})"}
+            help_text = f"{i.help} (default: {i.default_text()}{extra})".replace("%", "%%")  # argparse formats it
+            kw: dict = {"dest": i.name, "default": None, "help": help_text}
             if i.kind == "bool":
                 kw["action"] = argparse.BooleanOptionalAction
             else:
@@ -84,8 +85,34 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 class OneLineParser(argparse.ArgumentParser):
     """argparse with usage errors as one line, ``dig2dig: error: <what>; see <command> --help`` (exit 2)."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
-        self.exit(2, f"dig2dig: error: {message}; see '{self.prog} --help'\n")
+        prog = self.prog
+        if message.startswith("unrecognized arguments: "):  # a mistyped flag: name the closest known one
+            import difflib
+
+            parser = self._command_parser()
+            known = [o for a in parser._actions for o in a.option_strings]
+            for token in message.split(": ", 1)[1].split():
+                flag = token.split("=", 1)[0]
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6) if flag.startswith("--") else []
+                if close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+            prog = parser.prog
+        self.exit(2, f"dig2dig: error: {message}; see '{prog} --help'\n")
+
+    def _command_parser(self) -> argparse.ArgumentParser:
+        """The (sub)command parser the saved arguments select (``dig2dig prior info`` -> its parser)."""
+        parser: argparse.ArgumentParser = self
+        for token in getattr(self, "_argv", []):
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if subs and token in subs[0].choices:
+                parser = subs[0].choices[token]
+        return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -522,23 +549,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401
+        import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         raise ValueError("dig2dig serve needs the web extra: pip install 'dig2dig[web]'") from None
-    from .web.server import serve
-
-    import socket
-
-    try:  # a host that does not resolve or a port in use: say so before anything starts
-        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
-        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(infos[0][4])
-    except OSError as e:
-        raise ValueError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); choose another --host or "
-                         f"--port") from None
-    from .web.server import is_loopback
+    from .web.server import is_loopback, serve
 
     token = args.token
     if token == "auto":
@@ -550,6 +565,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and token is None:
         raise ValueError(f"--host {args.host} serves beyond this machine: pass --token auto (or a token of your "
                          f"own) so that only people given the address can use it")
+    import socket
+
+    try:  # a host that does not resolve or a port in use: say so before anything starts
+        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as e:
+        raise ValueError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); choose another --host or "
+                         f"--port") from None
     shown = f"[{args.host}]" if ":" in args.host else args.host
     where = f"http://{shown}:{args.port}/" + (f"?token={token}" if token else "")
     print(f"dig2dig serve: {where} (Ctrl-C to stop)", file=sys.stderr)
@@ -662,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as e:  # noqa: BLE001 -- the boundary: nothing escapes as a traceback
         if isinstance(e, SystemExit):
             raise
-        code, message = describe(e)
+        code, message = describe(e, "cli")
         if debug and code != EXIT_INTERRUPTED:
             import traceback
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class Dig2DigError(Exception):
-    """Base class of every error dig2dig raises on purpose."""
+    """Base class of every error dig2dig raises on purpose.
+
+    ``spelled`` (optional): the message as another surface spells its fix, e.g. ``{"cli": "... pass
+    --resize ..."}`` beside the Python ``resize=True``; :func:`describe` picks the surface's text."""
+
+    spelled: dict[str, str] = {}
 
 
 class ImageError(Dig2DigError, ValueError):
@@ -53,11 +58,12 @@ _ERRNO_FIX = {
 }
 
 
-def describe(e: BaseException) -> tuple[int, str]:
-    """(exit code, one-line message) for an exception; unexpected ones get :data:`EXIT_INTERNAL`."""
+def describe(e: BaseException, surface: str = "python") -> tuple[int, str]:
+    """(exit code, one-line message) for an exception; unexpected ones get :data:`EXIT_INTERNAL`.
+    ``surface`` ("python", "cli", "web") picks how the message spells settings where it differs."""
     import errno as _errno
 
-    msg = " ".join(str(e).split())
+    msg = " ".join(getattr(e, "spelled", {}).get(surface, str(e)).split())
     name = type(e).__name__
     if isinstance(e, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"

@@ -233,6 +233,9 @@ def _to_float(arr: np.ndarray, name: str, bgr: bool) -> np.ndarray:
 def to_float_image(arr: np.ndarray, name: str = "array") -> np.ndarray:
     """Validate an in-memory image: uint8/uint16, or float in [0, 1]; (H,W), (H,W,1|3|4)."""
     arr = np.asarray(arr)
+    if arr.size == 0:
+        raise ImageError(f"{name}: an empty array of shape {arr.shape}; images must be at least {MIN_SIDE}x{MIN_SIDE} "
+                         f"pixels")
     if arr.dtype in (np.uint8, np.uint16):
         return _to_float(arr, name, bgr=False)
     if not np.issubdtype(arr.dtype, np.floating):

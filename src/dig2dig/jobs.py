@@ -629,6 +629,18 @@ class Progress:
         print(f"[{self.count}/{self.total}] {record['id']} {what} ({record.get('seconds', 0):.1f} s); "
               f"{rate:.2f} items/min, ETA {eta:.1f} min", file=self.stream, flush=True)
 
+    def step(self, item: str, done: int, total: int) -> None:
+        """The running item's diffusion steps, beside the bar (a terminal only; lines stay one per item)."""
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if done < total and now - getattr(self, "_shown", 0.0) < 0.2:
+            return
+        self._shown = now
+        elapsed = now - self.t0
+        rate = f"{self.count / elapsed * 60:.2f} items/min, " if self.count and elapsed > 0 else ""
+        self.bar.set_postfix_str(f"{rate}{item}: step {done}/{total}", refresh=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -759,7 +771,7 @@ def run_batch(
         spec = WorkerSpec(resolved.method, dict(config.options), config.steps, config.prior, config.prior_spec,
                           config.device, config.resize, config.bit_depth, threads, resolved.prior, config.max_pixels)
         bar = Progress(len(jobs), progress)
-        records = runner.run(spec, jobs)
+        records = runner.run(spec, jobs, on_step=bar.step)
         logged: set[str] = set()
 
         def record(rec: dict) -> None:

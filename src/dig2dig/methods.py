@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .options import (
     CCFOptions,
     DDFMOptions,
@@ -108,8 +110,8 @@ def _build_ccf(ctx: BuildContext, opts: CCFOptions):
 
 def _dig_grid(steps, opts: DIGOptions) -> list[int]:
     """DIG-N: an int N means N steps on the power grid (big steps at high noise)."""
-    if isinstance(steps, int):
-        return power_grid(steps, opts.power)
+    if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
+        return power_grid(int(steps), opts.power)
     return make_grid(steps)
 
 

@@ -21,7 +21,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,16 +98,18 @@ class FuseWorker:
         if get_method(spec.method).needs_prior:
             self.den = resolve_prior(spec.prior, prior_spec=spec.prior_spec, device=spec.device)
 
-    def __call__(self, job: Job) -> dict:
+    def __call__(self, job: Job, on_step: Callable[[str, int, int], None] | None = None) -> dict:
+        """Fuse ``job``; ``on_step(item id, steps done, total)`` after each diffusion step if given."""
         from ._version import __version__
         from .api import fuse
 
         t0 = time.perf_counter()
         s = self.spec
+        step = (lambda done, total: on_step(job.id, done, total)) if on_step else False
         try:
             r = fuse(list(job.sources), method=s.method, steps=s.steps, seed=job.seed, task=job.task, prior=self.den,
                      device=s.device, resize=s.resize, names=list(job.names) if job.names else None,
-                     max_pixels=s.max_pixels, **s.options)
+                     max_pixels=s.max_pixels, progress=step, **s.options)
             Path(job.output).parent.mkdir(parents=True, exist_ok=True)
             out = r.save(job.output, s.bit_depth)
             wall = time.perf_counter() - t0
@@ -176,14 +178,16 @@ class LocalExecutor:
             return int(self.threads)
         return max(1, cpu_count() // self.workers) if self.workers > 1 else None
 
-    def run(self, spec: WorkerSpec, jobs: Sequence[Job]) -> Iterator[dict]:
+    def run(self, spec: WorkerSpec, jobs: Sequence[Job], on_step: Callable[[str, int, int], None] | None = None,
+            ) -> Iterator[dict]:
+        """Records as items finish; ``on_step`` follows the running item's steps (one worker, in this process)."""
         if not jobs:
             return
         spec = _with_threads(spec, self._threads())
         if self.workers == 1:
             worker = FuseWorker(spec)
             for job in jobs:
-                yield worker(job)
+                yield worker(job, on_step)
             return
         yield from self._run_pool(spec, jobs)
 
@@ -369,7 +373,8 @@ class RayExecutor:
             raise RunError(f"--threads {threads} is more than the Ray cluster's {cpus} CPUs")
         return actors, float(threads)
 
-    def run(self, spec: WorkerSpec, jobs: Sequence[Job]) -> Iterator[dict]:
+    def run(self, spec: WorkerSpec, jobs: Sequence[Job], on_step=None) -> Iterator[dict]:
+        """Records as items finish (``on_step`` is not followed across the cluster)."""
         if not jobs:
             return
         import json

@@ -99,8 +99,10 @@ def make_grid(spec: int | str | Sequence[int], num_timesteps: int = NUM_TIMESTEP
     * ``"uniform:N"`` or ``"power:N:P"`` (P defaults to 2)
     * a comma-separated string or a sequence of timesteps -> that list, sorted descending
     """
-    if isinstance(spec, bool):
-        raise ValueError(f"steps {spec!r}: give a step count, 'uniform:N', 'power:N:P' or a list like '999,500,0'")
+    if isinstance(spec, (bool, float, np.floating)) or not isinstance(spec, (int, np.integer, str, Sequence,
+                                                                           np.ndarray)):
+        raise ValueError(f"steps={spec!r}: give a step count (a whole number, not {type(spec).__name__}), "
+                         f"'uniform:N', 'power:N:P' or a list like '999,500,0'")
     if isinstance(spec, (int, np.integer)):
         return uniform_grid(int(spec), num_timesteps)
     if isinstance(spec, str):

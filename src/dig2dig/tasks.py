@@ -4,7 +4,7 @@
 task   sources                         role order              chroma
 =====  ==============================  ======================  ===================
 vif    infrared + visible              infrared, visible       from the visible
-mif    CT/PET/SPECT + MRI              functional, MRI         from the colour map
+mif    CT/PET/SPECT + MRI              CT|PET|SPECT, MRI       from the colour map
 mef    under- + over-exposed (+ more)  as given                saturation-weighted
 mff    near- + far-focused (+ more)    as given                saturation-weighted
 =====  ==============================  ======================  ===================
@@ -14,8 +14,10 @@ texture source v second.  ``auto`` reads each source's file name and folder name
 ``thermal``, ``vis``, ``mri``, ``ct``, ``pet``, ``under``, ``over``, ``near``, ``far`` …); when the
 names do not tell, one colour source beside gray ones means VIF, several sources that differ
 clearly in brightness mean MEF, and anything else MFF.  Roles the names cannot settle fall back
-to channels (a gray source is the infrared/CT one, a colour one the visible/PET one) and then to
-the order given (first = intensity role).
+to channels (VIF: the gray source is the infrared one; MIF: the colour source is the PET/SPECT
+one, beside a gray MRI) and then to the order given (first = intensity role).  In MIF the first
+role is named by its modality as a radiologist would (CT is anatomical, PET and SPECT functional):
+from the file name, else "PET/SPECT" for a colour-coded source and "CT/PET/SPECT" otherwise.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ for _tok in ("under", "over", "low", "high", "dark", "bright", "ev", "exposure",
 for _tok in ("near", "far", "focus", "fg", "bg", "foreground", "background", "a", "b"):
     _HINTS[_tok] = ("mff", None)
 
-_ROLE_NAMES = {"vif": ("infrared", "visible"), "mif": ("functional", "MRI")}
+_ROLE_NAMES = {"vif": ("infrared", "visible"), "mif": ("CT/PET/SPECT", "MRI")}
+_MODALITIES = {"ct": "CT", "pet": "PET", "fdg": "PET", "spect": "SPECT"}  # MIF's first role, by file name
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,12 @@ class TaskInfo:
     order: tuple[int, ...]  # source indices in role order
     chroma: str
     reason: str
+    labels: tuple[str, ...] = ()  # role names where the sources tell them (MIF: the modality)
 
     @property
     def roles(self) -> tuple[str, ...]:
+        if self.labels:
+            return self.labels
         names = _ROLE_NAMES.get(self.name)
         if names and len(self.order) == 2:
             return names
@@ -155,9 +161,19 @@ def resolve_task(task: str, images, names: list[str]) -> TaskInfo:
             role[1] = 1 - role[0]
         if None in role or role[0] == role[1]:
             gray = [is_gray(im) for im in get()]
-            role = [0, 1] if gray[0] == gray[1] else [0 if g else 1 for g in gray]
+            first = 0 if task == "vif" else 1  # VIF: gray = infrared; MIF: gray = MRI beside a colour PET/SPECT
+            role = [0, 1] if gray[0] == gray[1] else [first if g else 1 - first for g in gray]
         order = sorted(order, key=lambda i: role[i])
-    return TaskInfo(task, tuple(order), CHROMA[task], reason)
+    labels: tuple[str, ...] = ()
+    if task == "mif" and len(names) == 2:
+        modality = next((_MODALITIES[t] for t in _tokens(names[order[0]]) if t in _MODALITIES), None)
+        if modality is None:
+            try:
+                modality = None if is_gray(get()[order[0]]) else "PET/SPECT"
+            except LookupError:  # names only (the web page's guess): no pixels to look at
+                pass
+        labels = (modality or _ROLE_NAMES["mif"][0], "MRI")
+    return TaskInfo(task, tuple(order), CHROMA[task], reason, labels)
 
 
 def chroma_order(info: TaskInfo) -> tuple[int, ...]:

@@ -296,6 +296,24 @@ def _check_diffusers_scheduler(path: Path) -> None:
 # dig2dig's own folder format (spec.json + weights.safetensors)
 
 
+_SPEC_KEYS = {"architecture": dict, "channels": int, "spatial_multiple": int}
+
+
+def _check_spec(raw, where: Path) -> None:
+    """The keys a dig2dig prior folder's spec.json must have, with their types."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where} holds a JSON {type(raw).__name__}, not an object of prior settings")
+    missing = [k for k in _SPEC_KEYS if k not in raw]
+    if missing:
+        raise CheckpointError(f"{where} has no {', '.join(repr(k) for k in missing)} key; a dig2dig prior folder's "
+                              f"spec.json names {', '.join(_SPEC_KEYS)} (see `dig2dig prior info` of the embedded "
+                              f"prior for an example)")
+    for k, kind in _SPEC_KEYS.items():
+        if not isinstance(raw[k], kind) or isinstance(raw[k], bool):
+            raise CheckpointError(f"{where}: {k!r} must be a JSON {'object' if kind is dict else 'integer'}, got "
+                                  f"{json.dumps(raw[k])[:60]}")
+
+
 def load_dig2dig_folder(path: str | Path, expect_sha256: bool = True) -> Denoiser:
     from .registry import build_network
 
@@ -304,6 +322,7 @@ def load_dig2dig_folder(path: str | Path, expect_sha256: bool = True) -> Denoise
         raw = json.loads((path / "spec.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {path / 'spec.json'}: {e}") from None
+    _check_spec(raw, path / "spec.json")
     weights = path / raw.get("weights", "weights.safetensors")
     if not weights.is_file():
         raise CheckpointError(f"{path}: weights file {weights.name} is missing")

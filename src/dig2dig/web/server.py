@@ -243,7 +243,7 @@ class JobQueue:
             except BaseException as e:  # noqa: BLE001 -- a failed job reports, the server goes on
                 from ..errors import describe
 
-                job.state, job.error = "failed", describe(e)[1]
+                job.state, job.error = "failed", describe(e, "web")[1]
             finally:
                 job.finished, job.sources = time.time(), []
                 with self.lock:
@@ -645,7 +645,7 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
                 try:
                     m, options, steps, seed, task, resize, total = settings(form, len(uploads_))
                 except ValueError as e:
-                    raise RequestError(422, describe(e)[1]) from None
+                    raise RequestError(422, describe(e, "web")[1]) from None
                 datas, names = [], []
                 for k, up in enumerate(uploads_):
                     datas.append(await up.read())
@@ -661,7 +661,7 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
                     if s is not None:
                         check_pixels(s, n, pixels)
             except ValueError as e:
-                raise RequestError(422, describe(e)[1]) from None
+                raise RequestError(422, describe(e, "web")[1]) from None
             need = sum(w * h for w, h in (s for s in sizes if s is not None))
             if need > budget:
                 raise RequestError(413, f"the sources hold {need / 1e6:.3g} megapixels, more than this server "
@@ -671,7 +671,7 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
                 try:
                     need = await run_in_threadpool(decode_all, datas, names, resize)
                 except ValueError as e:
-                    raise RequestError(422, describe(e)[1]) from None
+                    raise RequestError(422, describe(e, "web")[1]) from None
             if need > budget:  # a header Pillow could not read told too little
                 raise RequestError(413, f"the sources hold {need / 1e6:.3g} megapixels, more than this server "
                                         f"queues at once ({max_queued_mp:g}, --max-queued-mp); send smaller images")
