@@ -19,6 +19,14 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+def _until(page, expression: str, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while not page.evaluate(expression):
+        if time.time() > deadline:
+            raise TimeoutError(f"not true within {seconds:g} s: {expression}")
+        time.sleep(0.2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pair", default=str(SHARED / "data/fusion/vif/msrs/00001D"))
@@ -44,14 +52,13 @@ def main() -> int:
         browser = pw.chromium.launch(executable_path=args.chromium, args=ARGS)
         page = browser.new_page(viewport={"width": 1360, "height": 1000}, device_scale_factor=1)
         page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function("document.querySelectorAll('select[name=method] option').length > 3")
+        page.wait_for_selector("select[name=method] option[value=average]", state="attached")
         page.set_input_files("input[type=file]", sources)
-        page.wait_for_function("!document.getElementById('fuse').disabled")
+        page.wait_for_selector("#fuse:not([disabled])")
         page.click("button:has-text('Fuse')")
-        page.wait_for_function("document.getElementById('result').complete && "
-                               "document.getElementById('result').naturalWidth > 0", timeout=600_000)
-        page.wait_for_function("document.getElementById('weights').complete && "
-                               "document.getElementById('weights').naturalWidth > 0")
+        for img in ("result", "weights"):  # the page's CSP forbids eval: poll, not wait_for_function
+            _until(page, f"(() => {{ const i = document.getElementById('{img}'); "
+                         f"return i.complete && i.naturalWidth > 0; }})()", 600)
         page.wait_for_timeout(500)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=args.out, full_page=True)

@@ -208,3 +208,22 @@ def test_laplacian_and_guided_keep_the_sharper_source():
     for fn in (baselines.laplacian, baselines.guided):
         f = fn([blurred, sharp.astype(np.float32)])
         assert np.abs(f - sharp).mean() < np.abs(baselines.average([blurred, sharp]) - sharp).mean()
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"steps": True}, "steps=True: give a step count (a whole number, not bool)"),
+    ({"steps": 2.0}, "steps=2.0: give a step count (a whole number, not float)"),
+    ({"steps": np.float32(3)}, "not float32"),
+    ({"method": "ddfm", "steps": False}, "not bool"),
+])
+def test_steps_of_the_wrong_type_are_named(tiny_prior, kw, message):
+    a = smooth_image(16, 16, 1)
+    with pytest.raises(ValueError) as e:
+        dig2dig.fuse([a, a], prior=tiny_prior, **kw)
+    assert message in str(e.value)
+
+
+def test_an_empty_array_is_named():
+    a = smooth_image(16, 16, 1)
+    with pytest.raises(ValueError, match=r"source 2: an empty array of shape \(0, 0\)"):
+        dig2dig.fuse([a, np.zeros((0, 0))], method="average")
