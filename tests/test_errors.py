@@ -59,6 +59,7 @@ def env(tmp_path, tiny_gray_prior_path):
     (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
     (tmp_path / "huge.png").write_bytes(_png_header_only(30000, 30000))
     (tmp_path / "adir").mkdir()
+    (tmp_path / "hdr.png").write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 40 +X 32\n" + bytes(32 * 40 * 4))
     (tmp_path / "noarch").mkdir()
     (tmp_path / "noarch" / "spec.json").write_text('{"channels": 1, "spatial_multiple": 8}')
     (tmp_path / "noarch" / "weights.safetensors").write_bytes(b"")
@@ -99,6 +100,8 @@ CASES = [
     ("pixel limit zero", [*AVG, "--max-pixels", "0"], 2, "must be at least 1"),
     ("sizes differ", ["fuse", "{ir}", "{small}", "-o", "{out}", "--method", "average"], 2,
      "or pass --resize to resample"),
+    ("HDR named .png", ["fuse", "{ir}", "{tmp}/hdr.png", "-o", "{out}", "--method", "average"], 2,
+     "not a PNG, JPEG, TIFF or BMP"),
     ("mistyped flag", [*AVG, "--stpes", "3"], 2, "unrecognized arguments: --stpes 3 (did you mean --steps?)"),
     ("prior spec without architecture", [*AVG[:-2], "--prior", "{tmp}/noarch"], 2,
      "spec.json has no 'architecture' key"),

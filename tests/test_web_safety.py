@@ -83,6 +83,12 @@ def _busy(c, pair, steps: int = 1000) -> str:
 EVIL = {"Origin": "http://evil.example"}
 
 
+def _radiance(w: int, h: int) -> bytes:
+    """A run-length-encoded Radiance HDR image of w x h: kilobytes that OpenCV decodes to w*h*12 bytes."""
+    row = b"\x02\x02" + bytes([w >> 8, w & 255]) + (b"\xff\x80" * (w // 127) + bytes([128 + w % 127, 128])) * 4
+    return f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {h} +X {w}\n".encode() + row * h
+
+
 @pytest.mark.parametrize("method,path,kw,code,says,never", [
     ("get", "/api/info", {"headers": {"Host": "evil.example"}}, 400, "not to the host", ""),
     ("get", "/api/info", {"headers": {"Host": "rebind.attacker.example:8000"}}, 400, "--allow-host", ""),
@@ -99,13 +105,21 @@ EVIL = {"Origin": "http://evil.example"}
     ("post", "/api/jobs", {"raw": b"seed=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 422,
      "multipart/form-data", ""),
     ("post", "/api/jobs", {"data": {"task": "t" * 3000}}, 422, "unknown task", "tttttttttttttttttttttttttttttttttttttttttttt"),
+    ("post", "/api/jobs", {"data": {"options": "[" * 3000}}, 422, "too deeply nested", ""),
+    ("post", "/api/jobs", {"extra_files": [("method", ("m.txt", b"dig2dig", "text/plain"))]}, 422,
+     "method must be a text field", "UploadFile"),
+    ("post", "/api/jobs", {"hdr": True}, 422, "not a PNG, JPEG, TIFF or BMP", ""),
+    ("get", "/api/info", {"headers": {"Host": "[::1]evil.example"}}, 400, "not to the host", ""),
+    ("get", "/api/info", {"headers": {"Host": "127.0.0.1:80@evil.example"}}, 400, "not to the host", ""),
 ])
 def test_each_bad_request_gets_a_short_clear_answer(client, pair, method, path, kw, code, says, never):
     kw = dict(kw)
     if kw.pop("files9", False):
         kw["files"] = _files(*[(f"s{k}.png", pair[k % 2]) for k in range(9)])
+    elif kw.pop("hdr", False):  # OpenCV decodes Radiance HDR, Pillow cannot read its header: never decoded
+        kw["files"] = _files(("ir.png", pair[0]), ("vis.png", _radiance(3000, 3000)))
     elif method == "post" and "raw" not in kw:
-        kw["files"] = _files(("ir.png", pair[0]), ("vis.png", pair[1]))
+        kw["files"] = _files(("ir.png", pair[0]), ("vis.png", pair[1])) + kw.pop("extra_files", [])
     if "raw" in kw:
         kw["content"] = kw.pop("raw")
     r = getattr(client, method)(path, **kw)
@@ -321,3 +335,80 @@ def test_the_server_under_a_bounded_load(tiny_gray_prior_path, tmp_path):
     assert all(res["checks"].values()) and res["info_max_s"] < 1.0
     assert res["by_kind"]["average"].get("201") and set(res["by_kind"]["cross-site-write"]) == {"403"}
     assert not any("Traceback" in line for line in res["log_lines"])
+
+
+def test_finished_results_are_bounded_in_bytes_too():
+    from dig2dig.web.server import JobQueue, WebJob
+
+    jobs = JobQueue(None, keep=32, keep_bytes=100)
+    try:
+        for k in range(4):
+            job = WebJob(f"j{k}", "average", None, 0, "auto", False, [], [], 0, {}, state="done")
+            job.result["result.png"] = (b"x" * 60, "image/png")
+            with jobs.lock:
+                jobs.jobs[job.id] = job
+                jobs._forget_old()
+        assert list(jobs.jobs) == ["j3"]  # 60 bytes kept of 240; older results forgotten
+    finally:
+        jobs.stop()
+
+
+def test_the_page_can_ask_for_resize(client, pair):
+    small = _png(smooth_image(24, 32, 3))
+    r = client.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", small)), data={"method": "average"})
+    assert r.status_code == 422 and "tick 'Resize every source" in r.json()["detail"]
+    assert "resize=True" not in r.json()["detail"]
+    r = client.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", small)),
+                    data={"method": "average", "resize": "true"})
+    assert r.status_code == 201, r.text
+    s = _wait(client, r.json()["id"])
+    assert s["state"] == "done" and (s["result"]["width"], s["result"]["height"]) == (64, 48)
+
+
+def test_an_unexpected_error_is_one_log_line_and_a_500_with_the_headers(tiny_gray_prior_path, caplog):
+    import logging
+
+    app = create_app(prior=str(tiny_gray_prior_path))
+    caplog.set_level(logging.WARNING)
+    with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as c:
+        def broken(job_id):
+            raise RuntimeError("a defect")
+
+        app.state.jobs.get = broken
+        r = c.get("/api/jobs/abc")
+        assert r.status_code == 500 and "internal error" in r.json()["detail"] and "defect" not in r.text
+        for k, v in SECURITY_HEADERS.items():
+            assert r.headers[k] == v
+    said = [rec for rec in caplog.records if "a defect" in rec.getMessage()]
+    assert len(said) == 1 and not [rec for rec in caplog.records if rec.exc_info]
+
+
+def test_a_stalled_upload_is_dropped_and_frees_its_slot(tiny_gray_prior_path, pair):
+    app = create_app(prior=str(tiny_gray_prior_path), max_uploads=1, upload_idle_s=0.5)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from serve_load import _multipart, request
+
+    with live(app) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 1000\r\n"
+                      f"Content-Type: multipart/form-data; boundary=B\r\n\r\n--B\r\n".encode())
+            head = s.recv(4096)  # then nothing more is sent
+            assert head.startswith(b"HTTP/1.1 408") and b"stalled" in head
+        body, ctype = _multipart([("a.png", pair[0]), ("b.png", pair[1])], {"method": "average"})
+        assert request(port, "POST", "/api/jobs", body, {"Content-Type": ctype})[0] == 201  # the slot is free
+
+
+def test_decodes_in_several_threads_leave_stderr_where_it_was():
+    import os
+
+    from dig2dig.io import image_from_bytes
+
+    before = os.readlink("/proc/self/fd/2") if Path("/proc/self/fd/2").exists() else None
+    noisy = _png((np.random.default_rng(0).random((600, 600)) * 255).astype(np.uint8))
+    threads = [threading.Thread(target=lambda: [image_from_bytes(noisy, "x.png") for _ in range(5)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if before is not None:
+        assert os.readlink("/proc/self/fd/2") == before

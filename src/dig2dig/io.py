@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -74,6 +75,12 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     return sorted(p for p in found if p.suffix.lower() in READ_SUFFIXES and p.is_file())
 
 
+_PIL_LIMIT = threading.Lock()
+_STDERR = threading.Lock()  # file descriptor 2 is the process's: one decode at a time redirects it
+SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+              (b"BM", "BMP"))  # the formats dig2dig reads, told by their first bytes
+
+
 def header_size(source) -> tuple[int, int] | None:
     """(width, height) read from an image file's (or bytes') header without decoding the pixels, or
     None if the header cannot be read (decoding will then say what is wrong)."""
@@ -83,15 +90,16 @@ def header_size(source) -> tuple[int, int] | None:
         return None
     import io as _io
 
-    old = PILImage.MAX_IMAGE_PIXELS
-    PILImage.MAX_IMAGE_PIXELS = None  # the limit is ours (max_pixels), not Pillow's
-    try:
-        with PILImage.open(_io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
-            return int(im.size[0]), int(im.size[1])
-    except Exception:  # noqa: BLE001 -- any header Pillow cannot read is left to the decoder
-        return None
-    finally:
-        PILImage.MAX_IMAGE_PIXELS = old
+    with _PIL_LIMIT:  # Pillow's limit is a global: one thread at a time lifts it
+        old = PILImage.MAX_IMAGE_PIXELS
+        PILImage.MAX_IMAGE_PIXELS = None  # the limit is ours (max_pixels), not Pillow's
+        try:
+            with PILImage.open(_io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
+                return int(im.size[0]), int(im.size[1])
+        except Exception:  # noqa: BLE001 -- any header Pillow cannot read is left to the caller
+            return None
+        finally:
+            PILImage.MAX_IMAGE_PIXELS = old
 
 
 def check_pixels(size: tuple[int, int], label: str, max_pixels: int | None = None) -> None:
@@ -105,18 +113,29 @@ def check_pixels(size: tuple[int, int], label: str, max_pixels: int | None = Non
                          f"machine has the memory")
 
 
-def decode_bytes(data: bytes, label: str, max_pixels: int | None = None) -> np.ndarray:
-    """The pixels of an encoded image (PNG, JPEG, TIFF, BMP -- told by decoding, not by a name) as
-    stored: uint8/uint16 in OpenCV's layout (BGR[A] for colour).  The pixel count is checked against
-    ``max_pixels`` from the header before anything is decoded."""
+def decode_bytes(data: bytes, label: str, max_pixels: int | None = None, capture: bool = True) -> np.ndarray:
+    """The pixels of an encoded image (PNG, JPEG, TIFF, BMP -- told by their first bytes, not by a
+    name) as stored: uint8/uint16 in OpenCV's layout (BGR[A] for colour).  The pixel count is
+    checked against ``max_pixels`` from the header before anything is decoded; a file whose header
+    cannot be read is refused undecoded (other formats OpenCV knows, e.g. Radiance HDR, could hide
+    gigapixels in a few megabytes).  ``capture``: catch what the decoders print to stderr (one line
+    in the warning); a server leaves it off, since stderr is shared by every thread."""
+    fix = "re-export it as PNG, JPEG, TIFF or BMP"
+    if not any(bytes(data[:8]).startswith(sig) for sig, _ in SIGNATURES):
+        raise ImageError(f"{label}: cannot decode the file as an image (it is not a PNG, JPEG, TIFF or BMP); {fix}")
     size = header_size(data)
-    if size is not None:
-        check_pixels(size, label, max_pixels)
+    if size is None:
+        raise ImageError(f"{label}: cannot decode the file as an image (its header cannot be read: corrupt or "
+                         f"truncated); {fix}")
+    check_pixels(size, label, max_pixels)
     cv2 = _cv2()
     buf = np.frombuffer(data, dtype=np.uint8)
     said = ""
     try:
-        arr, said = _decode_quietly(cv2, buf) if buf.size else (None, "")
+        if capture:
+            arr, said = _decode_quietly(cv2, buf)
+        else:
+            arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error:
         arr = None
     if arr is None:
@@ -125,7 +144,7 @@ def decode_bytes(data: bytes, label: str, max_pixels: int | None = None) -> np.n
     if said:
         warnings.warn(f"{Path(label).name}: the decoder reported '{said}'; the image may be damaged or truncated",
                       stacklevel=3)
-    check_pixels((arr.shape[1], arr.shape[0]), label, max_pixels)  # a header Pillow could not read
+    check_pixels((arr.shape[1], arr.shape[0]), label, max_pixels)  # the decoded size too, in case a header lied
     return arr
 
 
@@ -163,11 +182,11 @@ def _warn_if_multipage(p: Path) -> None:
 
 def _decode_quietly(cv2, buf: np.ndarray) -> tuple[np.ndarray | None, str]:
     """``cv2.imdecode`` with what libpng/libjpeg print to the process's stderr caught (one line for us)."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), ""
-    with tempfile.TemporaryFile() as sink:
+    with _STDERR, tempfile.TemporaryFile() as sink:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), ""
         os.dup2(sink.fileno(), 2)
         try:
             arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -195,9 +214,9 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image:
     return Image(_to_float(arr, p.name, bgr=True), 16 if arr.dtype == np.uint16 else 8, str(p))
 
 
-def image_from_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image:
+def image_from_bytes(data: bytes, name: str, max_pixels: int | None = None, capture: bool = True) -> Image:
     """:func:`read_image` for bytes (an upload); ``name`` is only a label, never a path."""
-    arr = decode_bytes(data, name, max_pixels)
+    arr = decode_bytes(data, name, max_pixels, capture)
     return Image(_to_float(arr, name, bgr=True), 16 if arr.dtype == np.uint16 else 8, name)
 
 

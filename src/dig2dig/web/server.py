@@ -21,10 +21,11 @@ What the server protects (README, "The web page", says the same for users):
   ``Sec-Fetch-Site`` headers, so a page the user visits cannot queue jobs; every answer carries a
   ``default-src 'self'`` content security policy and refuses framing and sniffing.
 * **Memory.** A request is read up to ``--max-upload-mb`` and no further (chunked or not), in memory,
-  never spooled to disk; at most ``--max-queue`` jobs wait or run, holding at most
+  never spooled to disk, and dropped (408) when it stalls or drags on; at most ``--max-queue`` jobs wait or run, holding at most
   ``--max-queued-mp`` megapixels of sources between them; beyond either the answer is 503 with
   ``Retry-After``.  Queued sources are kept as the uploaded (compressed) bytes and decoded when their
-  job starts; a request's pixels are read from the image headers before anything is decoded; one
+  job starts; only PNG, JPEG, TIFF and BMP are decoded, and a request's pixels are read from their
+  headers before anything is; one
   upload is decoded at a time, off the event loop, so status and info answer while it runs; finished
   results are kept for the last ``KEEP_FINISHED`` jobs and at most ``KEEP_RESULT_MB`` of files.
 * **What a request can do.** Names are labels (task detection), never paths; job ids are random; the
@@ -56,6 +57,8 @@ MAX_SOURCES = 8
 MAX_QUEUE = 8  # jobs waiting or running
 MAX_QUEUED_MP = 64.0  # megapixels of sources held by the jobs waiting or running
 MAX_UPLOADS = 4  # requests being read or decoded at once
+UPLOAD_IDLE_S = 10.0  # longest pause while a request's body arrives ...
+UPLOAD_DEADLINE_S = 120.0  # ... and longest time to receive all of it (408 beyond either)
 KEEP_FINISHED = 32  # finished jobs kept for download; older ones are forgotten ...
 KEEP_RESULT_MB = 256.0  # ... and so are the oldest once their files pass this size
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -258,7 +261,8 @@ class JobQueue:
             if job.cancel.is_set():
                 raise JobCancelled
 
-        images = [image_from_bytes(data, name, self.decode_pixels) for data, name in zip(job.sources, job.names)]
+        images = [image_from_bytes(data, name, self.decode_pixels, capture=False)
+                  for data, name in zip(job.sources, job.names)]
         job.sources = []
         r = fuse(images, method=job.method, steps=job.steps, seed=job.seed, task=job.task, names=job.names,
                  resize=job.resize, prior=self.prior if needs_prior(job.method) else None, device=self.device,
@@ -297,9 +301,13 @@ def needs_prior(method: str) -> bool:
 def _host_name(host_header: str) -> str:
     """The host of a ``Host`` header without its port: ``[::1]:8000`` -> ``::1``."""
     h = host_header.strip().lower()
-    if h.startswith("["):
-        return h[1: h.find("]")] if "]" in h else h
-    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+    if h.startswith("[") and "]" in h:
+        name, rest = h[1:].split("]", 1)
+        return name if rest == "" or (rest[:1] == ":" and rest[1:].isdigit()) else h
+    if h.count(":") == 1:
+        name, port = h.split(":")
+        return name if port.isdigit() else h
+    return h
 
 
 class Guard:
@@ -337,7 +345,24 @@ class Guard:
         if refused is not None:
             await refused(scope, receive, send_secured)
             return
-        await self.app(scope, receive, send_secured)
+        started = False
+
+        async def send_tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_secured(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as e:  # noqa: BLE001 -- the one error boundary: one line in the log, none to the client
+            from starlette.responses import JSONResponse
+
+            from ..errors import describe
+
+            log.error("dig2dig serve: %s %s failed: %s", scope.get("method"), scope.get("path"), describe(e)[1])
+            if not started:
+                await JSONResponse({"detail": "internal error; the server's log has the one-line reason"},
+                                   status_code=500)(scope, receive, send_secured)
 
     def _check(self, scope, headers):
         from urllib.parse import parse_qs
@@ -354,7 +379,7 @@ class Guard:
         path = scope.get("path", "")
         if self.token is not None and not path.startswith("/static/"):
             given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
-            if path == "/" and given is not None and self._match(given):
+            if path == "/" and scope.get("method") == "GET" and given is not None and self._match(given):
                 r = RedirectResponse("/", status_code=303)  # the token leaves the address bar
                 r.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
                 return r
@@ -459,6 +484,7 @@ def _flag(name: str, text: str) -> bool:
 def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
                max_pixels: int | None = None, max_sources: int = MAX_SOURCES, max_queue: int = MAX_QUEUE,
                max_queued_mp: float = MAX_QUEUED_MP, max_uploads: int = MAX_UPLOADS,
+               upload_idle_s: float = UPLOAD_IDLE_S, upload_deadline_s: float = UPLOAD_DEADLINE_S,
                hosts: set[str] | frozenset[str] | None = frozenset(LOOPBACK), token: str | None = None):
     """The FastAPI app; ``prior`` (a path, a Denoiser, or None for the embedded one) is loaded now.
 
@@ -508,16 +534,12 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
 
     @app.exception_handler(RequestError)
     async def request_error(request, e: RequestError):
-        return answer(e.status, str(e))
+        # a body refused unread (413) or stalled (408): close the connection rather than drain the rest
+        return answer(e.status, str(e), {"Connection": "close"} if e.status in (408, 413) else None)
 
     @app.exception_handler(Busy)
     async def busy(request, e: Busy):
         return answer(503, str(e), {"Retry-After": str(e.retry_after)})
-
-    @app.exception_handler(Exception)
-    async def internal(request, e: Exception):  # the one error boundary: one line in the log, none to the client
-        log.error("dig2dig serve: %s %s failed: %s", request.method, request.url.path, describe(e)[1])
-        return answer(500, "internal error; the server's log has the one-line reason")
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -554,9 +576,21 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
             return {"task": "auto", "reason": "decided from the images when fusing"}
 
     async def read_body(request: Request) -> bytes:
-        """The whole body, in memory, refused (413) as soon as it passes the limit."""
+        """The whole body, in memory, refused (413) as soon as it passes the limit, and (408) when it
+        stalls for ``upload_idle_s`` or takes longer than ``upload_deadline_s`` (a slot is not held forever)."""
         chunks, n = [], 0
-        async for chunk in request.stream():
+        stream = request.stream().__aiter__()
+        deadline = time.monotonic() + upload_deadline_s
+        while True:
+            wait = min(upload_idle_s, deadline - time.monotonic())
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), timeout=max(wait, 0.001))
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise RequestError(408, f"the upload stalled or took too long ({n / 2**20:.1f} MB received; the "
+                                        f"server waits {upload_idle_s:g} s between parts and {upload_deadline_s:g} s "
+                                        f"in all); send it again") from None
             n += len(chunk)
             if n > limit_bytes:
                 raise RequestError(413, f"the upload is more than the server's limit of {limit_text}; send "
@@ -584,14 +618,22 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
 
     def settings(form, count: int):
         """The request's fields, validated (ValueError with the message otherwise)."""
-        m = get_method(str(form.get("method") or "dig2dig")[:100])
+
+        def text(name: str, default: str) -> str:
+            value = form.get(name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a text field, not a file")
+            return value or default
+
+        m = get_method(text("method", "dig2dig")[:100])
         try:
-            options = json.loads(str(form.get("options") or "{}"))
+            options = json.loads(text("options", "{}"))
         except json.JSONDecodeError as e:
             raise ValueError(f"options must be a JSON object of option names and values (not JSON: {e.msg} at "
                              f"character {e.pos})") from None
-        except ValueError:  # e.g. a number of thousands of digits
-            raise ValueError("options must be a JSON object of option names and values (a value is too long)") from None
+        except (ValueError, RecursionError):  # a number of thousands of digits, arrays nested thousands deep
+            raise ValueError("options must be a JSON object of option names and values (a value is too long or "
+                             "too deeply nested)") from None
         if not isinstance(options, dict):
             raise ValueError("options must be a JSON object of option names and values")
         refused = sorted(set(options) & set(refused_options))
@@ -599,18 +641,18 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
             raise ValueError(f"option(s) {refused} cannot be set from a web request: the server decides how "
                              f"the prior runs, and nothing imports code named by a request")
         opts, _ = m.split(options)
-        steps = _steps(str(form.get("steps") or "").strip())
+        steps = _steps(text("steps", "").strip())
         if m.needs_prior:
             total = len(m.grid(steps if steps is not None else m.default_steps, opts))
         elif steps is not None:
             raise ValueError(f"method {m.name!r} is not a diffusion method and takes no steps")
         else:
             total = 0
-        seed = _whole_number("seed", str(form.get("seed") or "0").strip(), 2**63)
-        task = str(form.get("task") or "auto").strip().lower()
+        seed = _whole_number("seed", text("seed", "0").strip(), 2**63)
+        task = text("task", "auto").strip().lower()
         if task not in ("auto", *TASKS):
             raise ValueError(f"unknown task {_shown(task)}; use one of auto, {', '.join(TASKS)}")
-        resize = _flag("resize", str(form.get("resize") or ""))
+        resize = _flag("resize", text("resize", ""))
         m.check_sources(count)
         return m, options, steps, seed, task, resize, total
 
@@ -619,7 +661,7 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
         the pixels the job holds."""
         from ..geometry import check_same_size
 
-        shapes = [image_from_bytes(d, n, pixels).data.shape[:2] for d, n in zip(datas, names)]
+        shapes = [image_from_bytes(d, n, pixels, capture=False).data.shape[:2] for d, n in zip(datas, names)]
         if not resize:
             check_same_size([np.empty(s, np.uint8) for s in shapes], names)
         return sum(h * w for h, w in shapes)
