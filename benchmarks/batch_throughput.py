@@ -56,8 +56,11 @@ def main() -> int:
         subset.mkdir()
         for it in items:
             shutil.copytree(Path(it.sources[0]).parent, subset / it.id)
-    common = ["--method", args.method] + (["--steps", args.steps] if args.steps else []) + (
-        ["--prior", args.prior] if args.prior else [])
+    common = (
+        ["--method", args.method]
+        + (["--steps", args.steps] if args.steps else [])
+        + (["--prior", args.prior] if args.prior else [])
+    )
     exe = [sys.executable, "-m", "dig2dig"]
     den = load_prior(args.prior)
     rows, digests = [], {}
@@ -70,20 +73,39 @@ def main() -> int:
             from dig2dig import derive_seed
 
             for it in items:
-                cmd = [*exe, "fuse", *it.sources, "-o", str(out / f"{it.id}.png"), "-q", *common,
-                       "--seed", str(derive_seed(0, it.id))]
+                cmd = [
+                    *exe,
+                    "fuse",
+                    *it.sources,
+                    "-o",
+                    str(out / f"{it.id}.png"),
+                    "-q",
+                    *common,
+                    "--seed",
+                    str(derive_seed(0, it.id)),
+                ]
                 subprocess.run(cmd, check=True, capture_output=True)
         else:
             extra = {"local1": [], "local2": ["--workers", "2"], "ray2": ["--executor", "ray", "--workers", "2"]}[run]
-            p = subprocess.run([*exe, "batch", str(subset), "-o", str(out), "-q", "--seed", "0", *common, *extra],
-                               capture_output=True, text=True)
+            p = subprocess.run(
+                [*exe, "batch", str(subset), "-o", str(out), "-q", "--seed", "0", *common, *extra],
+                capture_output=True,
+                text=True,
+            )
             if p.returncode != 0:
                 print(p.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"{run} failed")
         wall = time.perf_counter() - t0
         digests[run] = _digest(out)
-        rows.append({"run": run, "wall_s": round(wall, 2), "pairs": len(items),
-                     "pairs_per_hour": round(3600 * len(items) / wall, 1), "s_per_pair": round(wall / len(items), 2)})
+        rows.append(
+            {
+                "run": run,
+                "wall_s": round(wall, 2),
+                "pairs": len(items),
+                "pairs_per_hour": round(3600 * len(items) / wall, 1),
+                "s_per_pair": round(wall / len(items), 2),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     by = {r["run"]: r for r in rows}
     lines = [
@@ -98,17 +120,22 @@ def main() -> int:
         "| run | command | wall (s) | s / pair | pairs / hour |",
         "|---|---|---|---|---|",
     ]
-    what = {"loop": "`dig2dig fuse` once per pair (shell loop)", "local1": "`dig2dig batch` (1 process, all threads)",
-            "local2": "`dig2dig batch --workers 2` (2 processes, 1 thread each)",
-            "ray2": "`dig2dig batch --executor ray --workers 2` (local Ray cluster, 2 actors, 1 CPU each)"}
+    what = {
+        "loop": "`dig2dig fuse` once per pair (shell loop)",
+        "local1": "`dig2dig batch` (1 process, all threads)",
+        "local2": "`dig2dig batch --workers 2` (2 processes, 1 thread each)",
+        "ray2": "`dig2dig batch --executor ray --workers 2` (local Ray cluster, 2 actors, 1 CPU each)",
+    }
     for r in rows:
         lines.append(f"| {r['run']} | {what[r['run']]} | {r['wall_s']} | {r['s_per_pair']} | {r['pairs_per_hour']} |")
     lines.append("")
     if "ray2" in by and "local2" in by:
         over = by["ray2"]["wall_s"] - by["local2"]["wall_s"]
-        lines.append(f"Ray against local with the same parallelism (2 × 1 thread): {over:+.1f} s over "
-                     f"{len(items)} pairs, {over / len(items):+.2f} s per pair, "
-                     f"{100 * over / by['local2']['wall_s']:+.1f} % of the local wall time (goal ≤ 5 %).")
+        lines.append(
+            f"Ray against local with the same parallelism (2 × 1 thread): {over:+.1f} s over "
+            f"{len(items)} pairs, {over / len(items):+.2f} s per pair, "
+            f"{100 * over / by['local2']['wall_s']:+.1f} % of the local wall time (goal ≤ 5 %)."
+        )
     # on a CPU the bytes depend on the torch thread count (float sums split per thread): compare runs
     # that computed with the same number of threads
     groups = {"all threads": ["loop", "local1"], "1 thread": ["local2", "ray2"]}
@@ -116,7 +143,9 @@ def main() -> int:
         have = [r for r in runs if r in digests]
         if len(have) > 1:
             same = len({json.dumps(digests[r], sort_keys=True) for r in have}) == 1
-            lines.append(f"Outputs of {' and '.join(have)} ({label}) identical byte for byte: {'yes' if same else 'NO'}.")
+            lines.append(
+                f"Outputs of {' and '.join(have)} ({label}) identical byte for byte: {'yes' if same else 'NO'}."
+            )
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

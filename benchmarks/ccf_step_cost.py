@@ -76,17 +76,29 @@ def main() -> int:
                 list(iter_gradients([loss], z))
                 t3 = time.perf_counter()
             per_cond[c.name] = {"forward_ms": 1e3 * (t2 - t1), "backward_ms": 1e3 * (t3 - t2)}
-        res = {"size": [h, w], "prior": den.spec.name, "channels": den.channels, "threads": args.threads,
-               "steps_timed": n, "wall_s": wall, "per_step_ms": {k: 1e3 * v for k, v in mean.items()},
-               "rectify_share_of_step": mean["rectify_s"] / step_s,
-               "rectify_over_prior": mean["rectify_s"] / mean["prior_s"], "per_condition": per_cond}
+        res = {
+            "size": [h, w],
+            "prior": den.spec.name,
+            "channels": den.channels,
+            "threads": args.threads,
+            "steps_timed": n,
+            "wall_s": wall,
+            "per_step_ms": {k: 1e3 * v for k, v in mean.items()},
+            "rectify_share_of_step": mean["rectify_s"] / step_s,
+            "rectify_over_prior": mean["rectify_s"] / mean["prior_s"],
+            "per_condition": per_cond,
+        }
         results.append(res)
         ms = res["per_step_ms"]
-        print(f"{h}x{w}: step {1e3 * step_s:.1f} ms = prior {ms['prior_s']:.1f} + CCF {ms['rectify_s']:.1f}; "
-              f"CCF share {100 * res['rectify_share_of_step']:.1f}% of the step, "
-              f"{100 * res['rectify_over_prior']:.1f}% of a prior forward")
-        print("   per condition (fwd/bwd ms): " + ", ".join(
-            f"{k} {v['forward_ms']:.1f}/{v['backward_ms']:.1f}" for k, v in per_cond.items()))
+        print(
+            f"{h}x{w}: step {1e3 * step_s:.1f} ms = prior {ms['prior_s']:.1f} + CCF {ms['rectify_s']:.1f}; "
+            f"CCF share {100 * res['rectify_share_of_step']:.1f}% of the step, "
+            f"{100 * res['rectify_over_prior']:.1f}% of a prior forward"
+        )
+        print(
+            "   per condition (fwd/bwd ms): "
+            + ", ".join(f"{k} {v['forward_ms']:.1f}/{v['backward_ms']:.1f}" for k, v in per_cond.items())
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

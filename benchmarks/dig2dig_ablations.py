@@ -38,8 +38,12 @@ from pathlib import Path
 
 SHARED = Path(os.environ.get("DIG2DIG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FUSION = SHARED / "data" / "fusion"
-DATASETS = {"msrs": FUSION / "vif" / "msrs", "llvip": FUSION / "vif" / "llvip",
-            "mffw": FUSION / "mff" / "mffw", "sice": FUSION / "mef" / "sice"}
+DATASETS = {
+    "msrs": FUSION / "vif" / "msrs",
+    "llvip": FUSION / "vif" / "llvip",
+    "mffw": FUSION / "mff" / "mffw",
+    "sice": FUSION / "mef" / "sice",
+}
 HEADLINE_METRICS = ["SSIM", "MSE", "CC", "Nabf", "PSNR", "Qabf"]
 METRICS = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC", "MSE", "PSNR", "Nabf"]
 DIG25 = "dig2dig:steps=25,interval=10"  # the paper's DIG-25 (refresh every 10) with our weights
@@ -53,18 +57,36 @@ def parts(args) -> dict[str, tuple[dict[str, int], list[str]]]:
 
     return {
         "headline": ({"msrs": args.msrs, "llvip": args.llvip}, [DIG25, DDFM100, d + "weights=equal", "average"]),
-        "temperature": (sweep, [d + "temperature=0.01", DIG25, d + "temperature=0.05", d + "temperature=0.1",
-                                d + "preset=soft"]),
+        "temperature": (
+            sweep,
+            [d + "temperature=0.01", DIG25, d + "temperature=0.05", d + "temperature=0.1", d + "preset=soft"],
+        ),
         "distance": (sweep, [DIG25, d + "distance=l1", d + "distance=ssim", d + "distance=none", d + "weights=equal"]),
-        "interval": (sweep, ["dig2dig:steps=25,interval=5", "dig2dig:steps=25,interval=7", DIG25,
-                             "dig2dig:steps=25,interval=20"]),
-        "steps": (sweep, ["dig2dig:steps=15,interval=10", "dig2dig:steps=18,interval=10", "dig2dig:steps=18,interval=7",
-                          DIG25, "dig2dig:steps=50,interval=10"]),
+        "interval": (
+            sweep,
+            ["dig2dig:steps=25,interval=5", "dig2dig:steps=25,interval=7", DIG25, "dig2dig:steps=25,interval=20"],
+        ),
+        "steps": (
+            sweep,
+            [
+                "dig2dig:steps=15,interval=10",
+                "dig2dig:steps=18,interval=10",
+                "dig2dig:steps=18,interval=7",
+                DIG25,
+                "dig2dig:steps=50,interval=10",
+            ],
+        ),
         "smooth": (sweep, [d + "smooth=16", DIG25, d + "smooth=64"]),
         "window": (sweep, [DIG25, d + "window=forward", d + "weights=equal"]),
-        "accelerate": (sweep, ["dig2dig:steps=50,interval=10,window=forward",
-                               "dig2dig:steps=50,interval=10,window=forward,accelerate=0.05",
-                               d + "window=forward", d + "window=forward,accelerate=0.05"]),
+        "accelerate": (
+            sweep,
+            [
+                "dig2dig:steps=50,interval=10,window=forward",
+                "dig2dig:steps=50,interval=10,window=forward,accelerate=0.05",
+                d + "window=forward",
+                d + "window=forward,accelerate=0.05",
+            ],
+        ),
         "tasks": ({"mffw": args.other, "sice": args.other}, [DIG25, DDFM100, "ccf", "average"]),
         # no runs of its own: CCF against Dig2DIG and DDFM on every dev pair CCF was run on
         "ccf": ({"msrs": args.sweep, "mffw": args.other, "sice": args.other}, ["ccf", DIG25, DDFM100]),
@@ -94,7 +116,7 @@ def fuse_all(args, chosen: dict, out: Path, prior: str) -> None:
     """Run every (dataset, method) the chosen parts need, one bench folder per dataset."""
     from dig2dig.bench import run_bench
 
-    work: dict[str, dict[str, int]] = {}   # dataset -> method -> pairs
+    work: dict[str, dict[str, int]] = {}  # dataset -> method -> pairs
     for pairs, methods in chosen.values():
         for ds, n in pairs.items():
             for m in methods:
@@ -109,8 +131,18 @@ def fuse_all(args, chosen: dict, out: Path, prior: str) -> None:
         for n, ms in sorted(by_n.items()):
             # one bench folder per dataset (the fused images are shared); each call rebuilds results.csv and
             # manifest.json from its own methods and pairs, so they are kept per pair count
-            w = run_bench([DATASETS[ds]], ms, out / ds, convention="cddfuse", metrics=METRICS, seed=args.seed,
-                          prior=prior, limit=n, plots=False, log=lambda m: print(m, file=sys.stderr))
+            w = run_bench(
+                [DATASETS[ds]],
+                ms,
+                out / ds,
+                convention="cddfuse",
+                metrics=METRICS,
+                seed=args.seed,
+                prior=prior,
+                limit=n,
+                plots=False,
+                log=lambda m: print(m, file=sys.stderr),
+            )
             for kind in ("csv", "manifest"):
                 src = Path(w[kind])
                 src.replace(src.with_name(f"{src.stem}.n{n}{src.suffix}"))
@@ -132,11 +164,13 @@ def report(args, chosen: dict, out: Path, prior: str) -> str:
     from dig2dig.bench import summary_markdown
 
     rows = _results(out, DATASETS)
-    text = ["# Dig2DIG on the dev data\n",
-            f"cddfuse convention; seed {args.seed}; one fixed prior for every run (`{prior}`, sha256 in "
-            "each dataset folder's manifest.json). Mean ± std over pairs; `time_s` is the wall time per pair "
-            "of the run that fused it (runs on this 2-core CPU, one torch thread each, two at a time: "
-            "compare times within a table; clean single-process timings are in `step_time.md`).\n"]
+    text = [
+        "# Dig2DIG on the dev data\n",
+        f"cddfuse convention; seed {args.seed}; one fixed prior for every run (`{prior}`, sha256 in "
+        "each dataset folder's manifest.json). Mean ± std over pairs; `time_s` is the wall time per pair "
+        "of the run that fused it (runs on this 2-core CPU, one torch thread each, two at a time: "
+        "compare times within a table; clean single-process timings are in `step_time.md`).\n",
+    ]
     for name, (pairs, methods) in chosen.items():
         keep = {(ds, p) for ds, n in pairs.items() for p in _pair_ids(ds, n)}
         sel = [r for r in rows if r["method"] in methods and (r["dataset"], r["pair"]) in keep]
@@ -156,7 +190,7 @@ def _headline(rows) -> str:
     from dig2dig.bench import _direction, aggregate
 
     have = {m: {(r["dataset"], r["pair"]) for r in rows if r["method"] == m} for m in (DIG25, DDFM100)}
-    both = have[DIG25] & have[DDFM100]   # compare on matched pairs only
+    both = have[DIG25] & have[DDFM100]  # compare on matched pairs only
     agg = aggregate([dict(r, dataset="pooled") for r in rows if (r["dataset"], r["pair"]) in both])
     lines = ["| metric | Dig2DIG-25 | DDFM-100 | winner |", "|---|---|---|---|"]
     wins = 0
@@ -169,9 +203,11 @@ def _headline(rows) -> str:
         lines.append(f"| {k} | {va:.6g} | {vb:.6g} | {'Dig2DIG-25' if better else 'DDFM-100'} |")
     ta, tb = agg.get(("pooled", DIG25, "time_s"), (None,))[0], agg.get(("pooled", DDFM100, "time_s"), (None,))[0]
     ratio = f"{ta / tb:.4f} (bar ≤ {1 / 3.5:.4f})" if ta and tb else "n/a"
-    return (f"Pooled over the {len(both)} headline pairs both methods have run: Dig2DIG-25 wins "
-            f"**{wins} of {len(HEADLINE_METRICS)}** headline metrics (bar: ≥ 4); wall-time ratio Dig2DIG-25 / "
-            f"DDFM-100 in these runs = {ratio}.\n\n" + "\n".join(lines) + "\n")
+    return (
+        f"Pooled over the {len(both)} headline pairs both methods have run: Dig2DIG-25 wins "
+        f"**{wins} of {len(HEADLINE_METRICS)}** headline metrics (bar: ≥ 4); wall-time ratio Dig2DIG-25 / "
+        f"DDFM-100 in these runs = {ratio}.\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def _forwards_table(out: Path, keep: set, methods: list[str]) -> str:
@@ -239,8 +275,10 @@ def main() -> int:
     ap.add_argument("--llvip", type=int, default=2, help="LLVIP pairs in the headline (first N; 1280×1024)")
     ap.add_argument("--sweep", type=int, default=5, help="MSRS pairs in the ablation sweeps")
     ap.add_argument("--other", type=int, default=3, help="pairs per MFF/MEF dataset")
-    ap.add_argument("--only", help="comma-separated parts: headline,temperature,distance,interval,steps,smooth,"
-                                   "window,accelerate,tasks,ccf")
+    ap.add_argument(
+        "--only",
+        help="comma-separated parts: headline,temperature,distance,interval,steps,smooth,window,accelerate,tasks,ccf",
+    )
     ap.add_argument("--datasets", help="fuse only these dataset folders (comma-separated: msrs,llvip,mffw,sice)")
     ap.add_argument("--report-only", action="store_true", help="write the report from what the folders hold")
     ap.add_argument("--seed", type=int, default=0)

@@ -19,8 +19,11 @@ import sys
 from pathlib import Path
 
 SHARED = Path(os.environ.get("DIG2DIG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-DATASETS = {"vifb": ("data/fusion/vif/vifb", None), "msrs": ("data/fusion/vif/msrs", 10),
-            "mffw": ("data/fusion/mff/mffw", None)}
+DATASETS = {
+    "vifb": ("data/fusion/vif/vifb", None),
+    "msrs": ("data/fusion/vif/msrs", 10),
+    "mffw": ("data/fusion/mff/mffw", None),
+}
 METRICS = ["Qabf", "VIF", "SF", "SD", "MI", "SSIM", "CC", "MSE", "Nabf"]
 UP = {"Qabf", "VIF", "SF", "SD", "MI", "SSIM", "CC"}
 CANDIDATES = {  # spelled out, so that the table means the same after a default changes
@@ -37,13 +40,17 @@ BASELINES = ["average"]  # --ddfm adds DDFM-100 (four times Dig2DIG-25's time)
 
 def pareto(rows: dict[str, dict[str, float]]) -> set[str]:
     """Names whose metric vector no other dominates (>= everywhere in the metric's direction, > somewhere)."""
+
     def better_or_equal(a, b, k):
         return a[k] >= b[k] if k in UP else a[k] <= b[k]
 
     front = set()
     for n, a in rows.items():
-        dominated = any(all(better_or_equal(b, a, k) for k in METRICS) and any(not better_or_equal(a, b, k)
-                        for k in METRICS) for m, b in rows.items() if m != n)
+        dominated = any(
+            all(better_or_equal(b, a, k) for k in METRICS) and any(not better_or_equal(a, b, k) for k in METRICS)
+            for m, b in rows.items()
+            if m != n
+        )
         if not dominated:
             front.add(n)
     return front
@@ -77,26 +84,47 @@ def main() -> int:
     if not (prior / "spec.json").is_file():
         shutil.copytree(Path(args.prior) if args.prior else EMBEDDED_DIR, prior, dirs_exist_ok=True)
     label = {spec: name for name, spec in cands.items()}
-    lines = ["# Dig2DIG default configuration: candidates on the dev sets", "",
-             f"`python benchmarks/dig2dig_default.py` (cddfuse convention; prior pinned in the run folder). "
-             "Higher is better for Qabf, VIF, SF, SD, MI, SSIM, CC; lower for MSE and Nabf. **Bold**: on the "
-             "dataset's Pareto front among the candidates.", ""]
+    lines = [
+        "# Dig2DIG default configuration: candidates on the dev sets",
+        "",
+        "`python benchmarks/dig2dig_default.py` (cddfuse convention; prior pinned in the run folder). "
+        "Higher is better for Qabf, VIF, SF, SD, MI, SSIM, CC; lower for MSE and Nabf. **Bold**: on the "
+        "dataset's Pareto front among the candidates.",
+        "",
+    ]
     for ds in args.datasets.split(","):
         folder, limit = DATASETS[ds]
-        methods = list(cands.values()) + ([] if args.no_baselines else BASELINES + (["ddfm:steps=100"] if args.ddfm
-                                                                                    else []))
-        w = run_bench([SHARED / folder], methods, out / ds, convention="cddfuse", metrics=METRICS, prior=str(prior),
-                      limit=args.limit or limit, plots=False, log=lambda m: print(m, file=sys.stderr))
+        methods = list(cands.values()) + (
+            [] if args.no_baselines else BASELINES + (["ddfm:steps=100"] if args.ddfm else [])
+        )
+        w = run_bench(
+            [SHARED / folder],
+            methods,
+            out / ds,
+            convention="cddfuse",
+            metrics=METRICS,
+            prior=str(prior),
+            limit=args.limit or limit,
+            plots=False,
+            log=lambda m: print(m, file=sys.stderr),
+        )
         from dig2dig.bench import read_csv
 
         agg = aggregate(read_csv(w["csv"]))
         name = Path(folder).name
-        rows = {label.get(m, m): {k: agg[(name, m, k)][0] for k in METRICS} for m in methods
-                if all((name, m, k) in agg for k in METRICS)}
+        rows = {
+            label.get(m, m): {k: agg[(name, m, k)][0] for k in METRICS}
+            for m in methods
+            if all((name, m, k) in agg for k in METRICS)
+        }
         n_pairs = max(agg[(name, m, "Qabf")][2] for m in methods if (name, m, "Qabf") in agg)
         front = pareto({k: v for k, v in rows.items() if k in cands})
-        lines += [f"## {ds} ({n_pairs} pairs)", "", "| candidate | options | " + " | ".join(METRICS) + " |",
-                  "|---|---|" + "---|" * len(METRICS)]
+        lines += [
+            f"## {ds} ({n_pairs} pairs)",
+            "",
+            "| candidate | options | " + " | ".join(METRICS) + " |",
+            "|---|---|" + "---|" * len(METRICS),
+        ]
         for n, v in rows.items():
             spec = cands.get(n, n)
             cells = [f"{v[k]:.4g}" for k in METRICS]

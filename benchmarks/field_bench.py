@@ -55,19 +55,40 @@ def main() -> int:
     # given as NAME[:opts] items whose options use no commas
     methods = [m for m in args.methods.replace(";", "\n").replace(",", "\n").splitlines() if m]
     methods = _rejoin(methods)
-    written = run_bench([SHARED / pairs], methods, out, peers=peers, convention=convention,
-                        seed=args.seed, prior=str(prior), limit=args.limit,
-                        log=lambda m: print(m, file=sys.stderr))
+    written = run_bench(
+        [SHARED / pairs],
+        methods,
+        out,
+        peers=peers,
+        convention=convention,
+        seed=args.seed,
+        prior=str(prior),
+        limit=args.limit,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     md = Path(written["markdown"]).read_text()
-    header = (f"Prior: `{spec['name']}` sha256 `{spec['sha256'][:16]}…` "
-              f"({spec.get('extra', {}).get('trained_steps', '?')} training steps). Methods run here: "
-              f"{', '.join(f'`{m}`' for m in methods)}; the other {len(peers)} rows are the published peers' outputs "
-              f"scored with the same code ({convention} convention). Seed {args.seed}; "
-              f"`python benchmarks/field_bench.py --dataset {args.dataset}` reproduces it.\n\n")
+    header = (
+        f"Prior: `{spec['name']}` sha256 `{spec['sha256'][:16]}…` "
+        f"({spec.get('extra', {}).get('trained_steps', '?')} training steps). Methods run here: "
+        f"{', '.join(f'`{m}`' for m in methods)}; the other {len(peers)} rows are the published peers' outputs "
+        f"scored with the same code ({convention} convention). Seed {args.seed}; "
+        f"`python benchmarks/field_bench.py --dataset {args.dataset}` reproduces it.\n\n"
+    )
     header += _resolved(methods)
     md = md.replace("\n", "\n\n" + header, 1) if md.startswith("#") else header + md
-    md += "\n" + "\n".join(ranks(aggregate(read_csv(written["csv"])), Path(pairs).name, methods,
-                                  [p.name for p in peers], higher_is_better)) + "\n"
+    md += (
+        "\n"
+        + "\n".join(
+            ranks(
+                aggregate(read_csv(written["csv"])),
+                Path(pairs).name,
+                methods,
+                [p.name for p in peers],
+                higher_is_better,
+            )
+        )
+        + "\n"
+    )
     (out / "summary.md").write_text(md)
     if args.results:
         res = Path(args.results)
@@ -99,8 +120,12 @@ def _resolved(methods: list[str]) -> str:
 def ranks(agg: dict, dataset: str, methods: list[str], peers: list[str], higher_is_better) -> list[str]:
     """Markdown: for each of our methods, its rank among the peers (1 = best of peers + it) per metric."""
     metrics = sorted({k for (d, m, k) in agg if d == dataset and m in peers and k != "time_s"})
-    lines = [f"## Rank among the {len(peers)} peers (1 = best of {len(peers) + 1})", "",
-             "| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines = [
+        f"## Rank among the {len(peers)} peers (1 = best of {len(peers) + 1})",
+        "",
+        "| method | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
     up = {k: higher_is_better(k) for k in metrics}
     field = {k: [agg[(dataset, p, k)][0] for p in peers if (dataset, p, k) in agg] for k in metrics}
     med = {k: statistics.median(v) for k, v in field.items() if v}

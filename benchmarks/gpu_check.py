@@ -31,12 +31,31 @@ from pathlib import Path
 import numpy as np
 
 SHARED = Path(os.environ.get("DIG2DIG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-ADM256 = {"image_size": 256, "num_channels": 256, "num_res_blocks": 2, "attention_resolutions": "32,16,8",
-          "num_head_channels": 64, "learn_sigma": True, "use_scale_shift_norm": True, "resblock_updown": True,
-          "in_channels": 3, "out_channels": 6}
-TINY = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,1,1,1",
-        "attention_resolutions": "8", "num_head_channels": 8, "learn_sigma": True, "use_scale_shift_norm": True,
-        "resblock_updown": True, "in_channels": 3, "out_channels": 6}
+ADM256 = {
+    "image_size": 256,
+    "num_channels": 256,
+    "num_res_blocks": 2,
+    "attention_resolutions": "32,16,8",
+    "num_head_channels": 64,
+    "learn_sigma": True,
+    "use_scale_shift_norm": True,
+    "resblock_updown": True,
+    "in_channels": 3,
+    "out_channels": 6,
+}
+TINY = {
+    "image_size": 32,
+    "num_channels": 32,
+    "num_res_blocks": 1,
+    "channel_mult": "1,1,1,1",
+    "attention_resolutions": "8",
+    "num_head_channels": 8,
+    "learn_sigma": True,
+    "use_scale_shift_norm": True,
+    "resblock_updown": True,
+    "in_channels": 3,
+    "out_channels": 6,
+}
 
 
 def adm_prior(flags: dict, device):
@@ -50,8 +69,14 @@ def adm_prior(flags: dict, device):
     torch.manual_seed(0)
     cfg = ADMConfig.from_guided_diffusion_flags(flags)
     net = ADMUNet(cfg).eval().to(device)
-    spec = PriorSpec("adm", cfg.to_dict(), cfg.in_channels, cfg.spatial_multiple, name=f"adm-{flags['num_channels']}",
-                     trained_size=int(flags["image_size"]))
+    spec = PriorSpec(
+        "adm",
+        cfg.to_dict(),
+        cfg.in_channels,
+        cfg.spatial_multiple,
+        name=f"adm-{flags['num_channels']}",
+        trained_size=int(flags["image_size"]),
+    )
     return Denoiser(net, spec, net)
 
 
@@ -62,12 +87,16 @@ def sources(h: int, w: int) -> list[np.ndarray]:
 
         from dig2dig.io import read_image
 
-        return [cv2.resize(read_image(pair / n).data, (w, h), interpolation=cv2.INTER_AREA) for n in ("ir.png", "vis.png")]
+        return [
+            cv2.resize(read_image(pair / n).data, (w, h), interpolation=cv2.INTER_AREA) for n in ("ir.png", "vis.png")
+        ]
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     base = 0.5 + 0.3 * np.sin(9 * xx) * np.cos(7 * yy)
-    return [np.clip(base + 0.1 * rng.standard_normal((h, w)), 0, 1).astype(np.float32),
-            np.clip(np.stack([base[::-1]] * 3, -1) + 0.05 * rng.standard_normal((h, w, 3)), 0, 1).astype(np.float32)]
+    return [
+        np.clip(base + 0.1 * rng.standard_normal((h, w)), 0, 1).astype(np.float32),
+        np.clip(np.stack([base[::-1]] * 3, -1) + 0.05 * rng.standard_normal((h, w, 3)), 0, 1).astype(np.float32),
+    ]
 
 
 class Bench:
@@ -136,65 +165,113 @@ def main() -> int:
         adm_flags = ADM256
     parts = set(filter(None, args.only.split(","))) or {"methods", "precision", "batch", "4k"}
     b = Bench(device, args.budget_s)
-    priors = {"adm256" if not args.smoke else "adm-tiny": adm_prior(adm_flags, device),
-              "embedded": load_prior(None, device=device)}
+    priors = {
+        "adm256" if not args.smoke else "adm-tiny": adm_prior(adm_flags, device),
+        "embedded": load_prior(None, device=device),
+    }
     src = sources(*size)
 
     def fuse(den, method, n_steps, **kw):
         r = dig2dig.fuse(src, method=method, steps=n_steps, prior=den, task="vif", device=device, seed=0, **kw)
-        return {"per_step_ms": round(1000 * r.timings["per_step_s"], 1), "prior_share": round(
-            r.timings["prior_forward_s"] / max(r.timings["sample_total_s"], 1e-9), 3), "tile": r.config["prior_run"]["tile"]}
+        return {
+            "per_step_ms": round(1000 * r.timings["per_step_s"], 1),
+            "prior_share": round(r.timings["prior_forward_s"] / max(r.timings["sample_total_s"], 1e-9), 3),
+            "tile": r.config["prior_run"]["tile"],
+        }
 
     if "methods" in parts:
         for pname, den in priors.items():
             tiles = ["auto", "off"] if pname != "embedded" else ["auto"]
             for method, n in steps.items():
                 for tile in tiles:
-                    b.run(f"{method}-{n}", lambda: fuse(den, method, n, tile=tile),
-                          warm=lambda: fuse(den, method, 2, tile=tile), prior=pname, size=f"{size[1]}x{size[0]}",
-                          precision="fp32", tile_setting=tile)
+                    b.run(
+                        f"{method}-{n}",
+                        lambda: fuse(den, method, n, tile=tile),
+                        warm=lambda: fuse(den, method, 2, tile=tile),
+                        prior=pname,
+                        size=f"{size[1]}x{size[0]}",
+                        precision="fp32",
+                        tile_setting=tile,
+                    )
     if "precision" in parts:
         for pname, den in priors.items():
             for prec in ("fp32", "bf16", "fp16"):
-                b.run(f"dig2dig-{steps['dig2dig']}", lambda: fuse(den, "dig2dig", steps["dig2dig"], precision=prec),
-                      warm=lambda: fuse(den, "dig2dig", 2, precision=prec), prior=pname, size=f"{size[1]}x{size[0]}",
-                      precision=prec)
+                b.run(
+                    f"dig2dig-{steps['dig2dig']}",
+                    lambda: fuse(den, "dig2dig", steps["dig2dig"], precision=prec),
+                    warm=lambda: fuse(den, "dig2dig", 2, precision=prec),
+                    prior=pname,
+                    size=f"{size[1]}x{size[0]}",
+                    precision=prec,
+                )
     if "batch" in parts:
         pairs = [sources(*size) for _ in range(n_batch)]
         for pname, den in priors.items():
+
             def batched(mb, n=steps["dig2dig"], den=den):
                 t = time.perf_counter()
-                dig2dig.fuse_batch(pairs, steps=n, prior=den, task="vif", device=device, max_batch=mb, precision="bf16"
-                                   if device.startswith("cuda") else "fp32")
+                dig2dig.fuse_batch(
+                    pairs,
+                    steps=n,
+                    prior=den,
+                    task="vif",
+                    device=device,
+                    max_batch=mb,
+                    precision="bf16" if device.startswith("cuda") else "fp32",
+                )
                 return {"per_pair_s": round((time.perf_counter() - t) / len(pairs), 3)}
 
             for mb in (1, n_batch):
-                b.run(f"dig2dig-{steps['dig2dig']} × {n_batch} pairs, max_batch {mb}", lambda mb=mb: batched(mb),
-                      warm=lambda mb=mb: batched(mb, 2), prior=pname, size=f"{size[1]}x{size[0]}")
+                b.run(
+                    f"dig2dig-{steps['dig2dig']} × {n_batch} pairs, max_batch {mb}",
+                    lambda mb=mb: batched(mb),
+                    warm=lambda mb=mb: batched(mb, 2),
+                    prior=pname,
+                    size=f"{size[1]}x{size[0]}",
+                )
     if "4k" in parts:
         big_src = sources(*big)
         for pname, den in priors.items():
+
             def big_run(n, den=den, pname=pname):
-                r = dig2dig.fuse(big_src, steps=n, prior=den, task="vif", device=device,
-                                 tile=tile_adm if pname != "embedded" else 512 if not args.smoke else 32,
-                                 precision="bf16" if device.startswith("cuda") else "fp32")
+                r = dig2dig.fuse(
+                    big_src,
+                    steps=n,
+                    prior=den,
+                    task="vif",
+                    device=device,
+                    tile=tile_adm if pname != "embedded" else 512 if not args.smoke else 32,
+                    precision="bf16" if device.startswith("cuda") else "fp32",
+                )
                 return {"tile": r.config["prior_run"]["tile"], "per_step_ms": round(1000 * r.timings["per_step_s"], 1)}
 
-            b.run(f"dig2dig-{steps['dig2dig']} tiled", lambda: big_run(steps["dig2dig"]), warm=lambda: big_run(1),
-                  prior=pname, size=f"{big[1]}x{big[0]}")
+            b.run(
+                f"dig2dig-{steps['dig2dig']} tiled",
+                lambda: big_run(steps["dig2dig"]),
+                warm=lambda: big_run(1),
+                prior=pname,
+                size=f"{big[1]}x{big[0]}",
+            )
 
     name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine()
-    lines = [f"# GPU check ({'smoke run on the CPU' if args.smoke else name})", "",
-             f"`python benchmarks/gpu_check.py{' --smoke' if args.smoke else ''}` on {name}, torch {torch.__version__}, "
-             f"dig2dig {dig2dig.__version__}; times are wall seconds after a warm-up run, synchronised; peak = "
-             f"`torch.cuda.max_memory_allocated`. ADM-256 has random weights (time and memory do not depend on them).",
-             "", "| run | prior | size | precision | tile | wall (s) | ms / step | prior share | per pair (s) | peak GPU (GB) | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# GPU check ({'smoke run on the CPU' if args.smoke else name})",
+        "",
+        f"`python benchmarks/gpu_check.py{' --smoke' if args.smoke else ''}` on {name}, torch {torch.__version__}, "
+        f"dig2dig {dig2dig.__version__}; times are wall seconds after a warm-up run, synchronised; peak = "
+        f"`torch.cuda.max_memory_allocated`. ADM-256 has random weights (time and memory do not depend on them).",
+        "",
+        "| run | prior | size | precision | tile | wall (s) | ms / step | prior share | per pair (s) "
+        "| peak GPU (GB) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in b.rows:
         note = r.get("skipped") or r.get("error") or ""
-        lines.append(f"| {r['run']} | {r['prior']} | {r['size']} | {r.get('precision', '')} | "
-                     f"{r.get('tile', r.get('tile_setting', ''))} | {r.get('wall_s', '')} | {r.get('per_step_ms', '')} | "
-                     f"{r.get('prior_share', '')} | {r.get('per_pair_s', '')} | {r.get('peak_gb', '') or ''} | {note} |")
+        lines.append(
+            f"| {r['run']} | {r['prior']} | {r['size']} | {r.get('precision', '')} | "
+            f"{r.get('tile', r.get('tile_setting', ''))} | {r.get('wall_s', '')} | {r.get('per_step_ms', '')} | "
+            f"{r.get('prior_share', '')} | {r.get('per_pair_s', '')} | {r.get('peak_gb', '') or ''} | {note} |"
+        )
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

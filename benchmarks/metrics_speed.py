@@ -102,15 +102,19 @@ def main() -> None:
         totals, per = time_suite(conv, fused, [ir, vis], args.repeat)
         detail = ", ".join(f"{k} {v * 1000:.0f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
         verdict = "within" if min(totals) <= BUDGET_S else "OVER"
-        print(f"\n[{conv}] {len(per)} metrics on RGB uint8: best {min(totals):.3f} s, median "
-              f"{statistics.median(totals):.3f} s ({verdict} the {BUDGET_S:.0f} s budget)")
+        print(
+            f"\n[{conv}] {len(per)} metrics on RGB uint8: best {min(totals):.3f} s, median "
+            f"{statistics.median(totals):.3f} s ({verdict} the {BUDGET_S:.0f} s budget)"
+        )
         print(f"  per metric (ms): {detail}")
     if not args.skip_registry:
         g = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float64) for x in (fused, ir, vis)]
         totals, per = time_registry(g[0], g[1], g[2], args.repeat)
         detail = ", ".join(f"{k} {v * 1000:.0f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
-        print(f"\n[all registered variants, gray float64] {len(per)} functions: best {min(totals):.3f} s, "
-              f"median {statistics.median(totals):.3f} s")
+        print(
+            f"\n[all registered variants, gray float64] {len(per)} functions: best {min(totals):.3f} s, "
+            f"median {statistics.median(totals):.3f} s"
+        )
         print(f"  per function (ms): {detail}")
 
 

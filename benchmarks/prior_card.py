@@ -34,7 +34,9 @@ def samples(den, out: Path, n: int = 12, size: int = 128, seed: int = 0) -> None
     grid = np.ones((rows * (size + 4) + 4, cols * (size + 4) + 4), np.float32)
     for k, im in enumerate(imgs):
         r, c = divmod(k, cols)
-        grid[4 + r * (size + 4): 4 + r * (size + 4) + size, 4 + c * (size + 4): 4 + c * (size + 4) + size] = (im + 1) / 2
+        grid[4 + r * (size + 4) : 4 + r * (size + 4) + size, 4 + c * (size + 4) : 4 + c * (size + 4) + size] = (
+            im + 1
+        ) / 2
     from dig2dig.io import write_image
 
     write_image(out / "prior_samples.png", grid)
@@ -82,7 +84,7 @@ def training_plot(logs: list[Path], out: Path, extra: dict | None = None) -> Non
         s, lo = zip(*tr)
         k = max(1, len(lo) // 60)
         smooth = np.convolve(lo, np.ones(k) / k, mode="valid")
-        ax[0].plot(s[k - 1:], smooth)
+        ax[0].plot(s[k - 1 :], smooth)
     ax[0].set(xlabel="step", ylabel="ε-MSE (running mean)", title="training loss (logged runs)")
     for r in extra.get("runs", [])[1:]:
         for a in ax:

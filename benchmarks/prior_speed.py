@@ -51,18 +51,34 @@ def main() -> int:
                 t0 = time.perf_counter()
                 den.eps(x, 500)
                 times.append(time.perf_counter() - t0)
-        rows.append({"batch": b, "best_s": round(min(times), 4), "median_s": round(statistics.median(times), 4),
-                     "per_image_best_s": round(min(times) / b, 4)})
-    res = {"prior": den.spec.name, "sha256": den.spec.sha256, "size": [h, w], "padded": [ph, pw],
-           "threads": args.threads, "torch": torch.__version__, "repeat": args.repeat, "rows": rows,
-           "budget_s": BUDGET_S}
+        rows.append(
+            {
+                "batch": b,
+                "best_s": round(min(times), 4),
+                "median_s": round(statistics.median(times), 4),
+                "per_image_best_s": round(min(times) / b, 4),
+            }
+        )
+    res = {
+        "prior": den.spec.name,
+        "sha256": den.spec.sha256,
+        "size": [h, w],
+        "padded": [ph, pw],
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "repeat": args.repeat,
+        "rows": rows,
+        "budget_s": BUDGET_S,
+    }
     single = next((r for r in rows if r["batch"] == 1), None)
     if single is not None:
         res["within_budget"] = single["best_s"] <= BUDGET_S
     print(f"prior {den.spec.name} ({den.spec.sha256[:12]}), {h}x{w} -> {ph}x{pw}, {args.threads} threads")
     for r in rows:
-        print(f"  batch {r['batch']}: best {r['best_s']:.3f} s, median {r['median_s']:.3f} s "
-              f"({r['per_image_best_s']:.3f} s per image)")
+        print(
+            f"  batch {r['batch']}: best {r['best_s']:.3f} s, median {r['median_s']:.3f} s "
+            f"({r['per_image_best_s']:.3f} s per image)"
+        )
     if single is not None:
         print(f"  budget {BUDGET_S} s per forward: {'met' if res['within_budget'] else 'NOT met'}")
     if args.json:

@@ -44,8 +44,12 @@ def _multipart(files: list[tuple[str, bytes]], fields: dict[str, str]) -> tuple[
     for k, v in fields.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
     for name, data in files:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
@@ -86,8 +90,9 @@ class Server:
         return err
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-            timeout: float = 60.0) -> tuple[int, dict, bytes]:
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60.0
+) -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers={"Host": f"127.0.0.1:{port}", **(headers or {})})
@@ -104,8 +109,10 @@ def chunked_post(port: int, offer_mb: float, chunk: int = 1 << 16) -> tuple[int,
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     sent = 0
     try:
-        s.sendall(f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: chunked\r\n"
-                  f"Content-Type: multipart/form-data; boundary=x\r\n\r\n".encode())
+        s.sendall(
+            f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: chunked\r\n"
+            f"Content-Type: multipart/form-data; boundary=x\r\n\r\n".encode()
+        )
         block = f"{chunk:x}\r\n".encode() + b"\0" * chunk + b"\r\n"
         while sent < offer_mb * 2**20:
             if select.select([s], [], [], 0)[0]:
@@ -128,8 +135,9 @@ def chunked_post(port: int, offer_mb: float, chunk: int = 1 << 16) -> tuple[int,
         s.close()
 
 
-def run(requests: int = 100, clients: int = 8, seconds: float = 30.0, prior: str | None = None,
-        rss_bound_mb: float = 1500.0) -> dict:
+def run(
+    requests: int = 100, clients: int = 8, seconds: float = 30.0, prior: str | None = None, rss_bound_mb: float = 1500.0
+) -> dict:
     rng = np.random.default_rng(0)
     small = [_png((rng.random((48, 64)) * 255).astype(np.uint8)) for _ in range(2)]
     big = _png(np.zeros((4000, 4000), np.uint8))
@@ -153,8 +161,13 @@ def run(requests: int = 100, clients: int = 8, seconds: float = 30.0, prior: str
         "foreign-host": lambda: request(port, "GET", "/api/info", headers={"Host": "evil.example"}),
         "unknown-job": lambda: request(port, "GET", "/api/jobs/" + "x" * 2000),
         "too-many-files": lambda: post(pair * 5, {}),
-        "declared-too-big": lambda: request(port, "POST", "/api/jobs", b"x" * 64,
-                                            {"Content-Length": str(64 * 2**20), "Content-Type": "multipart/form-data"}),
+        "declared-too-big": lambda: request(
+            port,
+            "POST",
+            "/api/jobs",
+            b"x" * 64,
+            {"Content-Length": str(64 * 2**20), "Content-Type": "multipart/form-data"},
+        ),
         "chunked-too-big": lambda: (chunked_post(port, 64)[0], {}, b""),
         "large-sources": lambda: post([("a.png", big), ("b.png", big)], {"method": "average"}),
     }
@@ -209,33 +222,54 @@ def run(requests: int = 100, clients: int = 8, seconds: float = 30.0, prior: str
     codes = Counter(status for _, status, _ in results)
     ok = all(200 <= c < 300 or 400 <= c < 500 or c == 503 for c in codes)
     return {
-        "requests": len(results), "clients": clients, "window_s": seconds, "sent_in_s": round(sent_s, 1),
+        "requests": len(results),
+        "clients": clients,
+        "window_s": seconds,
+        "sent_in_s": round(sent_s, 1),
         "codes": {str(k): v for k, v in sorted(codes.items())},
         "by_kind": {k: {str(c): n for c, n in sorted(v.items())} for k, v in sorted(by_kind.items())},
-        "info_max_s": round(max(info_latency), 3), "info_median_s": round(float(np.median(info_latency)), 4),
-        "info_polls": len(info_latency), "rss_max_mb": round(max(rss), 1), "rss_start_mb": round(rss[0], 1),
-        "rss_bound_mb": rss_bound_mb, "log_lines": [line for line in log.splitlines() if line.strip()][:20],
-        "checks": {"no 500 and none lost": ok, "info within 1 s": max(info_latency) < 1.0,
-                   "rss under the bound": max(rss) < rss_bound_mb},
+        "info_max_s": round(max(info_latency), 3),
+        "info_median_s": round(float(np.median(info_latency)), 4),
+        "info_polls": len(info_latency),
+        "rss_max_mb": round(max(rss), 1),
+        "rss_start_mb": round(rss[0], 1),
+        "rss_bound_mb": rss_bound_mb,
+        "log_lines": [line for line in log.splitlines() if line.strip()][:20],
+        "checks": {
+            "no 500 and none lost": ok,
+            "info within 1 s": max(info_latency) < 1.0,
+            "rss under the bound": max(rss) < rss_bound_mb,
+        },
     }
 
 
 def table(r: dict) -> str:
     lines = [
-        "# `dig2dig serve` under a bounded load", "",
+        "# `dig2dig serve` under a bounded load",
+        "",
         "Written by `python benchmarks/serve_load.py`.  "
         f"{r['requests']} requests from {r['clients']} clients within {r['window_s']:g} s (sent in "
-        f"{r['sent_in_s']} s) against 127.0.0.1; server started with `--max-queue 4 --max-upload-mb 8`.", "",
-        "| request | answers |", "|---|---|",
-        *(f"| {k} | {', '.join(f'{c}×{n}' for c, n in v.items())} |" for k, v in r["by_kind"].items()), "",
-        "| measure | value |", "|---|---|",
+        f"{r['sent_in_s']} s) against 127.0.0.1; server started with `--max-queue 4 --max-upload-mb 8`.",
+        "",
+        "| request | answers |",
+        "|---|---|",
+        *(f"| {k} | {', '.join(f'{c}×{n}' for c, n in v.items())} |" for k, v in r["by_kind"].items()),
+        "",
+        "| measure | value |",
+        "|---|---|",
         f"| status codes | {', '.join(f'{c}: {n}' for c, n in r['codes'].items())} |",
         f"| `/api/info` latency, median / max ({r['info_polls']} polls) | {r['info_median_s']} s / "
         f"{r['info_max_s']} s |",
         f"| server RSS, at start / max | {r['rss_start_mb']} MB / {r['rss_max_mb']} MB (bound "
         f"{r['rss_bound_mb']:g} MB) |",
-        *(f"| check: {k} | {'yes' if v else '**no**'} |" for k, v in r["checks"].items()), "",
-        "Server log (stderr), first lines:", "", "```", *r["log_lines"], "```", "",
+        *(f"| check: {k} | {'yes' if v else '**no**'} |" for k, v in r["checks"].items()),
+        "",
+        "Server log (stderr), first lines:",
+        "",
+        "```",
+        *r["log_lines"],
+        "```",
+        "",
     ]
     return "\n".join(lines)
 

@@ -62,10 +62,17 @@ def main() -> int:
     t = r.timings
     outside = wall - t["prior_forward_s"]
     res = {
-        "pair": str(pair), "size": r.config["size"], "prior": den.spec.name, "method": args.method,
-        "steps": args.steps, "threads": args.threads, "wall_s": round(wall, 3),
-        "per_step_s": round(wall / args.steps, 4), "prior_forward_s": round(t["prior_forward_s"], 3),
-        "prior_forwards": t["prior_forwards"], "outside_prior_in_loop_s": round(t["outside_prior_s"], 3),
+        "pair": str(pair),
+        "size": r.config["size"],
+        "prior": den.spec.name,
+        "method": args.method,
+        "steps": args.steps,
+        "threads": args.threads,
+        "wall_s": round(wall, 3),
+        "per_step_s": round(wall / args.steps, 4),
+        "prior_forward_s": round(t["prior_forward_s"], 3),
+        "prior_forwards": t["prior_forwards"],
+        "outside_prior_in_loop_s": round(t["outside_prior_s"], 3),
         "outside_prior_share": round(outside / wall, 4),
         "outside_prior_share_in_loop": round(1 - t["prior_forward_s"] / t["sample_total_s"], 4),
     }

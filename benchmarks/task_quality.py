@@ -30,12 +30,25 @@ DEFAULT = "dig2dig"
 DDFM = "ddfm:steps=100"
 # task -> (datasets (name, folder, first N pairs or None), baselines the bar is taken from, key metrics)
 TASKS = {
-    "vif": ([("vifb", "data/fusion/vif/vifb", None), ("msrs", "data/fusion/vif/msrs", None),
-             ("llvip", "data/fusion/vif/llvip", 5)], ["guided", "laplacian"], ["Qabf", "VIF", "SD", "MI"]),
-    "mif": ([("mri_ct", "data/fusion/mif/mri_ct", None), ("mri_pet", "data/fusion/mif/mri_pet", None)],
-            ["guided", "laplacian"], ["Qabf", "VIF", "MI", "SSIM_min"]),
-    "mef": ([("sice", "data/fusion/mef/sice", None), ("iidmef", "data/fusion/mef/iidmef", None)],
-            ["guided", "laplacian", "mertens"], ["MEF_SSIM", "Qabf"]),
+    "vif": (
+        [
+            ("vifb", "data/fusion/vif/vifb", None),
+            ("msrs", "data/fusion/vif/msrs", None),
+            ("llvip", "data/fusion/vif/llvip", 5),
+        ],
+        ["guided", "laplacian"],
+        ["Qabf", "VIF", "SD", "MI"],
+    ),
+    "mif": (
+        [("mri_ct", "data/fusion/mif/mri_ct", None), ("mri_pet", "data/fusion/mif/mri_pet", None)],
+        ["guided", "laplacian"],
+        ["Qabf", "VIF", "MI", "SSIM_min"],
+    ),
+    "mef": (
+        [("sice", "data/fusion/mef/sice", None), ("iidmef", "data/fusion/mef/iidmef", None)],
+        ["guided", "laplacian", "mertens"],
+        ["MEF_SSIM", "Qabf"],
+    ),
     "mff": ([("mffw", "data/fusion/mff/mffw", None)], [], ["Qabf", "MI", "SF"]),
 }
 # the median of the 30 published multi-focus methods on MFFW (cddfuse convention; the "peer median" row of
@@ -47,13 +60,23 @@ PAPER_CLAIM = ["SSIM", "MSE", "CC", "Nabf", "PSNR", "Qabf"]
 DDFM_SETS = {"msrs": ("data/fusion/vif/msrs", None), "mri_ct": ("data/fusion/mif/mri_ct", None)}
 
 
-def _scores(out: Path, folder: Path, methods: list[str], convention: str, metrics: list[str], prior: Path,
-            limit: int | None) -> dict:
+def _scores(
+    out: Path, folder: Path, methods: list[str], convention: str, metrics: list[str], prior: Path, limit: int | None
+) -> dict:
     """{(method, metric): [values per pair]} and {method: [seconds per pair]} from one resumable bench folder."""
     from dig2dig.bench import read_csv, run_bench
 
-    w = run_bench([folder], methods, out, convention=convention, metrics=metrics, prior=str(prior), limit=limit,
-                  plots=False, log=lambda m: print(m, file=sys.stderr))
+    w = run_bench(
+        [folder],
+        methods,
+        out,
+        convention=convention,
+        metrics=metrics,
+        prior=str(prior),
+        limit=limit,
+        plots=False,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     values: dict = {}
     for r in read_csv(w["csv"]):
         values.setdefault((r["method"], r["metric"]), []).append(r["value"])
@@ -78,10 +101,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/task_quality")
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--limit", type=int, help="only the first N pairs of each dataset (a quick look; bars then "
-                    "mean less)")
-    ap.add_argument("--ddfm", action="store_true", help="also DDFM-100 on MSRS and MRI-CT (four times the default's "
-                    "time): the paper's claim")
+    ap.add_argument(
+        "--limit", type=int, help="only the first N pairs of each dataset (a quick look; bars then mean less)"
+    )
+    ap.add_argument(
+        "--ddfm",
+        action="store_true",
+        help="also DDFM-100 on MSRS and MRI-CT (four times the default's time): the paper's claim",
+    )
     ap.add_argument("--ddfm-limit", type=int, help="with --ddfm: only the first N pairs of each of its datasets")
     ap.add_argument("--prior", help="prior to pin (default: the embedded one)")
     ap.add_argument("--results", help="write task_quality.md into this folder")
@@ -94,13 +121,18 @@ def main() -> int:
     prior = out / "prior"
     if not (prior / "spec.json").is_file():
         shutil.copytree(Path(args.prior) if args.prior else EMBEDDED_DIR, prior, dirs_exist_ok=True)
-    lines = ["# Task quality: the default against the classical baselines, per task", "",
-             "`python benchmarks/task_quality.py"
-             + (" --ddfm" if args.ddfm else "") + (f" --ddfm-limit {args.ddfm_limit}" if args.ddfm_limit else "")
-             + (f" --limit {args.limit}" if args.limit else "")
-             + "` (embedded prior pinned in the run folder, seed 0; cddfuse convention, MEF-SSIM in the mefb "
-             "convention). Means over pairs. `SSIM_min` = min(SSIM(F, A), SSIM(F, B)): the source whose structure "
-             "is kept least. ↑ higher is better, ↓ lower.", ""]
+    lines = [
+        "# Task quality: the default against the classical baselines, per task",
+        "",
+        "`python benchmarks/task_quality.py"
+        + (" --ddfm" if args.ddfm else "")
+        + (f" --ddfm-limit {args.ddfm_limit}" if args.ddfm_limit else "")
+        + (f" --limit {args.limit}" if args.limit else "")
+        + "` (embedded prior pinned in the run folder, seed 0; cddfuse convention, MEF-SSIM in the mefb "
+        "convention). Means over pairs. `SSIM_min` = min(SSIM(F, A), SSIM(F, B)): the source whose structure "
+        "is kept least. ↑ higher is better, ↓ lower.",
+        "",
+    ]
     verdicts = []
     for task in args.tasks.split(","):
         datasets, bar_from, keys = TASKS[task]
@@ -115,9 +147,12 @@ def main() -> int:
                 v.update(_scores(out / name, SHARED / folder, methods, "mefb", ["MEF_SSIM"], prior, limit))
             cols = [k for k in dict.fromkeys(keys + [m for m in SHOWN if m not in keys])]
             n_pairs = len(v.get((DEFAULT, keys[0]), []))
-            lines += [f"### {name} ({n_pairs} pairs)", "",
-                      "| method | " + " | ".join(f"{c} {'↑' if c in UP else '↓'}" for c in cols) + " | s/pair |",
-                      "|---|" + "---|" * (len(cols) + 1)]
+            lines += [
+                f"### {name} ({n_pairs} pairs)",
+                "",
+                "| method | " + " | ".join(f"{c} {'↑' if c in UP else '↓'}" for c in cols) + " | s/pair |",
+                "|---|" + "---|" * (len(cols) + 1),
+            ]
             for m in methods:
                 cells = [_fmt(_mean(v.get((m, c), []))) for c in cols]
                 label = "**default**" if m == DEFAULT else m
@@ -125,8 +160,12 @@ def main() -> int:
                 for c in cols:
                     per_task.setdefault((m, c), []).extend(v.get((m, c), []))
             lines.append("")
-        lines += ["**Bar** (means over all the task's pairs):", "",
-                  "| metric | default | bar | from | reached |", "|---|---|---|---|---|"]
+        lines += [
+            "**Bar** (means over all the task's pairs):",
+            "",
+            "| metric | default | bar | from | reached |",
+            "|---|---|---|---|---|",
+        ]
         for k in keys:
             mine = _mean(per_task.get((DEFAULT, k), []))
             if task == "mff":
@@ -140,10 +179,14 @@ def main() -> int:
             lines.append(f"| {k} | {_fmt(mine)} | {_fmt(bar)} | {src} | {'yes' if ok else '**no**'} |")
         lines.append("")
     if args.ddfm:
-        lines += ["## The paper's claim: the default against DDFM-100 (same seed)", "",
-                  "| dataset | pairs | "
-                  + " | ".join(f"{c} {'↑' if c in UP else '↓'} default / DDFM" for c in PAPER_CLAIM)
-                  + " | wins | time default / DDFM | speed-up |", "|---|---|" + "---|" * (len(PAPER_CLAIM) + 3)]
+        lines += [
+            "## The paper's claim: the default against DDFM-100 (same seed)",
+            "",
+            "| dataset | pairs | "
+            + " | ".join(f"{c} {'↑' if c in UP else '↓'} default / DDFM" for c in PAPER_CLAIM)
+            + " | wins | time default / DDFM | speed-up |",
+            "|---|---|" + "---|" * (len(PAPER_CLAIM) + 3),
+        ]
         for name, (folder, first) in DDFM_SETS.items():
             limit = _cap(first, args.limit, args.ddfm_limit)
             v = _scores(out / name, SHARED / folder, [DEFAULT, DDFM], "cddfuse", PAPER_CLAIM, prior, limit)
@@ -156,14 +199,26 @@ def main() -> int:
             ta, tb = _mean(v.get((DEFAULT, "time_s"), [])), _mean(v.get((DDFM, "time_s"), []))
             n = len(v.get((DEFAULT, "Qabf"), []))
             verdicts.append(("ddfm", name, wins >= 4 and tb / ta >= 3.5))
-            lines.append(f"| {name} | {n} | " + " | ".join(cells) + f" | {wins} of 6 | {ta:.1f} s / {tb:.1f} s | "
-                         f"{tb / ta:.2f}× |")
-        lines += ["", "Bar: at least 4 of 6 wins at ≥ 3.5× DDFM-100's speed. Times: wall seconds per pair from the "
-                  "batch sidecars on the machine that ran this table (2 CPU cores); other work on the machine "
-                  "meanwhile inflates them, so a speed-up is best measured in one quiet block.", ""]
+            lines.append(
+                f"| {name} | {n} | " + " | ".join(cells) + f" | {wins} of 6 | {ta:.1f} s / {tb:.1f} s | "
+                f"{tb / ta:.2f}× |"
+            )
+        lines += [
+            "",
+            "Bar: at least 4 of 6 wins at ≥ 3.5× DDFM-100's speed. Times: wall seconds per pair from the "
+            "batch sidecars on the machine that ran this table (2 CPU cores); other work on the machine "
+            "meanwhile inflates them, so a speed-up is best measured in one quiet block.",
+            "",
+        ]
     reached = sum(ok for *_, ok in verdicts)
-    lines += ["## Summary", "", f"{reached} of {len(verdicts)} bars reached: "
-              + ", ".join(f"{t} {k} {'yes' if ok else 'no'}" for t, k, ok in verdicts) + ".", ""]
+    lines += [
+        "## Summary",
+        "",
+        f"{reached} of {len(verdicts)} bars reached: "
+        + ", ".join(f"{t} {k} {'yes' if ok else 'no'}" for t, k, ok in verdicts)
+        + ".",
+        "",
+    ]
     text = "\n".join(lines) + "\n"
     (out / "task_quality.md").write_text(text)
     if args.results:

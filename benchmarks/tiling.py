@@ -23,7 +23,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +62,17 @@ def part_mad(args) -> list[str]:
             b = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED).astype(int)
             d = np.abs(a - b)
             m = metrics(png)
-            rows.append({"pair": pair.name, "tile": tile, "overlap": overlap, "mad": float(d.mean()),
-                         "max": int(d.max()), **{f"{n}_whole": m_whole[n] for n in ("Qabf", "SSIM", "SD", "SF")},
-                         **{f"{n}_tiled": m[n] for n in ("Qabf", "SSIM", "SD", "SF")}})
+            rows.append(
+                {
+                    "pair": pair.name,
+                    "tile": tile,
+                    "overlap": overlap,
+                    "mad": float(d.mean()),
+                    "max": int(d.max()),
+                    **{f"{n}_whole": m_whole[n] for n in ("Qabf", "SSIM", "SD", "SF")},
+                    **{f"{n}_tiled": m[n] for n in ("Qabf", "SSIM", "SD", "SF")},
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
             if k == 0 and (tile, overlap) == configs[0]:
                 diff = np.clip(d.max(axis=-1) if d.ndim == 3 else d, 0, 25) * 10
@@ -79,18 +86,26 @@ def part_mad(args) -> list[str]:
                 side = np.concatenate([a.astype(np.uint8), b.astype(np.uint8), vis], axis=1)
                 side = cv2.resize(side, (side.shape[1] * 3 // 4, side.shape[0] * 3 // 4), interpolation=cv2.INTER_AREA)
                 cv2.imwrite(str(RESULTS / "tiling_diff.jpg"), side, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    lines = ["## Tiled against whole image (640×480, Dig2DIG-25, embedded prior)", "",
-             "| tile | overlap | pairs | mean abs diff (grey levels) | largest | Qabf whole → tiled | SSIM whole → tiled |"
-             " SF whole → tiled |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Tiled against whole image (640×480, Dig2DIG-25, embedded prior)",
+        "",
+        "| tile | overlap | pairs | mean abs diff (grey levels) | largest | Qabf whole → tiled | SSIM whole → tiled |"
+        " SF whole → tiled |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for tile, overlap in configs:
         sel = [r for r in rows if (r["tile"], r["overlap"]) == (tile, overlap)]
         mean = lambda key: np.mean([r[key] for r in sel])  # noqa: E731
-        lines.append(f"| {tile} | {overlap} | {len(sel)} | {mean('mad'):.3f} | {max(r['max'] for r in sel)} | "
-                     f"{mean('Qabf_whole'):.4f} → {mean('Qabf_tiled'):.4f} | {mean('SSIM_whole'):.4f} → "
-                     f"{mean('SSIM_tiled'):.4f} | {mean('SF_whole'):.3f} → {mean('SF_tiled'):.3f} |")
+        lines.append(
+            f"| {tile} | {overlap} | {len(sel)} | {mean('mad'):.3f} | {max(r['max'] for r in sel)} | "
+            f"{mean('Qabf_whole'):.4f} → {mean('Qabf_tiled'):.4f} | {mean('SSIM_whole'):.4f} → "
+            f"{mean('SSIM_tiled'):.4f} | {mean('SF_whole'):.3f} → {mean('SF_tiled'):.3f} |"
+        )
     lines.append("")
-    lines.append("`results/tiling_diff.jpg`: whole, tiled (first configuration) and |difference| × 10 with the tiles "
-                 "drawn, first pair.")
+    lines.append(
+        "`results/tiling_diff.jpg`: whole, tiled (first configuration) and |difference| × 10 with the tiles "
+        "drawn, first pair."
+    )
     return lines
 
 
@@ -139,13 +154,19 @@ print(json.dumps(out))
 
 
 def part_memory(args) -> list[str]:
-    cases = [("embedded", (1080, 1920), "off"), ("embedded", (1080, 1920), 512),
-             ("embedded", (2160, 3840), "off"), ("embedded", (2160, 3840), 512), ("adm256", (2160, 3840), 256)]
+    cases = [
+        ("embedded", (1080, 1920), "off"),
+        ("embedded", (1080, 1920), 512),
+        ("embedded", (2160, 3840), "off"),
+        ("embedded", (2160, 3840), 512),
+        ("adm256", (2160, 3840), 256),
+    ]
     rows = []
     for prior, size, tile in cases:
         case = {"prior": prior, "size": size, "tile": tile, "bench": str(HERE.parent)}
-        p = subprocess.run([sys.executable, "-c", CASE, json.dumps(case), str(args.threads)], capture_output=True,
-                           text=True)
+        p = subprocess.run(
+            [sys.executable, "-c", CASE, json.dumps(case), str(args.threads)], capture_output=True, text=True
+        )
         if p.returncode != 0:
             raise SystemExit(p.stderr[-3000:])
         rows.append({**case, **json.loads(p.stdout.strip().splitlines()[-1])})
@@ -155,21 +176,29 @@ def part_memory(args) -> list[str]:
 
 def render_memory(rows: list[dict], threads: int) -> list[str]:
     """The Markdown section from the measured rows (one per case: prior, size, tile setting, results)."""
-    lines = ["## 4K pairs: peak memory and time (CPU, " + f"{threads} thread{'s' if threads != 1 else ''})", "",
-             "| prior | size | tile | Dig2DIG, 2 steps (s) | peak resident memory (GB) |", "|---|---|---|---|---|"]
+    lines = [
+        "## 4K pairs: peak memory and time (CPU, " + f"{threads} thread{'s' if threads != 1 else ''})",
+        "",
+        "| prior | size | tile | Dig2DIG, 2 steps (s) | peak resident memory (GB) |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         wall = f"{r['wall_s']:.1f}" if "wall_s" in r else f"{r['per_tile_s']:.1f} s per 256² tile"
-        lines.append(f"| {r['prior']} | {r['size'][1]}x{r['size'][0]} | {r['tile']} | {wall} | {r['peak_rss_gb']:.2f} |")
+        lines.append(
+            f"| {r['prior']} | {r['size'][1]}x{r['size'][0]} | {r['tile']} | {wall} | {r['peak_rss_gb']:.2f} |"
+        )
     from dig2dig.prior.execution import tile_positions
 
     n_tiles = len(tile_positions(3840, 256, 64)) * len(tile_positions(2160, 256, 64))
     wall = {(r["size"][0], r["tile"]): r["wall_s"] for r in rows if r["prior"] == "embedded"}
     adm_min = next(r for r in rows if r["prior"] == "adm256")["per_tile_s"] * n_tiles / 60
     lines.append("")
-    lines.append(f"Time 3840×2160 / 1920×1080 (4× the pixels): whole {wall[2160, 'off'] / wall[1080, 'off']:.2f}×, "
-                 f"tiles of 512 {wall[2160, 512] / wall[1080, 512]:.2f}×. ADM-256 tiled: the peak after three chunks "
-                 f"of four 256² tiles (the peak of a whole tiled run; a whole 4K forward of ADM-256 takes "
-                 f"{adm_min:.0f} min on this CPU in {n_tiles} tiles).")
+    lines.append(
+        f"Time 3840×2160 / 1920×1080 (4× the pixels): whole {wall[2160, 'off'] / wall[1080, 'off']:.2f}×, "
+        f"tiles of 512 {wall[2160, 512] / wall[1080, 512]:.2f}×. ADM-256 tiled: the peak after three chunks "
+        f"of four 256² tiles (the peak of a whole tiled run; a whole 4K forward of ADM-256 takes "
+        f"{adm_min:.0f} min on this CPU in {n_tiles} tiles)."
+    )
     return lines
 
 

@@ -111,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nVIFB calibration: {len(keys)} fused images, {time.perf_counter() - t0:.0f} s")
     bad = _report("checked methods", groups["checked"])
     if groups["inconsistent"]:
-        _report(f"excluded, stored values inconsistent with the shipped files: {', '.join(INCONSISTENT_METHODS)}",
-                groups["inconsistent"])
+        _report(
+            f"excluded, stored values inconsistent with the shipped files: {', '.join(INCONSISTENT_METHODS)}",
+            groups["inconsistent"],
+        )
     print("\nall checked values within printed precision" if bad == 0 else f"\n{bad} values outside printed precision")
     return 0 if bad == 0 else 1
 

@@ -39,8 +39,13 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--height", type=int, default=220, help="panel height in pixels")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--crop", action="append", default=[], metavar="x,y,w,h",
-                    help="one per pair (in order; '-' for none): a region to show enlarged under the row")
+    ap.add_argument(
+        "--crop",
+        action="append",
+        default=[],
+        metavar="x,y,w,h",
+        help="one per pair (in order; '-' for none): a region to show enlarged under the row",
+    )
     args = ap.parse_args()
 
     import cv2
@@ -67,16 +72,17 @@ def main() -> int:
             a = decode_bytes(r.encode(".png", bit_depth=8), label)
             panels.append((label, _rgb(a[..., ::-1] if a.ndim == 3 else a)))
         h = args.height
-        scaled = [(t, cv2.resize(a, (round(a.shape[1] * h / a.shape[0]), h), interpolation=cv2.INTER_AREA))
-                  for t, a in panels]
+        scaled = [
+            (t, cv2.resize(a, (round(a.shape[1] * h / a.shape[0]), h), interpolation=cv2.INTER_AREA)) for t, a in panels
+        ]
         row = np.concatenate([_label(cv2, a, t) for t, a in scaled], axis=1)
         crop = args.crop[k] if k < len(args.crop) else "-"
         if crop != "-":
             x, y, w, hh = (float(v) for v in crop.split(","))
             zooms = []
-            for (t, a), (_, sa) in zip(panels, scaled):
+            for (_t, a), (_, sa) in zip(panels, scaled):
                 H, W = a.shape[:2]
-                c = a[int(y * H):int((y + hh) * H), int(x * W):int((x + w) * W)]
+                c = a[int(y * H) : int((y + hh) * H), int(x * W) : int((x + w) * W)]
                 zooms.append(cv2.resize(c, (sa.shape[1], sa.shape[0]), interpolation=cv2.INTER_NEAREST))
             zrow = np.concatenate(zooms, axis=1)
             row = np.concatenate([row, zrow], axis=0)

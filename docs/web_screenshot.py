@@ -15,8 +15,16 @@ import time
 from pathlib import Path
 
 SHARED = Path(os.environ.get("DIG2DIG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _until(page, expression: str, seconds: float) -> None:
@@ -57,8 +65,11 @@ def main() -> int:
         page.wait_for_selector("#fuse:not([disabled])")
         page.click("button:has-text('Fuse')")
         for img in ("result", "weights"):  # the page's CSP forbids eval: poll, not wait_for_function
-            _until(page, f"(() => {{ const i = document.getElementById('{img}'); "
-                         f"return i.complete && i.naturalWidth > 0; }})()", 600)
+            _until(
+                page,
+                f"(() => {{ const i = document.getElementById('{img}'); return i.complete && i.naturalWidth > 0; }})()",
+                600,
+            )
         page.wait_for_timeout(500)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=args.out, full_page=True)

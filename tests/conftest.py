@@ -46,9 +46,15 @@ def need(path: Path) -> Path:
 # a small guided-diffusion configuration, fast on a CPU: attention at 1/4 resolution (64 // 16); its
 # "trained size" of 64 means that test images (at most 64 pixels a side) are not tiled
 TINY_FLAGS = {
-    "image_size": 64, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,1,1,1",
-    "attention_resolutions": "16", "num_head_channels": 8, "learn_sigma": True,
-    "use_scale_shift_norm": True, "resblock_updown": True,
+    "image_size": 64,
+    "num_channels": 32,
+    "num_res_blocks": 1,
+    "channel_mult": "1,1,1,1",
+    "attention_resolutions": "16",
+    "num_head_channels": 8,
+    "learn_sigma": True,
+    "use_scale_shift_norm": True,
+    "resblock_updown": True,
 }
 
 

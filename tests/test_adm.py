@@ -50,7 +50,9 @@ def test_adm256_key_and_shape_list_is_exact():
 
 def test_inferred_config_of_tiny_fixture_matches_its_flags():
     adm = need(FIXTURES / "adm")
-    cfg = ADMConfig.from_guided_diffusion_flags(json.loads((adm / "tiny_adm_config.json").read_text())["create_model_kwargs"])
+    cfg = ADMConfig.from_guided_diffusion_flags(
+        json.loads((adm / "tiny_adm_config.json").read_text())["create_model_kwargs"]
+    )
     sd = torch.load(adm / "tiny_adm.pt", weights_only=True)
     assert ADMConfig.infer_from_state_dict(sd, num_heads=4, num_head_channels=8) == cfg
 

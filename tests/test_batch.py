@@ -57,17 +57,18 @@ def test_items_from_a_folder_a_manifest_and_globs(tmp_path):
     assert [it.id for it in items] == ["p00", "p01", "p02"] and len(items[0].sources) == 2
 
     csv_path = tmp_path / "m.csv"
-    csv_path.write_text("id,ir,vis,seed,task\n"
-                        f"b,{ds}/p01/ir.png,{ds}/p01/vis.png,7,vif\n"
-                        "a,ds/p00/ir.png,ds/p00/vis.png,,\n")
+    csv_path.write_text(
+        f"id,ir,vis,seed,task\nb,{ds}/p01/ir.png,{ds}/p01/vis.png,7,vif\na,ds/p00/ir.png,ds/p00/vis.png,,\n"
+    )
     a, b = collect_items([csv_path])
     assert (a.id, b.id) == ("a", "b") and b.seed == 7 and b.task == "vif" and a.seed is None
     assert a.sources[0] == str(tmp_path / "ds/p00/ir.png")  # relative to the manifest
     assert a.names == ("ir.png", "vis.png")  # the column names tell the roles
 
     jl = tmp_path / "m.jsonl"
-    jl.write_text(json.dumps({"id": "x", "sources": [f"{ds}/p02/ir.png", f"{ds}/p02/vis.png"], "output": "sub/x.png"})
-                  + "\n\n")
+    jl.write_text(
+        json.dumps({"id": "x", "sources": [f"{ds}/p02/ir.png", f"{ds}/p02/vis.png"], "output": "sub/x.png"}) + "\n\n"
+    )
     (x,) = collect_items([jl])
     assert x.output == "sub/x.png" and x.names is None
 
@@ -82,15 +83,18 @@ def test_items_from_a_folder_a_manifest_and_globs(tmp_path):
     assert g[2].missing == (f"{tmp_path}/flat/vis/*.png",) and len(g[2].sources) == 1  # it fails, named
 
 
-@pytest.mark.parametrize("content,message", [
-    ("id,ir,vis\na,x.png,y.png\na,x.png,y.png\n", "appears twice"),
-    ("id,ir,vis\n../up,x.png,y.png\n", "cannot name a file"),
-    ("name,ir,vis\na,x.png,y.png\n", "'id' column"),
-    ("id,ir,vis\na,x.png,y.png,z.png\n", "more cells than the header"),
-    ("id,ir,vis\n\n\n,,\nb,x.png,y.png,z.png\n", "m.csv:5: the row has more cells"),  # the file's line
-    ("id,ir,vis,seed\na,x.png,y.png,seven\n", "not an integer"),
-    ("id,ir,vis,output\na,x.png,y.png,/etc/passwd\n", "inside the output folder"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("id,ir,vis\na,x.png,y.png\na,x.png,y.png\n", "appears twice"),
+        ("id,ir,vis\n../up,x.png,y.png\n", "cannot name a file"),
+        ("name,ir,vis\na,x.png,y.png\n", "'id' column"),
+        ("id,ir,vis\na,x.png,y.png,z.png\n", "more cells than the header"),
+        ("id,ir,vis\n\n\n,,\nb,x.png,y.png,z.png\n", "m.csv:5: the row has more cells"),  # the file's line
+        ("id,ir,vis,seed\na,x.png,y.png,seven\n", "not an integer"),
+        ("id,ir,vis,output\na,x.png,y.png,/etc/passwd\n", "inside the output folder"),
+    ],
+)
 def test_bad_manifests_are_refused_with_the_row(tmp_path, content, message):
     m = tmp_path / "m.csv"
     m.write_text(content)
@@ -125,16 +129,29 @@ def test_shards_from_flags_and_the_environment():
     assert parse_shard("1/4", {}) == (1, 4)
     assert parse_shard(None, {}) == (0, 1)
     assert parse_shard(None, {"RANK": "2", "WORLD_SIZE": "3"}) == (2, 3)
-    assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4",
-                              "SLURM_ARRAY_TASK_MIN": "2"}) == (3, 4)
+    assert parse_shard(
+        None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "2"}
+    ) == (3, 4)
     # --array=0-8:2: five tasks 0, 2, 4, 6, 8 are shards 0 … 4
-    step = {"SLURM_ARRAY_TASK_COUNT": "5", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "8",
-            "SLURM_ARRAY_TASK_STEP": "2"}
-    assert [parse_shard(None, {**step, "SLURM_ARRAY_TASK_ID": str(t)}) for t in (0, 2, 4, 6, 8)] == \
-        [(i, 5) for i in range(5)]
+    step = {
+        "SLURM_ARRAY_TASK_COUNT": "5",
+        "SLURM_ARRAY_TASK_MIN": "0",
+        "SLURM_ARRAY_TASK_MAX": "8",
+        "SLURM_ARRAY_TASK_STEP": "2",
+    }
+    assert [parse_shard(None, {**step, "SLURM_ARRAY_TASK_ID": str(t)}) for t in (0, 2, 4, 6, 8)] == [
+        (i, 5) for i in range(5)
+    ]
     with pytest.raises(RunError, match="not evenly spaced"):  # --array=1,3,7
-        parse_shard(None, {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1",
-                           "SLURM_ARRAY_TASK_MAX": "7"})
+        parse_shard(
+            None,
+            {
+                "SLURM_ARRAY_TASK_ID": "3",
+                "SLURM_ARRAY_TASK_COUNT": "3",
+                "SLURM_ARRAY_TASK_MIN": "1",
+                "SLURM_ARRAY_TASK_MAX": "7",
+            },
+        )
     for bad in ("4/4", "-1/2", "x", "1/0", "1"):
         with pytest.raises(RunError, match="I/N"):
             parse_shard(bad, {})
@@ -254,8 +271,10 @@ def test_shards_of_another_split_are_refused_and_named(tmp_path):
 def test_a_crashed_run_leaves_no_lock(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    code = ("import os, sys; from dig2dig.jobs import OutputFolder; OutputFolder(sys.argv[1]).lock(); "
-            "print('locked', flush=True); os.kill(os.getpid(), 9)")
+    code = (
+        "import os, sys; from dig2dig.jobs import OutputFolder; OutputFolder(sys.argv[1]).lock(); "
+        "print('locked', flush=True); os.kill(os.getpid(), 9)"
+    )
     p = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
     assert "locked" in p.stdout and p.returncode == -signal.SIGKILL
     OutputFolder(out).lock()
@@ -278,17 +297,20 @@ def test_a_bad_item_is_logged_and_the_others_finish(tmp_path):
     assert (s.done, s.skipped, s.failed) == (1, 2, [])
 
 
-@pytest.mark.parametrize("config,message", [
-    (RunConfig(method="magic"), "unknown method"),
-    (RunConfig(options={"interval": 0}), "interval=0 is out of range"),
-    (RunConfig(device="cuda:7"), "--device cuda:7"),
-    (RunConfig(device="tpu"), "not a torch device"),
-    (RunConfig(prior="/no/such/prior"), "does not exist"),
-    (RunConfig(method="average", steps=5), "takes no steps"),
-    (RunConfig(steps="power:0"), "steps must be"),
-    (RunConfig(ext=".gif"), "output format"),
-    (RunConfig(ext=".jpg", bit_depth=16), "bit depth"),
-])
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        (RunConfig(method="magic"), "unknown method"),
+        (RunConfig(options={"interval": 0}), "interval=0 is out of range"),
+        (RunConfig(device="cuda:7"), "--device cuda:7"),
+        (RunConfig(device="tpu"), "not a torch device"),
+        (RunConfig(prior="/no/such/prior"), "does not exist"),
+        (RunConfig(method="average", steps=5), "takes no steps"),
+        (RunConfig(steps="power:0"), "steps must be"),
+        (RunConfig(ext=".gif"), "output format"),
+        (RunConfig(ext=".jpg", bit_depth=16), "bit depth"),
+    ],
+)
 def test_invalid_settings_are_refused_before_any_item(tmp_path, config, message):
     ds = make_dataset(tmp_path / "ds", n=1)
     out = tmp_path / "out"
@@ -300,8 +322,9 @@ def test_invalid_settings_are_refused_before_any_item(tmp_path, config, message)
 def test_outputs_of_two_items_may_not_collide(tmp_path):
     ds = make_dataset(tmp_path / "ds", n=2)
     m = tmp_path / "m.csv"
-    m.write_text(f"id,ir,vis,output\na,{ds}/p00/ir.png,{ds}/p00/vis.png,same.png\n"
-                 f"b,{ds}/p01/ir.png,{ds}/p01/vis.png,same.png\n")
+    m.write_text(
+        f"id,ir,vis,output\na,{ds}/p00/ir.png,{ds}/p00/vis.png,same.png\nb,{ds}/p01/ir.png,{ds}/p01/vis.png,same.png\n"
+    )
     with pytest.raises(RunError, match="both be written"):
         run_batch(collect_items([m]), tmp_path / "out", RunConfig(method="average"), **QUIET)
 
@@ -333,8 +356,13 @@ def test_an_item_gives_the_same_bytes_alone_and_in_a_batch(tmp_path, tiny_gray_p
     run_batch(collect_items([ds]), out, _diffusion(tiny_gray_prior_path), **QUIET)
     side = json.loads((out / "p01.json").read_text())
     assert side["seed"] == dig2dig.derive_seed(5, "p01")
-    alone = dig2dig.fuse([ds / "p01" / "ir.png", ds / "p01" / "vis.png"], steps=3, seed=side["seed"],
-                         prior=str(tiny_gray_prior_path), interval=2)
+    alone = dig2dig.fuse(
+        [ds / "p01" / "ir.png", ds / "p01" / "vis.png"],
+        steps=3,
+        seed=side["seed"],
+        prior=str(tiny_gray_prior_path),
+        interval=2,
+    )
     assert alone.save(tmp_path / "alone.png").read_bytes() == (out / "p01.png").read_bytes()
 
 
@@ -363,8 +391,20 @@ def test_worker_processes_give_the_same_bytes(tmp_path, tiny_gray_prior_path):
 def test_kill_9_mid_run_then_rerun(tmp_path, tiny_gray_prior_path):
     ds = make_dataset(tmp_path / "ds", n=6)
     ref, out = tmp_path / "ref", tmp_path / "out"
-    cmd = [sys.executable, "-m", "dig2dig", "batch", str(ds), "--prior", str(tiny_gray_prior_path), "--steps", "3",
-           "--seed", "2", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dig2dig",
+        "batch",
+        str(ds),
+        "--prior",
+        str(tiny_gray_prior_path),
+        "--steps",
+        "3",
+        "--seed",
+        "2",
+        "-q",
+    ]
     assert subprocess.run([*cmd, "-o", str(ref)], capture_output=True).returncode == 0
     proc = subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -414,8 +454,24 @@ def test_a_damaged_output_is_redone_and_a_one_image_folder_fails_by_name(tmp_pat
 def test_sigterm_stops_worker_processes_and_every_output_is_logged(tmp_path, tiny_gray_prior_path):
     ds = make_dataset(tmp_path / "ds", n=8)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "dig2dig", "batch", str(ds), "-o", str(out), "--prior", str(tiny_gray_prior_path),
-           "--steps", "4", "--workers", "2", "--threads", "1", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dig2dig",
+        "batch",
+        str(ds),
+        "-o",
+        str(out),
+        "--prior",
+        str(tiny_gray_prior_path),
+        "--steps",
+        "4",
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "-q",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while time.time() < deadline and not any(r.get("status") == "done" for r in read_log(out / "log.jsonl")):
@@ -502,8 +558,9 @@ def test_a_dead_worker_costs_only_its_item(tmp_path, tiny_gray_prior_path):
     out = tmp_path / "out"
     cfg = RunConfig(method="dig2dig", steps=4, seed=5, prior=str(tiny_gray_prior_path))
     result = {}
-    t = threading.Thread(target=lambda: result.update(s=run_batch(collect_items([ds]), out, cfg, workers=2,
-                                                                  threads=1, **QUIET)))
+    t = threading.Thread(
+        target=lambda: result.update(s=run_batch(collect_items([ds]), out, cfg, workers=2, threads=1, **QUIET))
+    )
     t.start()
     killed = None
     deadline = time.time() + 120
@@ -548,8 +605,12 @@ def test_a_terminal_shows_the_running_items_steps(tmp_path, tiny_gray_prior_path
     term = Terminal()
     monkeypatch.setattr(sys, "stderr", term)
     ds = make_dataset(tmp_path / "ds", n=1)
-    s = run_batch(collect_items([ds]), tmp_path / "out", RunConfig(method="dig2dig", steps=3,
-                                                                    prior=str(tiny_gray_prior_path)),
-                  progress=True, log=lambda m: None)
+    s = run_batch(
+        collect_items([ds]),
+        tmp_path / "out",
+        RunConfig(method="dig2dig", steps=3, prior=str(tiny_gray_prior_path)),
+        progress=True,
+        log=lambda m: None,
+    )
     assert s.done == 1
     assert "p00: step 1/3" in term.getvalue() and "p00: step 3/3" in term.getvalue()

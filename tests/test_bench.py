@@ -37,8 +37,20 @@ def test_eval_cli_writes_tidy_csv_and_markdown(tmp_path, capsys):
     for k in range(2):  # one pair has no fused image: reported, not fatal
         a = cv2.imread(str(ds / f"p{k}" / "ir.png"))
         cv2.imwrite(str(fused / f"p{k}.png"), a)
-    args = ["eval", str(fused), "--sources", str(ds), "--convention", "cddfuse", "--metrics", "EN,SSIM,MSE",
-            "--csv", str(tmp_path / "r.csv"), "--md", str(tmp_path / "r.md")]
+    args = [
+        "eval",
+        str(fused),
+        "--sources",
+        str(ds),
+        "--convention",
+        "cddfuse",
+        "--metrics",
+        "EN,SSIM,MSE",
+        "--csv",
+        str(tmp_path / "r.csv"),
+        "--md",
+        str(tmp_path / "r.md"),
+    ]
     assert main([*args, "-q"]) == 1  # a subset is not scored silently, not even with -q
     assert "no fused image for 1 pair(s): p2" in capsys.readouterr().err
     rc = main([*args, "--allow-missing"])
@@ -57,8 +69,10 @@ def test_eval_cli_writes_tidy_csv_and_markdown(tmp_path, capsys):
 
 
 def test_summary_bolds_the_best_in_the_metric_direction():
-    rows = [{"dataset": "d", "pair": "a", "method": m, "metric": k, "value": v}
-            for m, k, v in (("x", "MSE", 1.0), ("y", "MSE", 2.0), ("x", "EN", 1.0), ("y", "EN", 2.0))]
+    rows = [
+        {"dataset": "d", "pair": "a", "method": m, "metric": k, "value": v}
+        for m, k, v in (("x", "MSE", 1.0), ("y", "MSE", 2.0), ("x", "EN", 1.0), ("y", "EN", 2.0))
+    ]
     md = summary_markdown(rows)
     assert "| x | **1 ± 0** | 1 ± 0 |" in md and "| y | 2 ± 0 | **2 ± 0** |" in md
     agg = aggregate(rows)
@@ -72,8 +86,16 @@ def test_bench_runs_resumes_and_writes_everything(tmp_path):
     for k in range(3):
         cv2.imwrite(str(peer / f"p{k}.jpg"), cv2.imread(str(ds / f"p{k}" / "vis.png")))
     out = tmp_path / "bench"
-    written = run_bench([ds], ["average", "guided"], out, peers=[peer], convention="cddfuse",
-                        metrics=["EN", "SSIM", "Qabf"], progress=False, log=lambda m: None)
+    written = run_bench(
+        [ds],
+        ["average", "guided"],
+        out,
+        peers=[peer],
+        convention="cddfuse",
+        metrics=["EN", "SSIM", "Qabf"],
+        progress=False,
+        log=lambda m: None,
+    )
     rows = list(csv.DictReader(open(written["csv"])))
     assert {r["method"] for r in rows} == {"average", "guided", "peerA"}
     assert len(rows) == 2 * 3 * (3 + 1) + 3 * 3  # our methods also get a time_s row; peers do not
@@ -84,8 +106,16 @@ def test_bench_runs_resumes_and_writes_everything(tmp_path):
     assert all(p.is_file() and p.stat().st_size > 1000 for p in written["plots"])
     # a second run finds everything done and does not duplicate rows
     mtime = (out / "fused" / "ds" / "guided" / "p0.png").stat().st_mtime
-    written2 = run_bench([ds], ["average", "guided"], out, peers=[peer], convention="cddfuse",
-                         metrics=["EN", "SSIM", "Qabf"], progress=False, log=lambda m: None)
+    written2 = run_bench(
+        [ds],
+        ["average", "guided"],
+        out,
+        peers=[peer],
+        convention="cddfuse",
+        metrics=["EN", "SSIM", "Qabf"],
+        progress=False,
+        log=lambda m: None,
+    )
     assert len(list(csv.DictReader(open(written2["csv"])))) == len(rows)
     assert (out / "fused" / "ds" / "guided" / "p0.png").stat().st_mtime == mtime
 
@@ -94,11 +124,21 @@ def test_method_specs_carry_options_and_steps(tmp_path):
     from dig2dig.bench import parse_method
 
     assert parse_method("dig2dig:steps=15,distance=l1,temperature=0.5,record=false") == (
-        "dig2dig:steps=15,distance=l1,temperature=0.5,record=false", "dig2dig",
-        {"steps": 15, "distance": "l1", "temperature": 0.5, "record": False})
+        "dig2dig:steps=15,distance=l1,temperature=0.5,record=false",
+        "dig2dig",
+        {"steps": 15, "distance": "l1", "temperature": 0.5, "record": False},
+    )
     ds = _dataset(tmp_path / "ds", n=1)
-    written = run_bench([ds], ["laplacian:levels=2"], tmp_path / "b", convention="cddfuse", metrics=["EN"],
-                        progress=False, plots=False, log=lambda m: None)
+    written = run_bench(
+        [ds],
+        ["laplacian:levels=2"],
+        tmp_path / "b",
+        convention="cddfuse",
+        metrics=["EN"],
+        progress=False,
+        plots=False,
+        log=lambda m: None,
+    )
     assert (tmp_path / "b" / "fused" / "ds" / "laplacian_levels_2" / "p0.png").is_file()
     assert {r["method"] for r in csv.DictReader(open(written["csv"]))} == {"laplacian:levels=2"}
 
@@ -107,8 +147,17 @@ def test_method_specs_carry_options_and_steps(tmp_path):
 def test_bench_survives_a_bad_pair(tmp_path, task):
     ds = _dataset(tmp_path / "ds")
     (ds / "p1" / "vis.png").write_bytes(b"broken")
-    written = run_bench([ds], ["average"], tmp_path / "b", convention="cddfuse", metrics=["EN"], progress=False,
-                        plots=False, log=lambda m: None, task=task)
+    written = run_bench(
+        [ds],
+        ["average"],
+        tmp_path / "b",
+        convention="cddfuse",
+        metrics=["EN"],
+        progress=False,
+        plots=False,
+        log=lambda m: None,
+        task=task,
+    )
     man = json.loads(written["manifest"].read_text())
     assert len(man["errors"]) == 1 and "p1" in man["errors"][0]["item"]
     assert len(list(csv.DictReader(open(written["csv"])))) == 2 * 2  # EN and time_s for the two good pairs
@@ -116,12 +165,24 @@ def test_bench_survives_a_bad_pair(tmp_path, task):
 
 def test_steps_apply_to_the_diffusion_methods_of_a_run(tmp_path, tiny_gray_prior_path):
     ds = _dataset(tmp_path / "ds", n=1)
-    written = run_bench([ds], ["dig2dig", "average", "guided"], tmp_path / "b", steps=2,
-                        prior=str(tiny_gray_prior_path), convention="cddfuse", metrics=["EN"], progress=False,
-                        plots=False, log=lambda m: None)
+    written = run_bench(
+        [ds],
+        ["dig2dig", "average", "guided"],
+        tmp_path / "b",
+        steps=2,
+        prior=str(tiny_gray_prior_path),
+        convention="cddfuse",
+        metrics=["EN"],
+        progress=False,
+        plots=False,
+        log=lambda m: None,
+    )
     man = json.loads(written["manifest"].read_text())
     assert not man["errors"] and {r["method"] for r in csv.DictReader(open(written["csv"]))} == {
-        "dig2dig", "average", "guided"}
+        "dig2dig",
+        "average",
+        "guided",
+    }
     side = json.loads(next((tmp_path / "b" / "fused" / "ds" / "dig2dig").glob("p0*.json")).read_text())
     assert side["steps"] == 2
 
@@ -146,12 +207,15 @@ def test_bench_never_reuses_results_made_with_other_settings(tmp_path):
 def test_bench_refuses_bad_settings_before_any_work(tmp_path, capsys):
     ds = _dataset(tmp_path / "ds", n=1)
     base = ["bench", "--datasets", str(ds), "--metrics", "EN", "--no-plots"]
-    for extra, msg in ((["--methods", "magic"], "unknown method"), (["--methods", "dig2dig:interval=0"], "interval=0"),
-                       (["--methods", "average", "--limit", "0"], "must be at least 1"),
-                       (["--methods", "average", "--limit", "-1"], "must be at least 1"),
-                       (["--methods", "average", "--peers", str(tmp_path / "nope")], "not found"),
-                       (["--methods", "average", "--metrics", "NOPE"], "unknown metric"),
-                       (["--methods", "dig2dig", "--device", "cuda:3"], "--device cuda:3")):
+    for extra, msg in (
+        (["--methods", "magic"], "unknown method"),
+        (["--methods", "dig2dig:interval=0"], "interval=0"),
+        (["--methods", "average", "--limit", "0"], "must be at least 1"),
+        (["--methods", "average", "--limit", "-1"], "must be at least 1"),
+        (["--methods", "average", "--peers", str(tmp_path / "nope")], "not found"),
+        (["--methods", "average", "--metrics", "NOPE"], "unknown metric"),
+        (["--methods", "dig2dig", "--device", "cuda:3"], "--device cuda:3"),
+    ):
         out = tmp_path / f"o{len(extra)}{abs(hash(msg)) % 1000}"
         assert main([*base, *extra, "--out", str(out)]) == 2
         err = capsys.readouterr().err

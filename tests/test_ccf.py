@@ -162,8 +162,9 @@ def test_adam_matches_torch_optim():
 
 # the 1e-4 for the default case; the stable-top-k case's own run-to-run spread in the
 # fixture README is 1.3e-4 (x_t) / 1.25e-3 (x0), so it gets 3e-4 (we measure 1.3e-4 / 1.0e-4)
-@pytest.mark.parametrize("name,tiebreak,atol", [("ccf_case1.npz", "torch", 1e-4),
-                                                ("ccf_case1_stabletopk.npz", "stable", 3e-4)])
+@pytest.mark.parametrize(
+    "name,tiebreak,atol", [("ccf_case1.npz", "torch", 1e-4), ("ccf_case1_stabletopk.npz", "stable", 3e-4)]
+)
 def test_release_end_to_end(tiny_adm, name, tiebreak, atol):
     d = _npz(name)
     _need_fixture_ties(tiebreak)
@@ -357,8 +358,7 @@ def test_batch_equals_single(tiny_gray_prior):
         assert float(diff.max()) < 1e-4, float(diff.max())
         rb, r1 = gb.item_records(both.state, b), g1.item_records(one.state, 0)
         assert [s["selected"] for s in rb["steps"]] == [s["selected"] for s in r1["steps"]]
-        np.testing.assert_allclose([s["w_after"] for s in rb["steps"]], [s["w_after"] for s in r1["steps"]],
-                                   atol=1e-5)
+        np.testing.assert_allclose([s["w_after"] for s in rb["steps"]], [s["w_after"] for s in r1["steps"]], atol=1e-5)
 
 
 def test_records_and_selection_figure(tiny_gray_prior, tmp_path):
@@ -380,8 +380,15 @@ def test_records_and_selection_figure(tiny_gray_prior, tmp_path):
 def test_options_and_presets():
     from dig2dig.options import CCFOptions
 
-    assert {i.name for i in CCFOptions.infos()} == {"conditions", "topk", "lr", "alpha", "release_compat",
-                                                    "feature_extractor", "tiebreak"}
+    assert {i.name for i in CCFOptions.infos()} == {
+        "conditions",
+        "topk",
+        "lr",
+        "alpha",
+        "release_compat",
+        "feature_extractor",
+        "tiebreak",
+    }
     assert parse_conditions(None, "vif") == RELEASE_BANK == parse_conditions(None, "mif")
     assert parse_conditions(None, "mff") == ("mse", "edge", "lowfreq", "highfreq")
     assert parse_conditions("mse, ssim,cc") == ("mse", "ssim", "cc")
@@ -452,8 +459,22 @@ def test_feature_extractor_flag_adds_the_feature_condition(tmp_path, tiny_gray_p
     for name, seed in (("ir", 1), ("vis", 2)):
         cv2.imwrite(str(tmp_path / f"{name}.png"), np.round(smooth_image(32, 40, seed) * 255).astype(np.uint8))
     out, sel = tmp_path / "f.png", tmp_path / "sel"
-    args = ["fuse", str(tmp_path / "ir.png"), str(tmp_path / "vis.png"), "-o", str(out), "--method", "ccf",
-            "--steps", "3", "--prior", str(tiny_gray_prior_path), "-q", "--save-selection", str(sel)]
+    args = [
+        "fuse",
+        str(tmp_path / "ir.png"),
+        str(tmp_path / "vis.png"),
+        "-o",
+        str(out),
+        "--method",
+        "ccf",
+        "--steps",
+        "3",
+        "--prior",
+        str(tiny_gray_prior_path),
+        "-q",
+        "--save-selection",
+        str(sel),
+    ]
     assert main([*args, "--feature-extractor", "tests.test_ccf:PooledFeatures"]) == 0
     record = json.loads((sel / "ccf_selection.json").read_text())
     assert record["conditions"][-1] == "feature" and out.is_file()

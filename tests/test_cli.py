@@ -21,25 +21,45 @@ def _write(path, img):
 
 @pytest.fixture
 def pair(tmp_path):
-    return (_write(tmp_path / "ir.png", smooth_image(37, 53, 1)),
-            _write(tmp_path / "vis.png", smooth_image(37, 53, 2, color=True)))
+    return (
+        _write(tmp_path / "ir.png", smooth_image(37, 53, 1)),
+        _write(tmp_path / "vis.png", smooth_image(37, 53, 2, color=True)),
+    )
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from dig2dig.cli import build_parser; import contextlib, io\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    try: build_parser().parse_args(['--help'])\n"
-            "    except SystemExit: pass\n"
-            "assert 'torch' not in sys.modules and 'cv2' not in sys.modules, 'heavy import'\n")
+    code = (
+        "import sys; from dig2dig.cli import build_parser; import contextlib, io\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try: build_parser().parse_args(['--help'])\n"
+        "    except SystemExit: pass\n"
+        "assert 'torch' not in sys.modules and 'cv2' not in sys.modules, 'heavy import'\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
-    out = subprocess.run([sys.executable, "-m", "dig2dig", "fuse", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "dig2dig", "fuse", "--help"], capture_output=True, text=True, check=True
+    )
     assert "--prior" in out.stdout and "--steps" in out.stdout
 
 
 def test_fuse_writes_an_image_of_the_input_size(pair, tmp_path, tiny_rgb_prior_path, capsys):
     out = tmp_path / "fused.png"
-    rc = main(["fuse", *map(str, pair), "-o", str(out), "--steps", "3", "--seed", "1", "--prior",
-               str(tiny_rgb_prior_path), "--report", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "fuse",
+            *map(str, pair),
+            "-o",
+            str(out),
+            "--steps",
+            "3",
+            "--seed",
+            "1",
+            "--prior",
+            str(tiny_rgb_prior_path),
+            "--report",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 0
     img = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     assert img.shape == (37, 53, 3)
@@ -51,8 +71,23 @@ def test_fuse_writes_an_image_of_the_input_size(pair, tmp_path, tiny_rgb_prior_p
 def test_fuse_real_msrs_pair(tmp_path, tiny_gray_prior_path):
     d = need(DATA / "fusion" / "vif" / "msrs" / "00001D")
     out = tmp_path / "msrs.png"
-    assert main(["fuse", str(d / "ir.png"), str(d / "vis.png"), "-o", str(out), "--steps", "2", "-q",
-                 "--prior", str(tiny_gray_prior_path)]) == 0
+    assert (
+        main(
+            [
+                "fuse",
+                str(d / "ir.png"),
+                str(d / "vis.png"),
+                "-o",
+                str(out),
+                "--steps",
+                "2",
+                "-q",
+                "--prior",
+                str(tiny_gray_prior_path),
+            ]
+        )
+        == 0
+    )
     assert cv2.imread(str(out)).shape == (480, 640, 3)
 
 
@@ -66,8 +101,12 @@ def _fails(args, tmp_path, capsys, message):
 
 
 def test_missing_file(pair, tmp_path, capsys, tiny_rgb_prior_path):
-    _fails([str(pair[0]), str(tmp_path / "nope.png"), "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys,
-           "does not exist")
+    _fails(
+        [str(pair[0]), str(tmp_path / "nope.png"), "--prior", str(tiny_rgb_prior_path)],
+        tmp_path,
+        capsys,
+        "does not exist",
+    )
 
 
 def test_corrupt_file(pair, tmp_path, capsys, tiny_rgb_prior_path):
@@ -115,19 +154,45 @@ def test_missing_prior_says_prior_is_required(pair, tmp_path, capsys, monkeypatc
 def test_bad_output_extension_fails_before_work(pair, tmp_path, capsys, tiny_rgb_prior_path):
     rc = main(["fuse", *map(str, pair), "-o", str(tmp_path / "out.xyz"), "--prior", str(tiny_rgb_prior_path)])
     assert rc == 2 and "extension" in capsys.readouterr().err
-    rc = main(["fuse", *map(str, pair), "-o", str(tmp_path / "out.jpg"), "--bit-depth", "16", "--prior",
-               str(tiny_rgb_prior_path)])
+    rc = main(
+        [
+            "fuse",
+            *map(str, pair),
+            "-o",
+            str(tmp_path / "out.jpg"),
+            "--bit-depth",
+            "16",
+            "--prior",
+            str(tiny_rgb_prior_path),
+        ]
+    )
     assert rc == 2 and "--bit-depth 16 needs a .png or .tif" in capsys.readouterr().err
     assert not (tmp_path / "out.jpg").exists()
 
 
 def test_unknown_method_and_option_errors(pair, tmp_path, capsys, tiny_rgb_prior_path):
-    _fails([*map(str, pair), "--method", "magic", "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys,
-           "unknown method")
-    _fails([*map(str, pair, ), str(pair[0]), "--method", "ddfm", "--prior", str(tiny_rgb_prior_path)], tmp_path,
-           capsys, "exactly 2 sources")
-    _fails([*map(str, pair), "--mapping", "paper", "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys,
-           "has no option")
+    _fails(
+        [*map(str, pair), "--method", "magic", "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys, "unknown method"
+    )
+    _fails(
+        [
+            *map(
+                str,
+                pair,
+            ),
+            str(pair[0]),
+            "--method",
+            "ddfm",
+            "--prior",
+            str(tiny_rgb_prior_path),
+        ],
+        tmp_path,
+        capsys,
+        "exactly 2 sources",
+    )
+    _fails(
+        [*map(str, pair), "--mapping", "paper", "--prior", str(tiny_rgb_prior_path)], tmp_path, capsys, "has no option"
+    )
 
 
 def test_prior_info_prints_the_spec(tiny_rgb_prior_path, capsys):
@@ -153,9 +218,32 @@ def test_prior_info_of_the_embedded_prior(capsys):
 @pytest.mark.parametrize("weights", ["dig", "equal"])
 def test_save_dig_writes_weight_maps_curves_and_numbers(pair, tmp_path, tiny_gray_prior_path, weights):
     out, dig = tmp_path / "fused.png", tmp_path / "dig"
-    assert main(["fuse", *map(str, pair), "-o", str(out), "--steps", "6", "--interval", "2", "--window", "forward",
-                 "--weights", weights, "--prior", str(tiny_gray_prior_path), "-q", "--save-dig", str(dig),
-                 "--dig-region", "left=0,0,20,37"]) == 0
+    assert (
+        main(
+            [
+                "fuse",
+                *map(str, pair),
+                "-o",
+                str(out),
+                "--steps",
+                "6",
+                "--interval",
+                "2",
+                "--window",
+                "forward",
+                "--weights",
+                weights,
+                "--prior",
+                str(tiny_gray_prior_path),
+                "-q",
+                "--save-dig",
+                str(dig),
+                "--dig-region",
+                "left=0,0,20,37",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((dig / "dig.json").read_text())
     assert (dig / "dig_curves.png").is_file()
     # one point per reverse step, starting at zero gain; panels: whole image + the chosen region
@@ -173,7 +261,23 @@ def test_save_dig_writes_weight_maps_curves_and_numbers(pair, tmp_path, tiny_gra
 
 def test_dig_region_errors(pair, tmp_path, capsys, tiny_gray_prior_path):
     for region, msg in (("left=0,0,20", "NAME=X0,Y0,X1,Y1"), ("left=0,0,99,37", "x1 <= 53")):
-        _fails([*map(str, pair), "--prior", str(tiny_gray_prior_path), "--save-dig", str(tmp_path / "d"),
-                "--dig-region", region], tmp_path, capsys, msg)
-    _fails([*map(str, pair), "--prior", str(tiny_gray_prior_path), "--dig-region", "a=0,0,1,1"], tmp_path, capsys,
-           "needs --save-dig")
+        _fails(
+            [
+                *map(str, pair),
+                "--prior",
+                str(tiny_gray_prior_path),
+                "--save-dig",
+                str(tmp_path / "d"),
+                "--dig-region",
+                region,
+            ],
+            tmp_path,
+            capsys,
+            msg,
+        )
+    _fails(
+        [*map(str, pair), "--prior", str(tiny_gray_prior_path), "--dig-region", "a=0,0,1,1"],
+        tmp_path,
+        capsys,
+        "needs --save-dig",
+    )

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from dig2dig.guidance.ddfm import (DDFMGuidance, DifferenceOTF, em_initial, em_step, release_rgb_to_ycbcr,
-                                   release_ycbcr_to_rgb)
+from dig2dig.guidance.ddfm import (
+    DDFMGuidance,
+    DifferenceOTF,
+    em_initial,
+    em_step,
+    release_rgb_to_ycbcr,
+    release_ycbcr_to_rgb,
+)
 from dig2dig.prior import load_prior
 from dig2dig.sampler import ddim
 from dig2dig.schedule import uniform_grid
@@ -104,8 +110,13 @@ def test_end_to_end_release_parity(name, steps):
     z = _case(name)
     den = load_prior(need(FIXTURES / "adm" / "tiny_adm.pt"), spec=FIXTURES / "adm" / "tiny_adm_config.json")
     rec = {"pre": [], "post": []}
-    out = ddim(den, _t(z["x_T"]), uniform_grid(steps), _release_guidance(z),
-               callback=lambda o: (rec["pre"].append(o.x0_hat.numpy()), rec["post"].append(o.x0.numpy())))
+    out = ddim(
+        den,
+        _t(z["x_T"]),
+        uniform_grid(steps),
+        _release_guidance(z),
+        callback=lambda o: (rec["pre"].append(o.x0_hat.numpy()), rec["post"].append(o.x0.numpy())),
+    )
     for key, ref in (("pre", "x0_pre_em"), ("post", "x0_post_em")):
         d = np.abs(np.stack(rec[key]) - z[ref])
         assert d[1:].max() <= kernel_tol(1e-4), (key, d[1:].max())

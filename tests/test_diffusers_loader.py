@@ -14,8 +14,13 @@ diffusers = pytest.importorskip("diffusers")
 def _tiny_unet(out_channels=3):
     torch.manual_seed(0)
     return diffusers.UNet2DModel(
-        sample_size=16, in_channels=3, out_channels=out_channels, layers_per_block=1, block_out_channels=(32, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        sample_size=16,
+        in_channels=3,
+        out_channels=out_channels,
+        layers_per_block=1,
+        block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
     ).eval()
 
@@ -23,8 +28,14 @@ def _tiny_unet(out_channels=3):
 def test_unet_folder_and_pipeline_folder(tmp_path):
     unet = _tiny_unet(out_channels=6)  # learned variance: eps is the first 3 channels
     unet.save_pretrained(tmp_path / "pipe" / "unet")
-    sched = {"_class_name": "DDPMScheduler", "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
-             "num_train_timesteps": 1000, "prediction_type": "epsilon"}
+    sched = {
+        "_class_name": "DDPMScheduler",
+        "beta_schedule": "linear",
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+    }
     (tmp_path / "pipe" / "scheduler").mkdir()
     (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched))
     for folder in (tmp_path / "pipe" / "unet", tmp_path / "pipe"):
@@ -40,7 +51,8 @@ def test_scheduler_mismatch_and_bad_weights_are_errors(tmp_path):
     _tiny_unet().save_pretrained(tmp_path / "p" / "unet")
     (tmp_path / "p" / "scheduler").mkdir()
     (tmp_path / "p" / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps({"beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon"}))
+        json.dumps({"beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon"})
+    )
     with pytest.raises(CheckpointError, match="beta_schedule"):
         load_prior(tmp_path / "p")
     # weights that do not fit the config: a hard error naming the keys, never random init

@@ -18,15 +18,16 @@ needs_prior = pytest.mark.skipif(not embedded_available(), reason="needs the emb
 def _structured(h=64, w=64, seed=0):
     rng = np.random.default_rng(seed)
     img = smooth_image(h, w, seed) * 0.6 + 0.2
-    img[h // 4: h // 2, w // 4: 3 * w // 4] += 0.3 * (rng.random((h // 4, w // 2)) > 0.5)  # a textured patch
+    img[h // 4 : h // 2, w // 4 : 3 * w // 4] += 0.3 * (rng.random((h // 4, w // 2)) > 0.5)  # a textured patch
     return np.clip(img, 0, 1).astype(np.float32)
 
 
 def _run_refreshes(sources, den, interval=2, steps=6, refreshes=2, **kw):
     """The first refreshes (steps 0, S, …): the state then holds that refresh's DIG weights."""
     grid = power_grid(steps, 2.0)
-    g = DIGGuidance([torch.from_numpy(s)[None, None] * 2 - 1 for s in sources], den, grid, interval=interval,
-                    noise_seeds=[0], **kw)
+    g = DIGGuidance(
+        [torch.from_numpy(s)[None, None] * 2 - 1 for s in sources], den, grid, interval=interval, noise_seeds=[0], **kw
+    )
     state = g.initial_state(None)
     for k in range(0, refreshes * interval, interval):
         step = Step(k, len(grid), grid[k], grid[k + 1], 0.0, 0.0, None, None)
@@ -73,8 +74,11 @@ def test_structure_outweighs_constant_or_noise_where_it_has_structure(other, ble
     a = np.full((64, 64), 0.5, np.float32)
     a[patch] += 0.3 * np.where((yy // 8 + xx // 8) % 2 == 0, 1, -1)[patch]
     rng = np.random.default_rng(1)
-    b = (np.full_like(a, 0.5) if other == "constant"
-         else np.clip(0.5 + 0.15 * rng.standard_normal(a.shape), 0, 1).astype(np.float32))
+    b = (
+        np.full_like(a, 0.5)
+        if other == "constant"
+        else np.clip(0.5 + 0.15 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+    )
     # smoothing far below the patch size: the gain is local
     _, state = _run_refreshes([a, b], den, refreshes=3, smooth=4, blend=blend)
     w = state.weights[:, 0, 0].float().numpy()
@@ -103,8 +107,7 @@ def test_equal_weights_reduce_to_the_release_ddfm_rule(tiny_gray_prior):
     a, b = smooth_image(16, 16, 1), smooth_image(16, 16, 2)
     ta, tb = (torch.from_numpy(x)[None, None] * 2 - 1 for x in (a, b))
     f = torch.zeros_like(ta)
-    dig = DIGGuidance([ta, tb], tiny_gray_prior, [999, 0], weights="equal", blend="pixel",
-                      noise_seeds=[0])
+    dig = DIGGuidance([ta, tb], tiny_gray_prior, [999, 0], weights="equal", blend="pixel", noise_seeds=[0])
     ddfm = DDFMGuidance(ta, tb, mapping="release", rho=1e-12)
     fd, _ = dig.fuse_luma(f, dig.initial_state(f))
     fr, _ = ddfm.fuse_luma(f, ddfm.initial_state(f))
@@ -117,9 +120,17 @@ def test_equal_weights_reduce_to_the_release_ddfm_rule(tiny_gray_prior):
 
 def test_bad_options_are_errors(tiny_gray_prior):
     a = torch.zeros(1, 1, 16, 16)
-    for kw, msg in (({"distance": "cos"}, "distance"), ({"interval": 0}, "interval"), ({"temperature": 0}, "temperature"),
-                    ({"weights": "x"}, "weights"), ({"mixing": "x"}, "mixing"), ({"dig_scale": 2}, "dig_scale"),
-                    ({"window": "x"}, "window"), ({"accelerate": 1.0}, "accelerate"), ({"accelerate": -1}, "accelerate")):
+    for kw, msg in (
+        ({"distance": "cos"}, "distance"),
+        ({"interval": 0}, "interval"),
+        ({"temperature": 0}, "temperature"),
+        ({"weights": "x"}, "weights"),
+        ({"mixing": "x"}, "mixing"),
+        ({"dig_scale": 2}, "dig_scale"),
+        ({"window": "x"}, "window"),
+        ({"accelerate": 1.0}, "accelerate"),
+        ({"accelerate": -1}, "accelerate"),
+    ):
         with pytest.raises(ValueError, match=msg):
             DIGGuidance([a, a], tiny_gray_prior, [999, 0], **kw)
     with pytest.raises(ValueError, match="two or more"):
@@ -175,8 +186,8 @@ def test_default_carries_both_sources_inside_a_bright_flat_region():
     blend) keeps the texture at its full contrast *and* the disk's brightness; the per-pixel selection of
     dig2dig 0.2 hands the disk to one source, and the plain average halves the texture."""
     yy, xx = np.mgrid[0:64, 0:64]
-    disk = (yy - 32) ** 2 + (xx - 32) ** 2 < 22 ** 2
-    inner = (yy - 32) ** 2 + (xx - 32) ** 2 < 16 ** 2
+    disk = (yy - 32) ** 2 + (xx - 32) ** 2 < 22**2
+    inner = (yy - 32) ** 2 + (xx - 32) ** 2 < 16**2
     bright = np.where(disk, 0.9, 0.05).astype(np.float32)
     tex = ((yy // 4 + xx // 4) % 2).astype(np.float32)
     textured = np.where(disk, 0.25 + 0.35 * tex, 0.05).astype(np.float32)
@@ -228,4 +239,6 @@ def test_laplacian_pyramid_collapses_exactly(shape):
     torch.testing.assert_close(gaussian_pyramid_top(x, levels), top)
     flat = torch.full(shape, 0.3)  # a flat image has no detail and a flat top
     fb, ft = laplacian_pyramid(flat, levels)
-    assert max(float(b.abs().max()) for b in fb) < 1e-6 and torch.allclose(ft, flat[..., : ft.shape[-2], : ft.shape[-1]])
+    assert max(float(b.abs().max()) for b in fb) < 1e-6 and torch.allclose(
+        ft, flat[..., : ft.shape[-2], : ft.shape[-1]]
+    )

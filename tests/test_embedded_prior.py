@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import dig2dig
-from dig2dig.prior import embedded_available, load_prior
 from dig2dig.io import file_sha256
+from dig2dig.prior import embedded_available, load_prior
 from dig2dig.prior.embedded import EMBEDDED_DIR
 
 from .conftest import smooth_image

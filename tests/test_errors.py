@@ -26,19 +26,24 @@ import pytest
 import torch
 
 from dig2dig.cli import main
-from dig2dig.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, EXIT_USAGE
+from dig2dig.errors import EXIT_INTERRUPTED, EXIT_RESOURCE
 
 from .conftest import smooth_image
 
 
 def _png_header_only(w: int, h: int) -> bytes:
     """A PNG that declares w × h but carries four rows of data: decoding it fully would be the attack."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     raw = zlib.compress(b"\x00" * (w + 1) * 4)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", raw)
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture
@@ -48,9 +53,15 @@ def env(tmp_path, tiny_gray_prior_path):
         cv2.imwrite(str(tmp_path / name), arr[..., ::-1] if arr.ndim == 3 else arr)
         return str(tmp_path / name)
 
-    e = {"tmp": str(tmp_path), "prior": str(tiny_gray_prior_path), "out": str(tmp_path / "out.png"),
-         "ir": write("ir.png", smooth_image(32, 40, 1)), "vis": write("vis.png", smooth_image(32, 40, 2, color=True)),
-         "small": write("small.png", smooth_image(20, 30, 3)), "ir2": write("ir2.png", smooth_image(32, 40, 1))}
+    e = {
+        "tmp": str(tmp_path),
+        "prior": str(tiny_gray_prior_path),
+        "out": str(tmp_path / "out.png"),
+        "ir": write("ir.png", smooth_image(32, 40, 1)),
+        "vis": write("vis.png", smooth_image(32, 40, 2, color=True)),
+        "small": write("small.png", smooth_image(20, 30, 3)),
+        "ir2": write("ir2.png", smooth_image(32, 40, 1)),
+    }
     cv2.imwrite(str(tmp_path / "one.png"), np.zeros((1, 1), np.uint8))
     cv2.imwrite(str(tmp_path / "float.tif"), np.zeros((32, 40), np.float32))
     (tmp_path / "notes.txt").write_text("not an image")
@@ -88,36 +99,72 @@ CASES = [
     ("missing source", ["fuse", "{ir}", "{tmp}/nope.png", "-o", "{out}", "--method", "average"], 2, "does not exist"),
     ("corrupt source", ["fuse", "{ir}", "{tmp}/corrupt.png", "-o", "{out}", "--method", "average"], 2, "cannot decode"),
     ("truncated source", ["fuse", "{ir}", "{tmp}/trunc.png", "-o", "{out}", "--method", "average"], 2, "cannot decode"),
-    ("text as source", ["fuse", "{ir}", "{tmp}/notes.txt", "-o", "{out}", "--method", "average"], 2,
-     "unsupported file type"),
+    (
+        "text as source",
+        ["fuse", "{ir}", "{tmp}/notes.txt", "-o", "{out}", "--method", "average"],
+        2,
+        "unsupported file type",
+    ),
     ("folder as source", ["fuse", "{ir}", "{tmp}/adir", "-o", "{out}", "--method", "average"], 2, "is a folder"),
     ("one pixel", ["fuse", "{ir}", "{tmp}/one.png", "-o", "{out}", "--method", "average"], 2, "too small"),
-    ("float tiff", ["fuse", "{ir}", "{tmp}/float.tif", "-o", "{out}", "--method", "average"], 2,
-     "unsupported sample type"),
-    ("30000x30000 header", ["fuse", "{ir}", "{tmp}/huge.png", "-o", "{out}", "--method", "average"], 2,
-     "900 megapixels"),
+    (
+        "float tiff",
+        ["fuse", "{ir}", "{tmp}/float.tif", "-o", "{out}", "--method", "average"],
+        2,
+        "unsupported sample type",
+    ),
+    (
+        "30000x30000 header",
+        ["fuse", "{ir}", "{tmp}/huge.png", "-o", "{out}", "--method", "average"],
+        2,
+        "900 megapixels",
+    ),
     ("pixel limit", [*AVG, "--max-pixels", "100"], 2, "1,280 pixels, more than the limit of 100"),
     ("pixel limit zero", [*AVG, "--max-pixels", "0"], 2, "must be at least 1"),
-    ("sizes differ", ["fuse", "{ir}", "{small}", "-o", "{out}", "--method", "average"], 2,
-     "or pass --resize to resample"),
-    ("HDR named .png", ["fuse", "{ir}", "{tmp}/hdr.png", "-o", "{out}", "--method", "average"], 2,
-     "not a PNG, JPEG, TIFF or BMP"),
+    (
+        "sizes differ",
+        ["fuse", "{ir}", "{small}", "-o", "{out}", "--method", "average"],
+        2,
+        "or pass --resize to resample",
+    ),
+    (
+        "HDR named .png",
+        ["fuse", "{ir}", "{tmp}/hdr.png", "-o", "{out}", "--method", "average"],
+        2,
+        "not a PNG, JPEG, TIFF or BMP",
+    ),
     ("mistyped flag", [*AVG, "--stpes", "3"], 2, "unrecognized arguments: --stpes 3 (did you mean --steps?)"),
-    ("prior spec without architecture", [*AVG[:-2], "--prior", "{tmp}/noarch"], 2,
-     "spec.json has no 'architecture' key"),
+    (
+        "prior spec without architecture",
+        [*AVG[:-2], "--prior", "{tmp}/noarch"],
+        2,
+        "spec.json has no 'architecture' key",
+    ),
     ("serve beyond loopback, no token", ["serve", "--host", "0.0.0.0"], 2, "pass --token auto"),
     ("serve short token", ["serve", "--token", "abc"], 2, "use at least 12"),
     ("one source", ["fuse", "{ir}", "-o", "{out}", "--method", "average"], 2, "2 or more sources, got 1"),
-    ("ddfm with three", ["fuse", "{ir}", "{vis}", "{ir2}", "-o", "{out}", "--prior", "{prior}", "--method", "ddfm"], 2,
-     "exactly 2 sources"),
+    (
+        "ddfm with three",
+        ["fuse", "{ir}", "{vis}", "{ir2}", "-o", "{out}", "--prior", "{prior}", "--method", "ddfm"],
+        2,
+        "exactly 2 sources",
+    ),
     # outputs
     ("output is a source", ["fuse", "{ir}", "{vis}", "-o", "{ir}", "--method", "average"], 2, "would destroy"),
     ("output is a folder", ["fuse", "{ir}", "{vis}", "-o", "{tmp}/adir", "--method", "average"], 2, "is a folder"),
-    ("output folder missing", ["fuse", "{ir}", "{vis}", "-o", "{tmp}/no/out.png", "--method", "average"], 2,
-     "does not exist"),
+    (
+        "output folder missing",
+        ["fuse", "{ir}", "{vis}", "-o", "{tmp}/no/out.png", "--method", "average"],
+        2,
+        "does not exist",
+    ),
     ("output extension", ["fuse", "{ir}", "{vis}", "-o", "{tmp}/out.xyz", "--method", "average"], 2, "extension"),
-    ("16-bit jpeg", ["fuse", "{ir}", "{vis}", "-o", "{tmp}/o.jpg", "--method", "average", "--bit-depth", "16"], 2,
-     "--bit-depth 16"),
+    (
+        "16-bit jpeg",
+        ["fuse", "{ir}", "{vis}", "-o", "{tmp}/o.jpg", "--method", "average", "--bit-depth", "16"],
+        2,
+        "--bit-depth 16",
+    ),
     ("report is a folder", [*AVG, "--report", "{tmp}/adir"], 2, "is a folder"),
     ("report is a source", [*AVG, "--report", "{vis}"], 2, "would destroy"),
     ("save-dig is a file", [*FUSE, "--save-dig", "{ir}"], 2, "is a file"),
@@ -159,63 +206,164 @@ CASES = [
     ("ccf lr 0", [*FUSE, "--method", "ccf", "--lr", "0"], 2, "lr=0.0 is out of range"),
     ("batch -o the dataset", ["batch", "{ds}", "-o", "{ds}", "--method", "average"], 2, "inside the dataset"),
     ("batch -o a pair folder", ["batch", "{ds}", "-o", "{ds}/p0", "--method", "average"], 2, "inside the dataset"),
-    ("batch run file name", ["batch", "{tmp}/summary.csv", "-o", "{tmp}/b", "--method", "average"], 2,
-     "keeps for its summary file"),
-    ("batch manifest task", ["batch", "{tmp}/task.csv", "-o", "{tmp}/b", "--method", "average"], 2,
-     "task 'xyz' is not one of"),
-    ("batch manifest output", ["batch", "{tmp}/webp.csv", "-o", "{tmp}/b", "--method", "average"], 2,
-     "needs one of the extensions"),
-    ("batch manifest empty", ["batch", "{tmp}/header.csv", "-o", "{tmp}/b", "--method", "average"], 2,
-     "lists no items"),
+    (
+        "batch run file name",
+        ["batch", "{tmp}/summary.csv", "-o", "{tmp}/b", "--method", "average"],
+        2,
+        "keeps for its summary file",
+    ),
+    (
+        "batch manifest task",
+        ["batch", "{tmp}/task.csv", "-o", "{tmp}/b", "--method", "average"],
+        2,
+        "task 'xyz' is not one of",
+    ),
+    (
+        "batch manifest output",
+        ["batch", "{tmp}/webp.csv", "-o", "{tmp}/b", "--method", "average"],
+        2,
+        "needs one of the extensions",
+    ),
+    (
+        "batch manifest empty",
+        ["batch", "{tmp}/header.csv", "-o", "{tmp}/b", "--method", "average"],
+        2,
+        "lists no items",
+    ),
     ("batch folder and glob", ["batch", "{ds}", "{tmp}/*.png", "-o", "{tmp}/b"], 2, "not a mix"),
-    ("batch ray unreachable", ["batch", "{ds}", "-o", "{tmp}/b", "--executor", "ray", "--ray-address",
-                               "127.0.0.1:1"], 2, "cannot reach the Ray cluster"),
-    ("fifo source", ["fuse", "{ir}", "{tmp}/fifo.png", "-o", "{out}", "--method", "average"], 2,
-     "not a regular file"),
+    (
+        "batch ray unreachable",
+        ["batch", "{ds}", "-o", "{tmp}/b", "--executor", "ray", "--ray-address", "127.0.0.1:1"],
+        2,
+        "cannot reach the Ray cluster",
+    ),
+    ("fifo source", ["fuse", "{ir}", "{tmp}/fifo.png", "-o", "{out}", "--method", "average"], 2, "not a regular file"),
     ("report is the output", [*AVG, "--report", "{out}"], 2, "is the output image"),
-    ("save-dig over a source", ["fuse", "{ir}", "{tmp}/dig_curves.png", "-o", "{out}", "--prior", "{prior}",
-                                "--steps", "2", "--save-dig", "{tmp}"], 2, "would write over the source"),
-    ("save-dig over the output", ["fuse", "{ir}", "{vis}", "-o", "{tmp}/d/dig_curves.png", "--prior", "{prior}",
-                                  "--steps", "2", "--save-dig", "{tmp}/d"], 2,
-     "would write over the output"),
-    ("dig-region twice", [*FUSE, "--save-dig", "{tmp}/dig", "--dig-region", "a=0,0,5,5", "--dig-region",
-                          "a=1,1,6,6"], 2, "given twice"),
-    ("prior-config without prior", [*AVG[:-2], "--prior-config", "{tmp}/notes.txt"], 2,
-     "the embedded prior has its own spec"),
+    (
+        "save-dig over a source",
+        [
+            "fuse",
+            "{ir}",
+            "{tmp}/dig_curves.png",
+            "-o",
+            "{out}",
+            "--prior",
+            "{prior}",
+            "--steps",
+            "2",
+            "--save-dig",
+            "{tmp}",
+        ],
+        2,
+        "would write over the source",
+    ),
+    (
+        "save-dig over the output",
+        [
+            "fuse",
+            "{ir}",
+            "{vis}",
+            "-o",
+            "{tmp}/d/dig_curves.png",
+            "--prior",
+            "{prior}",
+            "--steps",
+            "2",
+            "--save-dig",
+            "{tmp}/d",
+        ],
+        2,
+        "would write over the output",
+    ),
+    (
+        "dig-region twice",
+        [*FUSE, "--save-dig", "{tmp}/dig", "--dig-region", "a=0,0,5,5", "--dig-region", "a=1,1,6,6"],
+        2,
+        "given twice",
+    ),
+    (
+        "prior-config without prior",
+        [*AVG[:-2], "--prior-config", "{tmp}/notes.txt"],
+        2,
+        "the embedded prior has its own spec",
+    ),
     ("ccf lr 1e308", [*FUSE, "--method", "ccf", "--lr", "1e308"], 2, "lr=1e+308 is out of range"),
     ("smooth 1e9", [*FUSE, "--smooth", "1e9"], 2, "smooth=1000000000.0 is out of range"),
     ("extractor import", [*FUSE, "--method", "ccf", "--feature-extractor", "nomodule_xyz:x"], 2, "cannot import it"),
-    ("extractor class", [*FUSE, "--method", "ccf", "--feature-extractor", "torch.nn:Linear"], 2,
-     "cannot be created without arguments"),
-    ("extractor fails", [*FUSE, "--method", "ccf", "--feature-extractor", "os:getcwd"], 2,
-     "failed on a source"),
+    (
+        "extractor class",
+        [*FUSE, "--method", "ccf", "--feature-extractor", "torch.nn:Linear"],
+        2,
+        "cannot be created without arguments",
+    ),
+    ("extractor fails", [*FUSE, "--method", "ccf", "--feature-extractor", "os:getcwd"], 2, "failed on a source"),
     # eval, bench, prior
-    ("eval csv over a source", ["eval", "{tmp}/adir", "--sources", "{ds}", "--csv", "{ds}/p0/ir.png"], 2,
-     "would destroy"),
-    ("eval csv and md one file", ["eval", "{tmp}/adir", "--sources", "{ds}", "--csv", "{tmp}/r.csv", "--md",
-                                  "{tmp}/r.csv"], 2, "is the --csv file"),
-    ("bench twice a method", ["bench", "--datasets", "{ds}", "--methods", "average", "average", "--out",
-                              "{tmp}/bn"], 2, "listed twice"),
-    ("bench out in dataset", ["bench", "--datasets", "{ds}", "--methods", "average", "--out", "{ds}/bn"], 2,
-     "inside the dataset"),
-    ("prior eval huge sigma", ["prior", "eval", "--images", "{tmp}/adir", "--sigma", "1e6"], 2,
-     "outside the noise levels"),
+    (
+        "eval csv over a source",
+        ["eval", "{tmp}/adir", "--sources", "{ds}", "--csv", "{ds}/p0/ir.png"],
+        2,
+        "would destroy",
+    ),
+    (
+        "eval csv and md one file",
+        ["eval", "{tmp}/adir", "--sources", "{ds}", "--csv", "{tmp}/r.csv", "--md", "{tmp}/r.csv"],
+        2,
+        "is the --csv file",
+    ),
+    (
+        "bench twice a method",
+        ["bench", "--datasets", "{ds}", "--methods", "average", "average", "--out", "{tmp}/bn"],
+        2,
+        "listed twice",
+    ),
+    (
+        "bench out in dataset",
+        ["bench", "--datasets", "{ds}", "--methods", "average", "--out", "{ds}/bn"],
+        2,
+        "inside the dataset",
+    ),
+    (
+        "prior eval huge sigma",
+        ["prior", "eval", "--images", "{tmp}/adir", "--sigma", "1e6"],
+        2,
+        "outside the noise levels",
+    ),
     ("serve port", ["serve", "--port", "99999"], 2, "must be in [1, 65535]"),
-    ("eval metric", ["eval", "{tmp}/adir", "--sources", "{ds}", "--csv", "{tmp}/r.csv", "--metrics", "NOPE"], 2,
-     "unknown metric 'NOPE'"),
-    ("bench peers missing", ["bench", "--datasets", "{ds}", "--peers", "{tmp}/none", "--out", "{tmp}/bn"], 2,
-     "not found"),
+    (
+        "eval metric",
+        ["eval", "{tmp}/adir", "--sources", "{ds}", "--csv", "{tmp}/r.csv", "--metrics", "NOPE"],
+        2,
+        "unknown metric 'NOPE'",
+    ),
+    (
+        "bench peers missing",
+        ["bench", "--datasets", "{ds}", "--peers", "{tmp}/none", "--out", "{tmp}/bn"],
+        2,
+        "not found",
+    ),
     ("prior info text", ["prior", "info", "--prior", "{tmp}/notes.txt"], 2, "cannot read"),
     ("eval folder missing", ["eval", "{tmp}/none", "--sources", "{ds}", "--csv", "{tmp}/r.csv"], 2, "does not exist"),
-    ("eval convention", ["eval", "{tmp}/adir", "--sources", "{ds}", "--csv", "{tmp}/r.csv", "--convention", "x"], 2,
-     "unknown metric convention"),
+    (
+        "eval convention",
+        ["eval", "{tmp}/adir", "--sources", "{ds}", "--csv", "{tmp}/r.csv", "--convention", "x"],
+        2,
+        "unknown metric convention",
+    ),
     ("eval csv is a folder", ["eval", "{tmp}/adir", "--sources", "{ds}", "--csv", "{tmp}/adir"], 2, "is a folder"),
-    ("bench limit", ["bench", "--datasets", "{ds}", "--methods", "average", "--out", "{tmp}/bn", "--limit", "0"], 2,
-     "must be at least 1"),
+    (
+        "bench limit",
+        ["bench", "--datasets", "{ds}", "--methods", "average", "--out", "{tmp}/bn", "--limit", "0"],
+        2,
+        "must be at least 1",
+    ),
     ("prior eval sigma", ["prior", "eval", "--images", "{tmp}/adir", "--sigma", "-5"], 2, "positive number"),
     ("prior eval images", ["prior", "eval", "--images", "{tmp}/none"], 2, "does not exist"),
-    ("prior train config", ["prior", "train", "--config", "{tmp}/none.toml", "--out", "{tmp}/t"], 2,
-     "none.toml' does not exist"),
+    (
+        "prior train config",
+        ["prior", "train", "--config", "{tmp}/none.toml", "--out", "{tmp}/t"],
+        2,
+        "none.toml' does not exist",
+    ),
     ("prior info cuda", ["prior", "info", "--device", "cuda"], 2, "use --device cpu"),
 ]
 
@@ -392,8 +540,12 @@ def test_a_kill_at_each_write_of_a_batch_then_resume(tmp_path):
     k, crashed = 1, 0
     while True:
         out = tmp_path / f"out{k}"
-        p = subprocess.run([sys.executable, str(script), *args, "-o", str(out)], capture_output=True, text=True,
-                           env={**os.environ, "CRASH_AT": str(k)})
+        p = subprocess.run(
+            [sys.executable, str(script), *args, "-o", str(out)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "CRASH_AT": str(k)},
+        )
         if p.returncode == 0:  # no k-th write: every crash point has been tried
             break
         assert p.returncode == 9, p.stderr
@@ -436,18 +588,22 @@ def test_the_loader_reads_or_refuses_any_bytes(tmp_path, data, suffix):
 
 
 @PROPERTY
-@given(shape=st.tuples(st.integers(1, 20), st.integers(1, 20)).flatmap(
-           lambda hw: st.sampled_from([hw, (*hw, 1), (*hw, 3), (*hw, 4), (*hw, 2)])),
-       dtype=st.sampled_from([np.uint8, np.uint16, np.float32, np.float64, np.int32, np.bool_]),
-       data=st.data())
+@given(
+    shape=st.tuples(st.integers(1, 20), st.integers(1, 20)).flatmap(
+        lambda hw: st.sampled_from([hw, (*hw, 1), (*hw, 3), (*hw, 4), (*hw, 2)])
+    ),
+    dtype=st.sampled_from([np.uint8, np.uint16, np.float32, np.float64, np.int32, np.bool_]),
+    data=st.data(),
+)
 def test_in_memory_images_are_validated(shape, dtype, data):
     import warnings
 
     from dig2dig.errors import ImageError
     from dig2dig.io import to_float_image
 
-    arr = data.draw(arrays(dtype, shape, elements=st.floats(-1, 2, width=32) if dtype in (np.float32, np.float64)
-                           else None))
+    arr = data.draw(
+        arrays(dtype, shape, elements=st.floats(-1, 2, width=32) if dtype in (np.float32, np.float64) else None)
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -458,10 +614,15 @@ def test_in_memory_images_are_validated(shape, dtype, data):
 
 
 @PROPERTY
-@given(spec=st.one_of(st.text(max_size=20), st.integers(-5, 1200),
-                      st.lists(st.integers(-10, 1100), max_size=6),
-                      st.builds(lambda n, p: f"power:{n}:{p}", st.integers(-2, 1200), st.floats(-1, 5)),
-                      st.builds(lambda n: f"uniform:{n}", st.text(max_size=4))))
+@given(
+    spec=st.one_of(
+        st.text(max_size=20),
+        st.integers(-5, 1200),
+        st.lists(st.integers(-10, 1100), max_size=6),
+        st.builds(lambda n, p: f"power:{n}:{p}", st.integers(-2, 1200), st.floats(-1, 5)),
+        st.builds(lambda n: f"uniform:{n}", st.text(max_size=4)),
+    )
+)
 def test_the_grid_parser_returns_a_grid_or_says_why(spec):
     from dig2dig.schedule import make_grid
 
@@ -480,9 +641,16 @@ def test_option_validators_accept_only_what_they_document(data):
 
     m = data.draw(st.sampled_from([m for m in METHODS.values() if m.options.infos()]))
     info = data.draw(st.sampled_from(m.options.infos()))
-    value = data.draw(st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
-                                st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-                                *(st.sampled_from(info.choices),) if info.choices else ()))
+    value = data.draw(
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-(10**6), 10**6),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.text(max_size=12),
+            *(st.sampled_from(info.choices),) if info.choices else (),
+        )
+    )
     try:
         opts = m.configure({info.name: value})
     except ValueError as e:

@@ -91,12 +91,23 @@ def test_fp32_on_the_cpu_is_the_plain_forward_and_half_precision_runs(tiny_gray_
 
 def test_the_gpu_check_runs_end_to_end_in_its_smoke_mode(tmp_path):
     out = tmp_path / "gpu.md"
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     table = out.read_text()
-    for needle in ("dig2dig-3 | adm-tiny", "ddfm-3 | embedded", "ccf-3", "| bf16 |", "| fp16 |", "max_batch 2",
-                   "tiled | embedded | 128x96"):
+    for needle in (
+        "dig2dig-3 | adm-tiny",
+        "ddfm-3 | embedded",
+        "ccf-3",
+        "| bf16 |",
+        "| fp16 |",
+        "max_batch 2",
+        "tiled | embedded | 128x96",
+    ):
         assert needle in table, needle
     assert out.with_suffix(".json").is_file()
 
@@ -124,4 +135,3 @@ def test_a_compiled_prior_fuses_like_the_eager_one(tiny_gray_prior):
     eager = dig2dig.fuse([a, b], steps=2, prior=tiny_gray_prior)
     compiled = dig2dig.fuse([a, b], steps=2, prior=tiny_gray_prior, compile=True)
     assert compiled.config["prior_run"]["compiled"] and np.abs(compiled.image - eager.image).max() < 1e-4
-

@@ -306,8 +306,10 @@ def test_registry_directions_follow_the_spec():
 
 
 def test_registry_names_cover_the_brief():
-    wanted = "EN SD SF AG EI MI NMI CE SCD CC MSE RMSE PSNR SSIM MS_SSIM MEF_SSIM VIF VIFF Qabf Nabf Nabf1 Labf " \
-             "Qcb Qcv Qc Qy Qw Qe FMI Qncie TE LPIPS"
+    wanted = (
+        "EN SD SF AG EI MI NMI CE SCD CC MSE RMSE PSNR SSIM MS_SSIM MEF_SSIM VIF VIFF Qabf Nabf Nabf1 Labf "
+        "Qcb Qcv Qc Qy Qw Qe FMI Qncie TE LPIPS"
+    )
     assert set(wanted.split()) <= set(M.metric_names())
     assert M.variants("SSIM")[0] == "cdd"
     assert get_metric("FMI", "dct").variant == "dct"
@@ -321,8 +323,19 @@ def test_convention_listing_and_table():
     assert M.list_conventions() == ["cddfuse", "vifb", "mefb"]
     vifb = list_metrics("vifb")
     assert [m.label for m in vifb] == [
-        "Cross_entropy", "Entropy", "Mutinf", "Psnr", "Avg_gradient", "Edge_intensity", "Qabf",
-        "Variance", "Spatial_frequency", "Rmse", "Ssim", "Qcb", "Qcv",
+        "Cross_entropy",
+        "Entropy",
+        "Mutinf",
+        "Psnr",
+        "Avg_gradient",
+        "Edge_intensity",
+        "Qabf",
+        "Variance",
+        "Spatial_frequency",
+        "Rmse",
+        "Ssim",
+        "Qcb",
+        "Qcv",
     ]
     assert {m.name: m.higher_is_better for m in vifb}["Qcv"] is False
     mefb = {m.name: m for m in list_metrics("mefb")}
@@ -461,8 +474,11 @@ def lpips_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("lpips")
     torch.save(trunk, d / "alexnet.pth")
     torch.save(heads, d / "alex.pth")
-    combined = {f"net.slice{1 + [0, 3, 6, 8, 10].index(int(k.split('.')[1]))}.{k.split('.', 1)[1]}": v
-                for k, v in trunk.items() if k.startswith("features.")}
+    combined = {
+        f"net.slice{1 + [0, 3, 6, 8, 10].index(int(k.split('.')[1]))}.{k.split('.', 1)[1]}": v
+        for k, v in trunk.items()
+        if k.startswith("features.")
+    }
     combined.update(heads)
     torch.save(combined, d / "lpips_full.pth")
     return d
@@ -524,8 +540,24 @@ def test_eval_cli_takes_lpips_weights(lpips_files, monkeypatch, tmp_path):
     cv2.imwrite(str(tmp_path / "ds" / "p0" / "vis.png"), vis[..., ::-1])
     cv2.imwrite(str(tmp_path / "mine" / "p0.png"), fused[..., ::-1])
     weights = os.pathsep.join(str(lpips_files / n) for n in ("alexnet.pth", "alex.pth"))
-    assert main(["eval", str(tmp_path / "mine"), "--sources", str(tmp_path / "ds"), "--metrics", "LPIPS,SSIM",
-                 "--lpips-weights", weights, "--csv", str(tmp_path / "r.csv"), "-q"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "mine"),
+                "--sources",
+                str(tmp_path / "ds"),
+                "--metrics",
+                "LPIPS,SSIM",
+                "--lpips-weights",
+                weights,
+                "--csv",
+                str(tmp_path / "r.csv"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     rows = {r["metric"]: float(r["value"]) for r in csv.DictReader(open(tmp_path / "r.csv"))}
     assert set(rows) == {"LPIPS", "SSIM"} and rows["LPIPS"] > 0
 

@@ -67,8 +67,11 @@ def test_same_seed_same_bytes_and_other_seed_differs(tiny_prior, tmp_path):
 
 
 def test_batch_equals_items_one_by_one(tiny_prior):
-    pairs = [[smooth_image(24, 40, 1), smooth_image(24, 40, 2)], [smooth_image(24, 40, 3), smooth_image(24, 40, 4)],
-             [smooth_image(16, 16, 5), smooth_image(16, 16, 6)]]
+    pairs = [
+        [smooth_image(24, 40, 1), smooth_image(24, 40, 2)],
+        [smooth_image(24, 40, 3), smooth_image(24, 40, 4)],
+        [smooth_image(16, 16, 5), smooth_image(16, 16, 6)],
+    ]
     batch = dig2dig.fuse_batch(pairs, steps=4, seeds=[11, 12, 13], prior=tiny_prior, task="vif")
     stacked = dig2dig.fuse_batch(pairs, steps=4, seeds=[11, 12, 13], prior=tiny_prior, task="vif", max_batch=3)
     for pair, seed, rb, rs in zip(pairs, (11, 12, 13), batch, stacked):
@@ -210,12 +213,15 @@ def test_laplacian_and_guided_keep_the_sharper_source():
         assert np.abs(f - sharp).mean() < np.abs(baselines.average([blurred, sharp]) - sharp).mean()
 
 
-@pytest.mark.parametrize("kw,message", [
-    ({"steps": True}, "steps=True: give a step count (a whole number, not bool)"),
-    ({"steps": 2.0}, "steps=2.0: give a step count (a whole number, not float)"),
-    ({"steps": np.float32(3)}, "not float32"),
-    ({"method": "ddfm", "steps": False}, "not bool"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"steps": True}, "steps=True: give a step count (a whole number, not bool)"),
+        ({"steps": 2.0}, "steps=2.0: give a step count (a whole number, not float)"),
+        ({"steps": np.float32(3)}, "not float32"),
+        ({"method": "ddfm", "steps": False}, "not bool"),
+    ],
+)
 def test_steps_of_the_wrong_type_are_named(tiny_prior, kw, message):
     a = smooth_image(16, 16, 1)
     with pytest.raises(ValueError) as e:

@@ -64,8 +64,22 @@ def test_prior_eval_command_on_two_tiny_images(tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
     for k in range(2):
         cv2.imwrite(str(tmp_path / "imgs" / f"{k}.png"), np.round(smooth_image(30, 42, k) * 255).astype(np.uint8))
-    assert main(["prior", "eval", "--images", str(tmp_path / "imgs"), "--sigma", "25", "--prior",
-                 str(tmp_path / "p"), "--per-image"]) == 0
+    assert (
+        main(
+            [
+                "prior",
+                "eval",
+                "--images",
+                str(tmp_path / "imgs"),
+                "--sigma",
+                "25",
+                "--prior",
+                str(tmp_path / "p"),
+                "--per-image",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "sigma 25: t=56" in out and "0.png" in out
 
@@ -112,7 +126,7 @@ def test_training_loop_runs_and_the_loss_decreases(tmp_path):
     cv2.imwrite(str(check / "c.png"), np.round(smooth_image(32, 32, 9) * 255).astype(np.uint8))
     arch = "\n".join(f"{k} = {json.dumps(v)}" for k, v in SMALL.items())
     cfg = tmp_path / "t.toml"
-    cfg.write_text(f"""[architecture]\n{arch}\n[data]\nroot = "{tmp_path / 'data'}"\nfolders = ["train"]
+    cfg.write_text(f"""[architecture]\n{arch}\n[data]\nroot = "{tmp_path / "data"}"\nfolders = ["train"]
 weights = [1.0]\nexclude = ["check"]\ncheck_folder = "check"\ncrop = 16\nbatch = 8
 [optim]\nlr = 2e-3\nwarmup = 1\nmax_steps = 100\nuniform_fraction = 1.0
 [run]\nlog_every = 25\neval_every = 50\ncheckpoint_every = 50\neval_sigmas = [25]\n""")

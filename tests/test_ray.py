@@ -54,9 +54,23 @@ def test_a_head_node_joined_by_address(dataset, tiny_gray_prior_path, local_resu
     port = _free_port()
     # a cluster with token authentication, as Ray sets up by default: head and client share the token
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    head = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         address = f"127.0.0.1:{port}"
         deadline = time.time() + 90
@@ -71,8 +85,25 @@ def test_a_head_node_joined_by_address(dataset, tiny_gray_prior_path, local_resu
         else:
             pytest.skip("the Ray head node did not come up within 90 s")
         out = tmp_path / "out"
-        cmd = [sys.executable, "-m", "dig2dig", "batch", str(dataset), "-o", str(out), "--executor", "ray",
-               "--ray-address", address, "--prior", str(tiny_gray_prior_path), "--steps", "2", "--seed", "3"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dig2dig",
+            "batch",
+            str(dataset),
+            "-o",
+            str(out),
+            "--executor",
+            "ray",
+            "--ray-address",
+            address,
+            "--prior",
+            str(tiny_gray_prior_path),
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+        ]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert p.returncode == 0, p.stderr[-2000:]
         assert files_of(out) == local_result
@@ -96,14 +127,16 @@ def local_cluster():
     ray.shutdown()
 
 
-def test_local_cluster_gives_the_bytes_of_the_local_executor(local_cluster, dataset, tiny_gray_prior_path,
-                                                            local_result, tmp_path):
+def test_local_cluster_gives_the_bytes_of_the_local_executor(
+    local_cluster, dataset, tiny_gray_prior_path, local_result, tmp_path
+):
     s = run_batch(collect_items([dataset]), tmp_path / "out", _config(tiny_gray_prior_path), executor="ray", **QUIET)
     assert (s.done, s.failed) == (4, [])
     assert files_of(tmp_path / "out") == local_result
     # resumed on the other executor: nothing to do
-    s = run_batch(collect_items([dataset]), tmp_path / "out", _config(tiny_gray_prior_path), executor="local",
-                  threads=1, **QUIET)
+    s = run_batch(
+        collect_items([dataset]), tmp_path / "out", _config(tiny_gray_prior_path), executor="local", threads=1, **QUIET
+    )
     assert (s.done, s.skipped) == (0, 4)
 
 

@@ -6,8 +6,10 @@ from dig2dig.schedule import alphas_cumprod, make_grid, power_grid, space_timest
 from .conftest import FIXTURES, need
 
 
-@pytest.mark.parametrize("case,steps", [("ddfm/ddfm_case1.npz", 10), ("ddfm/ddfm_case2.npz", 20),
-                                        ("ddfm/ddfm_case3.npz", 10), ("ccf/ccf_case1.npz", 10)])
+@pytest.mark.parametrize(
+    "case,steps",
+    [("ddfm/ddfm_case1.npz", 10), ("ddfm/ddfm_case2.npz", 20), ("ddfm/ddfm_case3.npz", 10), ("ccf/ccf_case1.npz", 10)],
+)
 def test_uniform_grid_equals_reference_respacing(case, steps):
     z = np.load(need(FIXTURES / case))
     assert uniform_grid(steps) == list(z["step_t_orig"])
@@ -77,8 +79,13 @@ def test_ddim_advance_hook_merges_steps_onto_later_grid_points(tiny_gray_prior):
         def advance(self, step, state):
             return self.rule(step)
 
-    out = ddim(tiny_gray_prior, x, grid, Merge(lambda step: 2 if step.index == 1 else 1),
-               callback=lambda o: seen.append((o.step.t, o.step.t_prev, o.next_index)))
+    out = ddim(
+        tiny_gray_prior,
+        x,
+        grid,
+        Merge(lambda step: 2 if step.index == 1 else 1),
+        callback=lambda o: seen.append((o.step.t, o.step.t_prev, o.next_index)),
+    )
     assert seen == [(999, 800, 1), (800, 400, 3), (400, 200, 4), (200, 0, 5), (0, -1, 6)]
     # merging every step from the start is the same as sampling on the thinned grid
     thin = ddim(tiny_gray_prior, x, grid[::2])

@@ -90,8 +90,9 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_fuse_help_lists_every_option_with_its_default():
     from dig2dig.methods import METHODS
 
-    out = subprocess.run([sys.executable, "-m", "dig2dig", "fuse", "--help"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dig2dig", "fuse", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     entries = {}  # flag -> its help text, joined over the wrapped lines
     for ln in out.splitlines():
         if ln.startswith("  -"):
@@ -109,8 +110,9 @@ def test_fuse_help_lists_every_option_with_its_default():
 def test_options_page_is_generated_from_the_records():
     from dig2dig.methods import options_document
 
-    assert (REPO / "docs" / "options.md").read_text() == options_document(), \
+    assert (REPO / "docs" / "options.md").read_text() == options_document(), (
         "docs/options.md is stale: python -m dig2dig.methods > docs/options.md"
+    )
 
 
 def test_fuse_docstring_carries_the_options_table():
@@ -128,13 +130,15 @@ def test_option_validation_names_the_value_and_the_range():
 
     m = get_method("dig2dig")
     assert m.configure({}).values() == m.defaults
-    for given, msg in (({"interval": 0}, "interval=0 is out of range; use in [1, 1000]"),
-                       ({"temperature": -1}, "temperature=-1 is out of range; use in (0, 1000]"),
-                       ({"accelerate": 1.0}, "accelerate=1.0 is out of range; use in [0, 1)"),
-                       ({"distance": "cos"}, "distance='cos' is not one of the choices; use l2, l1, ssim, none"),
-                       ({"interval": "x"}, "interval='x' is not an integer"),
-                       ({"smooth": float("nan")}, "is not a finite number"),
-                       ({"nope": 1}, "has no option(s) ['nope']")):
+    for given, msg in (
+        ({"interval": 0}, "interval=0 is out of range; use in [1, 1000]"),
+        ({"temperature": -1}, "temperature=-1 is out of range; use in (0, 1000]"),
+        ({"accelerate": 1.0}, "accelerate=1.0 is out of range; use in [0, 1)"),
+        ({"distance": "cos"}, "distance='cos' is not one of the choices; use l2, l1, ssim, none"),
+        ({"interval": "x"}, "interval='x' is not an integer"),
+        ({"smooth": float("nan")}, "is not a finite number"),
+        ({"nope": 1}, "has no option(s) ['nope']"),
+    ):
         with pytest.raises(ValueError) as e:
             m.configure(given)
         assert msg in str(e.value)
@@ -143,8 +147,18 @@ def test_option_validation_names_the_value_and_the_range():
         get_method("ccf").configure({"conditions": "mse,nope"})
 
 
-SHARED_MATH = {"luma", "gaussian_taps", "gaussian_blur", "local_ssim", "ssim_terms", "sobel", "x0_from_eps",
-               "item_noise", "to_signed", "to_unit"}
+SHARED_MATH = {
+    "luma",
+    "gaussian_taps",
+    "gaussian_blur",
+    "local_ssim",
+    "ssim_terms",
+    "sobel",
+    "x0_from_eps",
+    "item_noise",
+    "to_signed",
+    "to_unit",
+}
 
 
 def test_the_shared_image_math_is_defined_once():
@@ -155,8 +169,11 @@ def test_the_shared_image_math_is_defined_once():
         tree = ast.parse(path.read_text())
         methods = {id(f) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for f in c.body}
         for node in ast.walk(tree):
-            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(node) not in methods
-                    and node.name.lstrip("_") in SHARED_MATH):
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and id(node) not in methods
+                and node.name.lstrip("_") in SHARED_MATH
+            ):
                 homes.setdefault(node.name.lstrip("_"), []).append(str(path.relative_to(SRC)))
     assert set(homes) <= SHARED_MATH
     again = {k: v for k, v in homes.items() if v != ["functional.py"]}

@@ -37,8 +37,9 @@ def pair():
 
 @pytest.fixture(scope="module")
 def client(tiny_gray_prior_path):
-    with TestClient(create_app(prior=str(tiny_gray_prior_path), max_upload_mb=1.0, max_pixels=1_000_000),
-                    base_url=LOCAL) as c:
+    with TestClient(
+        create_app(prior=str(tiny_gray_prior_path), max_upload_mb=1.0, max_pixels=1_000_000), base_url=LOCAL
+    ) as c:
         yield c
 
 
@@ -63,7 +64,10 @@ def test_info_lists_methods_with_their_options_and_the_limits(client):
     dig = {o["name"]: o for o in info["methods"][0]["options"]}
     from dig2dig.options import DIGOptions
 
-    assert dig["interval"]["default"] == DIGOptions().interval and dig["temperature"]["default"] == DIGOptions().temperature
+    assert (
+        dig["interval"]["default"] == DIGOptions().interval
+        and dig["temperature"]["default"] == DIGOptions().temperature
+    )
     assert "paper" in str(dig["preset"]) and dig["blend"]["default"] == "pyramid"  # earlier rules one option away
     assert info["limits"]["max_upload_mb"] == 1.0 and "feature_extractor" in info["not_from_requests"]
     assert {"compile", "precision", "tile"} <= set(info["not_from_requests"]) and "prior_options" not in info
@@ -75,8 +79,11 @@ def test_info_lists_methods_with_their_options_and_the_limits(client):
 
 
 def test_a_job_from_upload_to_download(client, pair, tiny_gray_prior_path, tmp_path):
-    r = client.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", pair[1])),
-                    data={"method": "dig2dig", "steps": "6", "seed": "3", "options": '{"interval": 2}'})
+    r = client.post(
+        "/api/jobs",
+        files=_files(("ir.png", pair[0]), ("vis.png", pair[1])),
+        data={"method": "dig2dig", "steps": "6", "seed": "3", "options": '{"interval": 2}'},
+    )
     assert r.status_code == 201, r.text
     job = r.json()["id"]
     assert len(job) >= 16
@@ -97,44 +104,80 @@ def test_a_job_from_upload_to_download(client, pair, tiny_gray_prior_path, tmp_p
         (tmp_path / name).write_bytes(data)
     from dig2dig.cli import main
 
-    assert main(["fuse", str(tmp_path / "ir.png"), str(tmp_path / "vis.png"), "-o", str(tmp_path / "cli.png"),
-                 "--steps", "6", "--seed", "3", "--interval", "2", "--prior", str(tiny_gray_prior_path), "-q"]) == 0
+    assert (
+        main(
+            [
+                "fuse",
+                str(tmp_path / "ir.png"),
+                str(tmp_path / "vis.png"),
+                "-o",
+                str(tmp_path / "cli.png"),
+                "--steps",
+                "6",
+                "--seed",
+                "3",
+                "--interval",
+                "2",
+                "--prior",
+                str(tiny_gray_prior_path),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert png.content == (tmp_path / "cli.png").read_bytes()
     # forgotten on request
     assert client.delete(f"/api/jobs/{job}").json()["state"] == "done"
     assert client.get(f"/api/jobs/{job}").status_code == 404
 
 
-@pytest.mark.parametrize("files,data,code,message", [
-    ([("ir.png", "a")], {}, 422, "fuses 2 or more sources, got 1"),
-    ([("ir.png", "a"), ("vis.png", "b")], {"method": "magic"}, 422, "unknown method"),
-    ([("ir.png", "a"), ("vis.png", "b")], {"options": '{"interval": 0}'}, 422, "interval=0 is out of range"),
-    ([("ir.png", "a"), ("vis.png", "b")], {"options": "[1]"}, 422, "JSON object"),
-    ([("ir.png", "a"), ("vis.png", "b")], {"options": '{"feature_extractor": "os:system"}'}, 422,
-     "cannot be set from a web request"),
-    ([("ir.png", "a"), ("vis.png", "b")], {"steps": "0"}, 422, "steps must be between 1 and 1000"),
-    ([("ir.png", "a"), ("vis.png", "b")], {"seed": "-4"}, 422, "seed"),
-    ([("ir.png", "a"), ("vis.png", "b")], {"options": '{"compile": true}'}, 422, "cannot be set from a web request"),
-    ([("ir.png", "a"), ("vis.png", "b")], {"options": '{"precision": "fp16"}'}, 422, "the server decides"),
-    ([("ir.png", "a"), ("vis.png", "b")], {"resize": "maybe"}, 422, "resize 'maybe' must be true or false"),
-    ([("ir.png", "a"), ("vis.png", "b")], {"task": "fusion"}, 422, "unknown task"),
-    ([("ir.png", "a"), ("vis.png", "b"), ("x.png", "a")], {"method": "ddfm"}, 422, "exactly 2 sources"),
-    ([("ir.png", "a"), ("notes.png", "text")], {}, 422, "notes.png: cannot decode"),
-    ([("ir.png", "a"), ("small.png", "small")], {}, 422, "small.png is 30x20"),
-    ([("ir.png", "a"), ("huge.png", "huge")], {}, 422, "more than the limit of 1"),
-    ([("ir.png", "a"), ("vis.png", "big")], {}, 413, "more than the server's limit of 1 MB"),
-])
+@pytest.mark.parametrize(
+    "files,data,code,message",
+    [
+        ([("ir.png", "a")], {}, 422, "fuses 2 or more sources, got 1"),
+        ([("ir.png", "a"), ("vis.png", "b")], {"method": "magic"}, 422, "unknown method"),
+        ([("ir.png", "a"), ("vis.png", "b")], {"options": '{"interval": 0}'}, 422, "interval=0 is out of range"),
+        ([("ir.png", "a"), ("vis.png", "b")], {"options": "[1]"}, 422, "JSON object"),
+        (
+            [("ir.png", "a"), ("vis.png", "b")],
+            {"options": '{"feature_extractor": "os:system"}'},
+            422,
+            "cannot be set from a web request",
+        ),
+        ([("ir.png", "a"), ("vis.png", "b")], {"steps": "0"}, 422, "steps must be between 1 and 1000"),
+        ([("ir.png", "a"), ("vis.png", "b")], {"seed": "-4"}, 422, "seed"),
+        (
+            [("ir.png", "a"), ("vis.png", "b")],
+            {"options": '{"compile": true}'},
+            422,
+            "cannot be set from a web request",
+        ),
+        ([("ir.png", "a"), ("vis.png", "b")], {"options": '{"precision": "fp16"}'}, 422, "the server decides"),
+        ([("ir.png", "a"), ("vis.png", "b")], {"resize": "maybe"}, 422, "resize 'maybe' must be true or false"),
+        ([("ir.png", "a"), ("vis.png", "b")], {"task": "fusion"}, 422, "unknown task"),
+        ([("ir.png", "a"), ("vis.png", "b"), ("x.png", "a")], {"method": "ddfm"}, 422, "exactly 2 sources"),
+        ([("ir.png", "a"), ("notes.png", "text")], {}, 422, "notes.png: cannot decode"),
+        ([("ir.png", "a"), ("small.png", "small")], {}, 422, "small.png is 30x20"),
+        ([("ir.png", "a"), ("huge.png", "huge")], {}, 422, "more than the limit of 1"),
+        ([("ir.png", "a"), ("vis.png", "big")], {}, 413, "more than the server's limit of 1 MB"),
+    ],
+)
 def test_bad_requests_get_a_clear_status_and_message(client, pair, files, data, code, message):
-    blobs = {"a": pair[0], "b": pair[1], "text": b"not an image", "small": _png(smooth_image(20, 30, 3)),
-             "huge": _png(np.zeros((1100, 1000))), "big": np.random.default_rng(0).bytes(1_200_000)}
+    blobs = {
+        "a": pair[0],
+        "b": pair[1],
+        "text": b"not an image",
+        "small": _png(smooth_image(20, 30, 3)),
+        "huge": _png(np.zeros((1100, 1000))),
+        "big": np.random.default_rng(0).bytes(1_200_000),
+    }
     r = client.post("/api/jobs", files=_files(*((n, blobs[k]) for n, k in files)), data=data)
     assert r.status_code == code, r.text
     assert message in r.json()["detail"]
 
 
 def test_the_type_is_decided_by_decoding_not_by_the_name(client, pair):
-    r = client.post("/api/jobs", files=_files(("ir.jpg", pair[0]), ("vis.bmp", pair[1])),
-                    data={"method": "average"})
+    r = client.post("/api/jobs", files=_files(("ir.jpg", pair[0]), ("vis.bmp", pair[1])), data={"method": "average"})
     assert r.status_code == 201
     assert _wait(client, r.json()["id"])["state"] == "done"
 
@@ -142,8 +185,7 @@ def test_the_type_is_decided_by_decoding_not_by_the_name(client, pair):
 def test_unknown_and_unfinished_jobs(client, pair):
     assert client.get("/api/jobs/nope").status_code == 404
     assert client.delete("/api/jobs/nope").status_code == 404
-    r = client.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", pair[1])),
-                    data={"steps": "40"})
+    r = client.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", pair[1])), data={"steps": "40"})
     job = r.json()["id"]
     assert client.get(f"/api/jobs/{job}/result.png").status_code == 409
     client.delete(f"/api/jobs/{job}")
@@ -151,8 +193,13 @@ def test_unknown_and_unfinished_jobs(client, pair):
 
 
 def test_jobs_queue_one_at_a_time_and_cancel(client, pair):
-    post = lambda steps: client.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", pair[1])),  # noqa
-                                     data={"steps": str(steps), "method": "ddfm"}).json()
+    def post(steps):
+        return client.post(
+            "/api/jobs",
+            files=_files(("ir.png", pair[0]), ("vis.png", pair[1])),
+            data={"steps": str(steps), "method": "ddfm"},
+        ).json()
+
     first, second, third = post(200), post(3), post(3)
     assert second["position"] >= 1 and third["position"] > second["position"]
     _wait(client, first["id"], states=("running",))
@@ -209,8 +256,9 @@ def live_server(tiny_gray_prior_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(prior=str(tiny_gray_prior_path)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(prior=str(tiny_gray_prior_path)), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -221,8 +269,16 @@ def live_server(tiny_gray_prior_path):
     thread.join(timeout=30)
 
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def test_the_page_in_a_real_browser(live_server, tiny_gray_prior_path, tmp_path):
@@ -257,12 +313,14 @@ def test_the_page_in_a_real_browser(live_server, tiny_gray_prior_path, tmp_path)
         assert page.inner_text("#task-guess").startswith("guessed mif")
         page.click("button:has-text('Fuse')")
         deadline = time.time() + 120
-        while not page.evaluate("(() => { const r = document.getElementById('result');"
-                                " return r.complete && r.naturalWidth > 0; })()"):
+        while not page.evaluate(
+            "(() => { const r = document.getElementById('result'); return r.complete && r.naturalWidth > 0; })()"
+        ):
             assert time.time() < deadline, "no result within 120 s"
             time.sleep(0.1)
-        w, h = page.evaluate("[document.getElementById('result').naturalWidth, "
-                             "document.getElementById('result').naturalHeight]")
+        w, h = page.evaluate(
+            "[document.getElementById('result').naturalWidth, document.getElementById('result').naturalHeight]"
+        )
         src_h, src_w = cv2.imread(str(sources[0]), cv2.IMREAD_UNCHANGED).shape[:2]
         assert (w, h) == (src_w, src_h)
         assert "Done" in page.inner_text("#progress")
@@ -275,6 +333,8 @@ def test_the_page_in_a_real_browser(live_server, tiny_gray_prior_path, tmp_path)
     from dig2dig.cli import main
 
     out = tmp_path / "cli.png"
-    assert main(["fuse", *map(str, sources), "-o", str(out), "--steps", "2", "--prior", str(tiny_gray_prior_path),
-                 "-q"]) == 0
+    assert (
+        main(["fuse", *map(str, sources), "-o", str(out), "--steps", "2", "--prior", str(tiny_gray_prior_path), "-q"])
+        == 0
+    )
     assert downloaded == out.read_bytes()

@@ -32,8 +32,9 @@ def pair():
 
 @pytest.fixture(scope="module")
 def client(tiny_gray_prior_path):
-    with TestClient(create_app(prior=str(tiny_gray_prior_path), max_upload_mb=1.0, max_pixels=1_000_000),
-                    base_url=LOCAL) as c:
+    with TestClient(
+        create_app(prior=str(tiny_gray_prior_path), max_upload_mb=1.0, max_pixels=1_000_000), base_url=LOCAL
+    ) as c:
         yield c
 
 
@@ -69,8 +70,9 @@ def _rss_mb() -> float:
 
 def _busy(c, pair, steps: int = 1000) -> str:
     """A long job that keeps the worker busy (cancelled by the caller)."""
-    r = c.post("/api/jobs", files=_files(("a.png", pair[0]), ("b.png", pair[1])),
-               data={"method": "ddfm", "steps": str(steps)})
+    r = c.post(
+        "/api/jobs", files=_files(("a.png", pair[0]), ("b.png", pair[1])), data={"method": "ddfm", "steps": str(steps)}
+    )
     assert r.status_code == 201, r.text
     _wait(c, r.json()["id"], states=("running",))
     return r.json()["id"]
@@ -89,29 +91,58 @@ def _radiance(w: int, h: int) -> bytes:
     return f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {h} +X {w}\n".encode() + row * h
 
 
-@pytest.mark.parametrize("method,path,kw,code,says,never", [
-    ("get", "/api/info", {"headers": {"Host": "evil.example"}}, 400, "not to the host", ""),
-    ("get", "/api/info", {"headers": {"Host": "rebind.attacker.example:8000"}}, 400, "--allow-host", ""),
-    ("post", "/api/jobs", {"headers": EVIL}, 403, "from the origin", ""),
-    ("post", "/api/jobs", {"headers": {"Sec-Fetch-Site": "cross-site"}}, 403, "another site", ""),
-    ("delete", "/api/jobs/x", {"headers": EVIL}, 403, "refused", ""),
-    ("get", "/api/jobs/" + "x" * 60_000, {}, 404, "no such job", "xxxxxxxxxx"),
-    ("delete", "/api/jobs/" + "y" * 5000, {}, 404, "no such job", "yyyyyyyyyy"),
-    ("post", "/api/jobs", {"data": {"steps": "\u00b2"}}, 422, "steps", "invalid literal"),
-    ("post", "/api/jobs", {"data": {"seed": "9" * 5000}}, 422, "must be a whole number", "Exceeds"),
-    ("post", "/api/jobs", {"data": {"steps": "1" * 5000}}, 422, "give a step count", "Exceeds"),
-    ("post", "/api/jobs", {"data": {"options": '{"interval": 1' + "0" * 5000 + "}"}}, 422, "JSON object", "Exceeds"),
-    ("post", "/api/jobs", {"files9": True}, 422, "at most 8 sources", "Maximum number of files"),
-    ("post", "/api/jobs", {"raw": b"seed=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 422,
-     "multipart/form-data", ""),
-    ("post", "/api/jobs", {"data": {"task": "t" * 3000}}, 422, "unknown task", "tttttttttttttttttttttttttttttttttttttttttttt"),
-    ("post", "/api/jobs", {"data": {"options": "[" * 3000}}, 422, "too deeply nested", ""),
-    ("post", "/api/jobs", {"extra_files": [("method", ("m.txt", b"dig2dig", "text/plain"))]}, 422,
-     "method must be a text field", "UploadFile"),
-    ("post", "/api/jobs", {"hdr": True}, 422, "not a PNG, JPEG, TIFF or BMP", ""),
-    ("get", "/api/info", {"headers": {"Host": "[::1]evil.example"}}, 400, "not to the host", ""),
-    ("get", "/api/info", {"headers": {"Host": "127.0.0.1:80@evil.example"}}, 400, "not to the host", ""),
-])
+@pytest.mark.parametrize(
+    "method,path,kw,code,says,never",
+    [
+        ("get", "/api/info", {"headers": {"Host": "evil.example"}}, 400, "not to the host", ""),
+        ("get", "/api/info", {"headers": {"Host": "rebind.attacker.example:8000"}}, 400, "--allow-host", ""),
+        ("post", "/api/jobs", {"headers": EVIL}, 403, "from the origin", ""),
+        ("post", "/api/jobs", {"headers": {"Sec-Fetch-Site": "cross-site"}}, 403, "another site", ""),
+        ("delete", "/api/jobs/x", {"headers": EVIL}, 403, "refused", ""),
+        ("get", "/api/jobs/" + "x" * 60_000, {}, 404, "no such job", "xxxxxxxxxx"),
+        ("delete", "/api/jobs/" + "y" * 5000, {}, 404, "no such job", "yyyyyyyyyy"),
+        ("post", "/api/jobs", {"data": {"steps": "\u00b2"}}, 422, "steps", "invalid literal"),
+        ("post", "/api/jobs", {"data": {"seed": "9" * 5000}}, 422, "must be a whole number", "Exceeds"),
+        ("post", "/api/jobs", {"data": {"steps": "1" * 5000}}, 422, "give a step count", "Exceeds"),
+        (
+            "post",
+            "/api/jobs",
+            {"data": {"options": '{"interval": 1' + "0" * 5000 + "}"}},
+            422,
+            "JSON object",
+            "Exceeds",
+        ),
+        ("post", "/api/jobs", {"files9": True}, 422, "at most 8 sources", "Maximum number of files"),
+        (
+            "post",
+            "/api/jobs",
+            {"raw": b"seed=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+            422,
+            "multipart/form-data",
+            "",
+        ),
+        (
+            "post",
+            "/api/jobs",
+            {"data": {"task": "t" * 3000}},
+            422,
+            "unknown task",
+            "tttttttttttttttttttttttttttttttttttttttttttt",
+        ),
+        ("post", "/api/jobs", {"data": {"options": "[" * 3000}}, 422, "too deeply nested", ""),
+        (
+            "post",
+            "/api/jobs",
+            {"extra_files": [("method", ("m.txt", b"dig2dig", "text/plain"))]},
+            422,
+            "method must be a text field",
+            "UploadFile",
+        ),
+        ("post", "/api/jobs", {"hdr": True}, 422, "not a PNG, JPEG, TIFF or BMP", ""),
+        ("get", "/api/info", {"headers": {"Host": "[::1]evil.example"}}, 400, "not to the host", ""),
+        ("get", "/api/info", {"headers": {"Host": "127.0.0.1:80@evil.example"}}, 400, "not to the host", ""),
+    ],
+)
 def test_each_bad_request_gets_a_short_clear_answer(client, pair, method, path, kw, code, says, never):
     kw = dict(kw)
     if kw.pop("files9", False):
@@ -141,8 +172,12 @@ def test_every_answer_carries_the_security_headers(client):
 
 
 def test_a_write_from_the_page_itself_is_accepted(client, pair):
-    r = client.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", pair[1])), data={"method": "average"},
-                    headers={"Origin": LOCAL, "Sec-Fetch-Site": "same-origin"})
+    r = client.post(
+        "/api/jobs",
+        files=_files(("ir.png", pair[0]), ("vis.png", pair[1])),
+        data={"method": "average"},
+        headers={"Origin": LOCAL, "Sec-Fetch-Site": "same-origin"},
+    )
     assert r.status_code == 201, r.text
     assert _wait(client, r.json()["id"])["state"] == "done"
 
@@ -189,8 +224,12 @@ def test_the_queue_is_bounded_in_jobs_with_retry_after(tiny_gray_prior_path, pai
         assert 1 <= int(full.headers["retry-after"]) <= 600
         c.delete(f"/api/jobs/{running}")
         assert _wait(c, queued.json()["id"])["state"] == "done"
-        assert c.post("/api/jobs", files=_files(("a.png", pair[0]), ("b.png", pair[1])),
-                      data={"method": "average"}).status_code == 201  # room again
+        assert (
+            c.post(
+                "/api/jobs", files=_files(("a.png", pair[0]), ("b.png", pair[1])), data={"method": "average"}
+            ).status_code
+            == 201
+        )  # room again
 
 
 def test_the_queue_is_bounded_in_pixels(tiny_gray_prior_path, pair):
@@ -282,8 +321,9 @@ def test_decoding_an_upload_does_not_hold_up_other_requests(tiny_gray_prior_path
     with live(app) as port:
         body, ctype = _multipart([("a.png", pair[0]), ("b.png", pair[1])], {"method": "average"})
         answer = {}
-        t = threading.Thread(target=lambda: answer.update(r=request(port, "POST", "/api/jobs", body,
-                                                                   {"Content-Type": ctype})))
+        t = threading.Thread(
+            target=lambda: answer.update(r=request(port, "POST", "/api/jobs", body, {"Content-Type": ctype}))
+        )
         t.start()
         time.sleep(0.3)
         latencies = []
@@ -306,8 +346,11 @@ def test_a_client_that_hangs_up_mid_upload_costs_one_log_line(tiny_gray_prior_pa
     caplog.set_level(logging.WARNING)
     with live(app) as port:
         with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 500000\r\n"
-                      f"Content-Type: multipart/form-data; boundary=x\r\n\r\n".encode() + b"\0" * 10_000)
+            s.sendall(
+                f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 500000\r\n"
+                f"Content-Type: multipart/form-data; boundary=x\r\n\r\n".encode()
+                + b"\0" * 10_000
+            )
             time.sleep(0.3)
         time.sleep(0.5)
         sys.path.insert(0, str(REPO / "benchmarks"))
@@ -326,9 +369,21 @@ def test_a_client_that_hangs_up_mid_upload_costs_one_log_line(tiny_gray_prior_pa
 def test_the_server_under_a_bounded_load(tiny_gray_prior_path, tmp_path):
     """benchmarks/serve_load.py against ``dig2dig serve``: 100 requests from 8 clients in 30 s."""
     out = tmp_path / "load.json"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_load.py"), "--prior",
-                        str(tiny_gray_prior_path), "--out", "", "--json", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "serve_load.py"),
+            "--prior",
+            str(tiny_gray_prior_path),
+            "--out",
+            "",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     res = json.loads(out.read_text())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert res["requests"] == 100 and "500" not in res["codes"] and "-1" not in res["codes"]
@@ -358,8 +413,9 @@ def test_the_page_can_ask_for_resize(client, pair):
     r = client.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", small)), data={"method": "average"})
     assert r.status_code == 422 and "tick 'Resize every source" in r.json()["detail"]
     assert "resize=True" not in r.json()["detail"]
-    r = client.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", small)),
-                    data={"method": "average", "resize": "true"})
+    r = client.post(
+        "/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", small)), data={"method": "average", "resize": "true"}
+    )
     assert r.status_code == 201, r.text
     s = _wait(client, r.json()["id"])
     assert s["state"] == "done" and (s["result"]["width"], s["result"]["height"]) == (64, 48)
@@ -371,6 +427,7 @@ def test_an_unexpected_error_is_one_log_line_and_a_500_with_the_headers(tiny_gra
     app = create_app(prior=str(tiny_gray_prior_path))
     caplog.set_level(logging.WARNING)
     with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as c:
+
         def broken(job_id):
             raise RuntimeError("a defect")
 
@@ -390,8 +447,10 @@ def test_a_stalled_upload_is_dropped_and_frees_its_slot(tiny_gray_prior_path, pa
 
     with live(app) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 1000\r\n"
-                      f"Content-Type: multipart/form-data; boundary=B\r\n\r\n--B\r\n".encode())
+            s.sendall(
+                f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 1000\r\n"
+                f"Content-Type: multipart/form-data; boundary=B\r\n\r\n--B\r\n".encode()
+            )
             head = s.recv(4096)  # then nothing more is sent
             assert head.startswith(b"HTTP/1.1 408") and b"stalled" in head
         body, ctype = _multipart([("a.png", pair[0]), ("b.png", pair[1])], {"method": "average"})

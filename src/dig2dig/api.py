@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-SourceLike = Union[str, os.PathLike, np.ndarray]
+SourceLike = str | os.PathLike | np.ndarray
 
 
 @dataclass
@@ -86,7 +86,8 @@ def check_memory(den, images: float, height: int, width: int, tiled: bool = Fals
             f"fusing {width}x{height} needs about {gigabytes(need)} for the prior's forward "
             f"({images:g} image(s) at a time), but {gigabytes(have)} are free on {den.device}; "
             + ("use smaller tiles (--tile 256 --tile-batch 1), " if tiled else "denoise in tiles (e.g. --tile 256), ")
-            + "fuse fewer images at a time, or use a machine with more memory")
+            + "fuse fewer images at a time, or use a machine with more memory"
+        )
 
 
 def derive_seed(seed: int, item_id: str | int) -> int:
@@ -97,8 +98,9 @@ def derive_seed(seed: int, item_id: str | int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def _load(sources: Sequence[SourceLike], names: Sequence[str] | None,
-          max_pixels: int | None = None) -> tuple[list[np.ndarray], list[str], int]:
+def _load(
+    sources: Sequence[SourceLike], names: Sequence[str] | None, max_pixels: int | None = None
+) -> tuple[list[np.ndarray], list[str], int]:
     from .io import Image, read_image, to_float_image
 
     if isinstance(sources, (str, os.PathLike, np.ndarray, Image)):
@@ -134,8 +136,10 @@ def _prepare(sources, names, task, resize, multiple, seed, max_pixels=None) -> _
     if len(set(paths)) < len(paths):
         import warnings
 
-        warnings.warn("the same file is given more than once as a source; fusing an image with itself changes "
-                      "nothing", stacklevel=3)
+        warnings.warn(
+            "the same file is given more than once as a source; fusing an image with itself changes nothing",
+            stacklevel=3,
+        )
     if len(images) < 2:
         raise ValueError(f"fusion needs at least two sources, got {len(images)}; give two or more registered images")
     if resize:
@@ -190,10 +194,24 @@ def fuse(
 
     {options}
     """
-    return fuse_batch([sources], method=method, steps=steps, seeds=[seed], task=task, prior=prior,
-                      prior_spec=prior_spec, device=device, resize=resize, names=[names] if names else None,
-                      history=history, record=record, profile=profile, max_pixels=max_pixels, progress=progress,
-                      **options)[0]
+    return fuse_batch(
+        [sources],
+        method=method,
+        steps=steps,
+        seeds=[seed],
+        task=task,
+        prior=prior,
+        prior_spec=prior_spec,
+        device=device,
+        resize=resize,
+        names=[names] if names else None,
+        history=history,
+        record=record,
+        profile=profile,
+        max_pixels=max_pixels,
+        progress=progress,
+        **options,
+    )[0]
 
 
 def fuse_batch(
@@ -252,8 +270,10 @@ def fuse_batch(
     for src in batch:  # the count before any image is read
         if isinstance(src, (list, tuple)):
             m.check_sources(len(src))
-    items = [_prepare(src, names[k] if names else None, task, resize, multiple, seeds[k], max_pixels)
-             for k, src in enumerate(batch)]
+    items = [
+        _prepare(src, names[k] if names else None, task, resize, multiple, seeds[k], max_pixels)
+        for k, src in enumerate(batch)
+    ]
     for it in items:
         m.check_sources(len(it.images))
     t_prep = time.perf_counter() - t_start
@@ -273,11 +293,10 @@ def fuse_batch(
             else:
                 check_memory(den, popts.tile_batch, min(tile, shape[0]), min(tile, shape[1]), tiled=True)
     results: list[FusionResult | None] = [None] * len(items)
-    run = _Run(m, opts, grid, den, popts, tiles, history=history, record=record, profile=profile,
-               progress=progress)
+    run = _Run(m, opts, grid, den, popts, tiles, history=history, record=record, profile=profile, progress=progress)
     for ks in groups.values():
         for lo in range(0, len(ks), max_batch):
-            chunk = ks[lo: lo + max_batch]
+            chunk = ks[lo : lo + max_batch]
             for k, r in zip(chunk, run([items[k] for k in chunk])):
                 r.timings["prepare_s"] = t_prep / len(items)
                 results[k] = r
@@ -313,15 +332,23 @@ class _Run:
         from .sampler import ddim, initial_noise
 
         m, grid, po = self.method, self.grid, self.popts
-        executed = ExecutedDenoiser(self.den, precision=po.precision, tile=self.tiles.get(items[0].padding.shape),
-                                    tile_overlap=po.tile_overlap, tile_batch=po.tile_batch, compile=po.compile)
+        executed = ExecutedDenoiser(
+            self.den,
+            precision=po.precision,
+            tile=self.tiles.get(items[0].padding.shape),
+            tile_overlap=po.tile_overlap,
+            tile_batch=po.tile_batch,
+            compile=po.compile,
+        )
         prior = TimedDenoiser(executed, sync=self.profile)
         dev = prior.device
         pad = items[0].padding
         t0 = time.perf_counter()
         seeds = [it.seed for it in items]
-        srcs = [torch.from_numpy(to_signed(np.stack([geometry.pad(it.lum[r], pad) for it in items])[:, None])).to(dev)
-                for r in range(len(items[0].lum))]
+        srcs = [
+            torch.from_numpy(to_signed(np.stack([geometry.pad(it.lum[r], pad) for it in items])[:, None])).to(dev)
+            for r in range(len(items[0].lum))
+        ]
         rectify = m.build(BuildContext(srcs, prior, grid, seeds, items[0].task.name, self.record), self.opts)
         x_T = initial_noise((len(items), prior.channels, *pad.shape), seeds, dev)
         hist: list[list[dict]] = [[] for _ in items]
@@ -349,14 +376,36 @@ class _Run:
         if bar is not None:
             bar.close()
         n = len(items)
-        timings = {"sample_total_s": sample_s / n, "prior_forward_s": prior.seconds / n,
-                   "outside_prior_s": (sample_s - prior.seconds) / n, "prior_forwards": prior.images / n,
-                   "prior_calls": prior.calls, "per_step_s": sample_s / max(out.steps_taken, 1),
-                   "synchronised": bool(self.profile or dev.type != "cuda")}
-        extra = {"steps": len(grid), "steps_taken": out.steps_taken, "grid": list(grid),
-                 "prior": _prior_summary(self.den), "device": str(dev), "prior_run": executed.describe()}
-        results = [_result(it, m, self.opts, y[b], extra, timings, (time.perf_counter() - t0) / n,
-                           hist[b] if self.history else None) for b, it in enumerate(items)]
+        timings = {
+            "sample_total_s": sample_s / n,
+            "prior_forward_s": prior.seconds / n,
+            "outside_prior_s": (sample_s - prior.seconds) / n,
+            "prior_forwards": prior.images / n,
+            "prior_calls": prior.calls,
+            "per_step_s": sample_s / max(out.steps_taken, 1),
+            "synchronised": bool(self.profile or dev.type != "cuda"),
+        }
+        extra = {
+            "steps": len(grid),
+            "steps_taken": out.steps_taken,
+            "grid": list(grid),
+            "prior": _prior_summary(self.den),
+            "device": str(dev),
+            "prior_run": executed.describe(),
+        }
+        results = [
+            _result(
+                it,
+                m,
+                self.opts,
+                y[b],
+                extra,
+                timings,
+                (time.perf_counter() - t0) / n,
+                hist[b] if self.history else None,
+            )
+            for b, it in enumerate(items)
+        ]
         for b, r in enumerate(results):
             r.guidance = rectify.item_records(out.state, b, lambda a: geometry.crop(a, pad))
         return results
@@ -366,8 +415,18 @@ class _Run:
         for it in items:
             t0 = time.perf_counter()
             y = np.clip(self.method.classical(it.lum, **self.opts.values()), 0.0, 1.0).astype(np.float32)
-            results.append(_result(it, self.method, self.opts, y, {"steps": 0, "grid": [], "prior": None,
-                                                                    "device": "cpu"}, {}, time.perf_counter() - t0, None))
+            results.append(
+                _result(
+                    it,
+                    self.method,
+                    self.opts,
+                    y,
+                    {"steps": 0, "grid": [], "prior": None, "device": "cpu"},
+                    {},
+                    time.perf_counter() - t0,
+                    None,
+                )
+            )
         return results
 
 
@@ -375,8 +434,10 @@ def _result(it: _Item, m, opts, y: np.ndarray, extra: dict, timings: dict, run_s
     from . import color
 
     if not np.isfinite(y).all():  # never write NaN or inf as a (black) image
-        raise ValueError(f"{m.name} produced non-finite values (NaN or inf) with options {opts.to_dict()}; use "
-                         f"settings nearer the defaults (docs/options.md)")
+        raise ValueError(
+            f"{m.name} produced non-finite values (NaN or inf) with options {opts.to_dict()}; use "
+            f"settings nearer the defaults (docs/options.md)"
+        )
     from ._version import __version__
     from .tasks import chroma_order
 
@@ -385,13 +446,30 @@ def _result(it: _Item, m, opts, y: np.ndarray, extra: dict, timings: dict, run_s
     image = color.compose(y, chroma)
     pad = it.padding
     config = {
-        "dig2dig": __version__, "method": m.name, "options": opts.to_dict(), **extra, "seed": it.seed,
-        "task": it.task.name, "task_reason": it.task.reason, "roles": dict(zip(it.task.roles, it.names)),
-        "size": [pad.height, pad.width], "padded_size": list(pad.shape), "notes": it.notes,
+        "dig2dig": __version__,
+        "method": m.name,
+        "options": opts.to_dict(),
+        **extra,
+        "seed": it.seed,
+        "task": it.task.name,
+        "task_reason": it.task.reason,
+        "roles": dict(zip(it.task.roles, it.names)),
+        "size": [pad.height, pad.width],
+        "padded_size": list(pad.shape),
+        "notes": it.notes,
     }
     timings = {**timings, "finish_s": time.perf_counter() - t1, "run_s": run_s}
-    return FusionResult(image=image, luminance=y, seed=it.seed, task=it.task.name, method=m.name, config=config,
-                        timings=timings, history=hist, bit_depth=it.bit_depth)
+    return FusionResult(
+        image=image,
+        luminance=y,
+        seed=it.seed,
+        task=it.task.name,
+        method=m.name,
+        config=config,
+        timings=timings,
+        history=hist,
+        bit_depth=it.bit_depth,
+    )
 
 
 def _prior_summary(den) -> dict:

@@ -67,14 +67,19 @@ def list_pairs(dataset_dir: str | Path, task: str = "auto") -> list[Pair]:
 
 def find_fused(folder: Path, pair_id: str) -> Path | None:
     """The fused image of a pair (``<pair_id>.<ext>``); two of them is an error (which one would count?)."""
-    found = [c for ext in READ_SUFFIXES for c in (folder / f"{pair_id}{ext}", folder / f"{pair_id}{ext.upper()}")
-             if c.is_file()]
+    found = [
+        c
+        for ext in READ_SUFFIXES
+        for c in (folder / f"{pair_id}{ext}", folder / f"{pair_id}{ext.upper()}")
+        if c.is_file()
+    ]
     found = list(dict.fromkeys(p.resolve() for p in found))
     if len(found) > 1:
         from .errors import ImageError
 
-        raise ImageError(f"pair {pair_id} has {len(found)} fused images in {folder} "
-                         f"({', '.join(p.name for p in found)}); keep one")
+        raise ImageError(
+            f"pair {pair_id} has {len(found)} fused images in {folder} ({', '.join(p.name for p in found)}); keep one"
+        )
     return found[0] if found else None
 
 
@@ -114,9 +119,15 @@ def check_metrics(convention: str, metrics: Sequence[str] | None) -> None:
         load_lpips()  # the weights load now, or the error says how to give them
 
 
-def evaluate_folder(fused_dir: str | Path, sources_dir: str | Path, *, convention: str = "cddfuse",
-                    metrics: Sequence[str] | None = None, method: str | None = None,
-                    progress: bool = False) -> Evaluation:
+def evaluate_folder(
+    fused_dir: str | Path,
+    sources_dir: str | Path,
+    *,
+    convention: str = "cddfuse",
+    metrics: Sequence[str] | None = None,
+    method: str | None = None,
+    progress: bool = False,
+) -> Evaluation:
     """Score every ``<pair_id>.<ext>`` of ``fused_dir`` against ``sources_dir``; a pair that cannot be
     scored is recorded with its error (naming the file) and the others are still scored."""
     from .runtime import one_line
@@ -138,8 +149,10 @@ def evaluate_folder(fused_dir: str | Path, sources_dir: str | Path, *, conventio
         except Exception as e:  # noqa: BLE001 -- one unreadable image must not end the evaluation
             errors.append({"pair": pair.pair_id, "error": one_line(e)})
             continue
-        rows.extend({"dataset": pair.dataset, "pair": pair.pair_id, "method": method, "metric": name, "value": value}
-                    for name, value in values.items())
+        rows.extend(
+            {"dataset": pair.dataset, "pair": pair.pair_id, "method": method, "metric": name, "value": value}
+            for name, value in values.items()
+        )
     if not rows and not errors:
         raise FileNotFoundError(f"no fused image in {fused_dir} matches a pair of {sources_dir}")
     return Evaluation(rows, missing, errors, len(pairs))
@@ -278,8 +291,9 @@ def plot_results(rows: list[dict], out_dir: str | Path) -> list[Path]:
         cols = min(4, n)
         nrows = math.ceil(n / cols)
         for kind in ("bars", "box"):
-            fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 0.22 * len(methods) * nrows + 1.6 * nrows),
-                                     squeeze=False)
+            fig, axes = plt.subplots(
+                nrows, cols, figsize=(4.2 * cols, 0.22 * len(methods) * nrows + 1.6 * nrows), squeeze=False
+            )
             for ax, k in zip(axes.flat, metrics):
                 d = _direction(k)
                 label = f"{k} {'↑' if d else '↓' if d is False else ''}"
@@ -288,8 +302,10 @@ def plot_results(rows: list[dict], out_dir: str | Path) -> list[Path]:
                     stds = [agg.get((ds, m, k), (math.nan,) * 3)[1] for m in methods]
                     ax.barh(range(len(methods)), means, xerr=stds, color="tab:blue", alpha=0.8, capsize=2)
                 else:
-                    data = [[r["value"] for r in sub if r["method"] == m and r["metric"] == k
-                             and np.isfinite(r["value"])] for m in methods]
+                    data = [
+                        [r["value"] for r in sub if r["method"] == m and r["metric"] == k and np.isfinite(r["value"])]
+                        for m in methods
+                    ]
                     ax.boxplot(data, orientation="horizontal", widths=0.6, flierprops={"markersize": 2})
                     ax.set_yticks(range(1, len(methods) + 1))
                 ax.set_yticks(range(len(methods)) if kind == "bars" else range(1, len(methods) + 1))
@@ -299,8 +315,7 @@ def plot_results(rows: list[dict], out_dir: str | Path) -> list[Path]:
                 ax.tick_params(axis="x", labelsize=7)
             for ax in list(axes.flat)[n:]:
                 ax.axis("off")
-            fig.suptitle(f"{ds}: {'mean ± std over pairs' if kind == 'bars' else 'per-pair distribution'}",
-                         fontsize=10)
+            fig.suptitle(f"{ds}: {'mean ± std over pairs' if kind == 'bars' else 'per-pair distribution'}", fontsize=10)
             fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the suptitle
             path = out_dir / f"{ds or 'results'}_{kind}.png"
             atomic_savefig(fig, path, dpi=100)
@@ -319,8 +334,14 @@ def _versions() -> dict:
 
     from ._version import __version__
 
-    return {"dig2dig": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "numpy": np.__version__, "torch": torch.__version__, "opencv": cv2.__version__}
+    return {
+        "dig2dig": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "opencv": cv2.__version__,
+    }
 
 
 class ScoreCache:
@@ -341,8 +362,13 @@ class ScoreCache:
         from ._version import __version__
         from .io import file_sha256
 
-        parts = [file_sha256(fused), *[file_sha256(s) for s in pair.sources], convention,
-                 ",".join(metrics or []), __version__]
+        parts = [
+            file_sha256(fused),
+            *[file_sha256(s) for s in pair.sources],
+            convention,
+            ",".join(metrics or []),
+            __version__,
+        ]
         key = hashlib.sha256("|".join(parts).encode()).hexdigest()
         if key not in self.data:
             self.data[key] = score_pair(fused, pair, convention, metrics)
@@ -396,21 +422,35 @@ def run_bench(
         raise RunError(f"folder(s) not found: {', '.join(missing)}")
     if not methods and not peers:
         raise RunError("nothing to benchmark: give --methods and/or --peers")
-    for what, given in (("dataset", [Path(d).resolve() for d in datasets]), ("method", list(methods)),
-                        ("peer", [Path(p).resolve() for p in peers])):
+    for what, given in (
+        ("dataset", [Path(d).resolve() for d in datasets]),
+        ("method", list(methods)),
+        ("peer", [Path(p).resolve() for p in peers]),
+    ):
         twice = sorted({str(g) for g in given if given.count(g) > 1})
         if twice:
             raise RunError(f"{what} {twice[0]!r} is listed twice; list each once")
     out_dir = Path(out).resolve()
     for d in datasets:
         if out_dir == Path(d).resolve() or Path(d).resolve() in out_dir.parents:
-            raise RunError(f"the bench folder {str(out)!r} is inside the dataset {str(d)!r}; choose a folder outside it")
+            raise RunError(
+                f"the bench folder {str(out)!r} is inside the dataset {str(d)!r}; choose a folder outside it"
+            )
     runs = []
     for spec in methods:
         label, name, mopts = parse_method(spec)
         m_steps = mopts.pop("steps", steps if get_method(name).needs_prior else None)  # --steps: diffusion methods
-        config = RunConfig(method=name, options={**(options or {}), **mopts}, steps=m_steps, seed=seed, task=task,
-                           prior=prior, prior_spec=prior_spec, device=device, bit_depth=8)
+        config = RunConfig(
+            method=name,
+            options={**(options or {}), **mopts},
+            steps=m_steps,
+            seed=seed,
+            task=task,
+            prior=prior,
+            prior_spec=prior_spec,
+            device=device,
+            bit_depth=8,
+        )
         config.resolve()  # refuse a bad method, option, device or prior before any work
         runs.append((label, config))
     check_metrics(convention, metrics)
@@ -434,8 +474,15 @@ def run_bench(
             for label, config in runs:
                 mdir = out / "fused" / ds / _folder_name(label)
                 mdir.parent.mkdir(parents=True, exist_ok=True)
-                summary = run_batch(items, mdir, config, overwrite=overwrite, progress=progress, inputs=[ds_dir],
-                                    log=lambda m, ds=ds, label=label: log(f"{ds}/{label}: {m}"))
+                summary = run_batch(
+                    items,
+                    mdir,
+                    config,
+                    overwrite=overwrite,
+                    progress=progress,
+                    inputs=[ds_dir],
+                    log=lambda m, ds=ds, label=label: log(f"{ds}/{label}: {m}"),
+                )
                 if summary.interrupted:
                     raise KeyboardInterrupt
                 failed = {f["id"]: f["error"] for f in summary.failed}
@@ -450,11 +497,18 @@ def run_bench(
                     if fused is None or not fused.is_file():
                         continue
                     _score_into(rows, errors, cache, fused, pair, ds, label, convention, metrics, log)
-                    rows.append({"dataset": ds, "pair": pair.pair_id, "method": label, "metric": TIME_METRIC,
-                                 "value": side["timings"]["wall_s"]})
+                    rows.append(
+                        {
+                            "dataset": ds,
+                            "pair": pair.pair_id,
+                            "method": label,
+                            "metric": TIME_METRIC,
+                            "value": side["timings"]["wall_s"],
+                        }
+                    )
                     items_log[f"{ds}/{label}/{pair.pair_id}"] = {
-                        k: side.get(k) for k in ("seed", "task", "steps", "prior", "timings")} | {
-                        "wall_s": side["timings"]["wall_s"], "steps_taken": side.get("steps_taken")}
+                        k: side.get(k) for k in ("seed", "task", "steps", "prior", "timings")
+                    } | {"wall_s": side["timings"]["wall_s"], "steps_taken": side.get("steps_taken")}
                 cache.save()
             for peer in peers:
                 peer = Path(peer)
@@ -471,13 +525,26 @@ def run_bench(
                     _score_into(rows, errors, cache, f, pair, ds, peer.name, convention, metrics, log)
                 if absent:
                     absent_all.append({"dataset": ds, "peer": peer.name, "pairs": absent})
-                    log(f"{ds}/{peer.name}: no fused image for {len(absent)} of {len(pairs)} pair(s): "
-                        f"{', '.join(absent[:5])}{' …' if len(absent) > 5 else ''}")
+                    log(
+                        f"{ds}/{peer.name}: no fused image for {len(absent)} of {len(pairs)} pair(s): "
+                        f"{', '.join(absent[:5])}{' …' if len(absent) > 5 else ''}"
+                    )
                 cache.save()
-        manifest = {"versions": _versions(), "convention": convention, "metrics": list(metrics or []),
-                    "methods": list(methods), "peers": [str(p) for p in peers], "seed": seed, "steps": steps,
-                    "task": task, "options": options or {}, "datasets": [str(d) for d in datasets],
-                    "items": items_log, "errors": errors, "missing": absent_all}
+        manifest = {
+            "versions": _versions(),
+            "convention": convention,
+            "metrics": list(metrics or []),
+            "methods": list(methods),
+            "peers": [str(p) for p in peers],
+            "seed": seed,
+            "steps": steps,
+            "task": task,
+            "options": options or {},
+            "datasets": [str(d) for d in datasets],
+            "items": items_log,
+            "errors": errors,
+            "missing": absent_all,
+        }
         results_path = out / "results.csv"
         write_csv(results_path, rows)
         atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
@@ -487,8 +554,12 @@ def run_bench(
             notes += [f"- {a['dataset']}/{a['peer']}: no image for {len(a['pairs'])} pair(s)" for a in absent_all]
             md += "\n**Not scored** (means above leave these out):\n\n" + "\n".join(notes) + "\n"
         atomic_write_text(out / "summary.md", md)
-        written = {"csv": results_path, "markdown": out / "summary.md", "manifest": out / "manifest.json",
-                   "incomplete": bool(errors or absent_all)}
+        written = {
+            "csv": results_path,
+            "markdown": out / "summary.md",
+            "manifest": out / "manifest.json",
+            "incomplete": bool(errors or absent_all),
+        }
         if plots and rows:
             written["plots"] = plot_results(rows, out / "plots")
     finally:
@@ -503,8 +574,9 @@ def _sidecar(folder: Path, item_id: str) -> dict | None:
         return None
 
 
-def _score_into(rows, errors, cache: ScoreCache, fused: Path, pair: Pair, ds: str, method: str, convention: str,
-                metrics, log) -> None:
+def _score_into(
+    rows, errors, cache: ScoreCache, fused: Path, pair: Pair, ds: str, method: str, convention: str, metrics, log
+) -> None:
     from .runtime import one_line
 
     try:
@@ -513,5 +585,6 @@ def _score_into(rows, errors, cache: ScoreCache, fused: Path, pair: Pair, ds: st
         errors.append({"item": f"{ds}/{method}/{pair.pair_id}", "error": one_line(e)})
         log(f"error scoring {ds}/{method}/{pair.pair_id}: {one_line(e)}")
         return
-    rows.extend({"dataset": ds, "pair": pair.pair_id, "method": method, "metric": k, "value": v}
-                for k, v in values.items())
+    rows.extend(
+        {"dataset": ds, "pair": pair.pair_id, "method": method, "metric": k, "value": v} for k, v in values.items()
+    )

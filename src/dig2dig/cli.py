@@ -15,10 +15,18 @@ TASK_CHOICES = ("auto", "vif", "mif", "mef", "mff")
 
 
 def _add_prior_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prior", metavar="PATH", help="diffusion prior: a guided-diffusion .pt/.safetensors checkpoint, "
-                   "a diffusers UNet2DModel folder or a dig2dig prior folder (default: the embedded prior)")
-    p.add_argument("--prior-config", metavar="FILE", help="architecture spec for a guided-diffusion checkpoint "
-                   "(JSON/YAML create_model flags); by default read from a file beside the checkpoint")
+    p.add_argument(
+        "--prior",
+        metavar="PATH",
+        help="diffusion prior: a guided-diffusion .pt/.safetensors checkpoint, "
+        "a diffusers UNet2DModel folder or a dig2dig prior folder (default: the embedded prior)",
+    )
+    p.add_argument(
+        "--prior-config",
+        metavar="FILE",
+        help="architecture spec for a guided-diffusion checkpoint "
+        "(JSON/YAML create_model flags); by default read from a file beside the checkpoint",
+    )
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
 
 
@@ -30,8 +38,9 @@ def _option_records() -> list[tuple[str, str, type]]:
     from .methods import METHODS
     from .options import PriorOptions
 
-    return ([(f"{m.name} options", f"(--method {m.name}; see docs/options.md)", m.options) for m in METHODS.values()]
-            + [("prior options", "(any diffusion method: how the prior's network runs)", PriorOptions)])
+    return [(f"{m.name} options", f"(--method {m.name}; see docs/options.md)", m.options) for m in METHODS.values()] + [
+        ("prior options", "(any diffusion method: how the prior's network runs)", PriorOptions)
+    ]
 
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
@@ -70,16 +79,27 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
     diffusion = ", ".join(n for n, m in METHODS.items() if m.needs_prior and n != "dig2dig")
     classical = ", ".join(n for n, m in METHODS.items() if not m.needs_prior)
-    p.add_argument("--method", default="dig2dig", help=f"fusion method: dig2dig (default), {diffusion}; classical "
-                   f"baselines: {classical}")
-    p.add_argument("--steps", help="reverse steps: a count (method default if omitted), 'power:N:P' or a list '999,500,0'")
+    p.add_argument(
+        "--method",
+        default="dig2dig",
+        help=f"fusion method: dig2dig (default), {diffusion}; classical baselines: {classical}",
+    )
+    p.add_argument(
+        "--steps", help="reverse steps: a count (method default if omitted), 'power:N:P' or a list '999,500,0'"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
-    p.add_argument("--task", default="auto", choices=TASK_CHOICES, help="fusion task (default: detect from names/channels)")
+    p.add_argument(
+        "--task", default="auto", choices=TASK_CHOICES, help="fusion task (default: detect from names/channels)"
+    )
     _add_prior_args(p)
     p.add_argument("--resize", action="store_true", help="resample sources of other sizes to the first source's size")
-    p.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
-                   help="refuse source images larger than N pixels, read from the file header before decoding "
-                        "(default 200000000)")
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="refuse source images larger than N pixels, read from the file header before decoding (default 200000000)",
+    )
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -123,54 +143,98 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dig2dig {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
-    f = sub.add_parser("fuse", help="fuse two or more registered images of one scene",
-                       description="Fuse registered source images (visible+infrared, MRI+CT/PET/SPECT, "
-                                   "exposure or focus stacks) into one image of the same size.")
+    f = sub.add_parser(
+        "fuse",
+        help="fuse two or more registered images of one scene",
+        description="Fuse registered source images (visible+infrared, MRI+CT/PET/SPECT, "
+        "exposure or focus stacks) into one image of the same size.",
+    )
     f.add_argument("sources", nargs="+", metavar="SOURCE", help="source images (PNG, JPEG, TIFF, BMP; 8/16-bit)")
     f.add_argument("-o", "--output", required=True, metavar="FILE", help="fused image to write (.png/.jpg/.tif/.bmp)")
     _add_run_args(f)
-    f.add_argument("--bit-depth", type=int, choices=(8, 16), help="output bit depth (default: 16 if any source is "
-                   "16-bit and the format allows, else 8)")
+    f.add_argument(
+        "--bit-depth",
+        type=int,
+        choices=(8, 16),
+        help="output bit depth (default: 16 if any source is 16-bit and the format allows, else 8)",
+    )
     _add_method_options(f)
-    f.add_argument("--save-dig", metavar="DIR", help="dig2dig: write the weight maps per refresh and cumulative-DIG curves")
-    f.add_argument("--dig-region", action="append", metavar="NAME=X0,Y0,X1,Y1", help="with --save-dig: a region "
-                   "(box in pixels) to plot DIG curves over; repeatable (default: where each source has structure)")
+    f.add_argument(
+        "--save-dig", metavar="DIR", help="dig2dig: write the weight maps per refresh and cumulative-DIG curves"
+    )
+    f.add_argument(
+        "--dig-region",
+        action="append",
+        metavar="NAME=X0,Y0,X1,Y1",
+        help="with --save-dig: a region "
+        "(box in pixels) to plot DIG curves over; repeatable (default: where each source has structure)",
+    )
     f.add_argument("--save-selection", metavar="DIR", help="ccf: write the per-step condition selection plot and JSON")
     f.add_argument("--report", metavar="FILE", help="also write the run's config and timings as JSON")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     f.set_defaults(func=cmd_fuse)
 
-    b = sub.add_parser("batch", help="fuse a whole collection (resumable, shardable, local or Ray)",
-                       description="Fuse every item of a dataset folder (<pair_id>/<role>.<ext>), a manifest "
-                                   "(.csv/.jsonl: id and source paths; optional task, seed, output) or glob patterns "
-                                   "matched by file stem ('ir/*.png' 'vis/*.png'). Each item gets <id>.png and a JSON "
-                                   "sidecar in OUT_DIR; rerunning the command skips finished items. Item seeds derive "
-                                   "from --seed and the item id, so an item gives the same bytes however it is run.")
-    b.add_argument("inputs", nargs="+", metavar="INPUT", help="a dataset folder, a manifest, or two or more glob patterns")
+    b = sub.add_parser(
+        "batch",
+        help="fuse a whole collection (resumable, shardable, local or Ray)",
+        description="Fuse every item of a dataset folder (<pair_id>/<role>.<ext>), a manifest "
+        "(.csv/.jsonl: id and source paths; optional task, seed, output) or glob patterns "
+        "matched by file stem ('ir/*.png' 'vis/*.png'). Each item gets <id>.png and a JSON "
+        "sidecar in OUT_DIR; rerunning the command skips finished items. Item seeds derive "
+        "from --seed and the item id, so an item gives the same bytes however it is run.",
+    )
+    b.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="a dataset folder, a manifest, or two or more glob patterns"
+    )
     b.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (created if missing)")
     _add_run_args(b)
     b.add_argument("--format", default="png", choices=("png", "tif", "jpg", "bmp"), help="output format (default png)")
-    b.add_argument("--bit-depth", type=int, choices=(8, 16), help="output bit depth (default: 16 if any source is "
-                   "16-bit and the format allows, else 8)")
+    b.add_argument(
+        "--bit-depth",
+        type=int,
+        choices=(8, 16),
+        help="output bit depth (default: 16 if any source is 16-bit and the format allows, else 8)",
+    )
     _add_method_options(b)
-    b.add_argument("--shard", metavar="I/N", help="run shard I of N (item k of the sorted ids belongs to shard k mod N; "
-                   "default from RANK/WORLD_SIZE or the SLURM array, else 0/1)")
+    b.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run shard I of N (item k of the sorted ids belongs to shard k mod N; "
+        "default from RANK/WORLD_SIZE or the SLURM array, else 0/1)",
+    )
     b.add_argument("--executor", default="local", choices=("local", "ray"), help="local (default) or ray")
-    b.add_argument("--workers", type=_positive_int, default=1, help="local: worker processes; ray: actors (default: 1 "
-                   "local; ray: sized to the cluster)")
-    b.add_argument("--threads", type=_positive_int, help="torch threads per worker (default: the CPUs divided among "
-                   "the local workers; 1 per Ray actor); on a CPU the output bytes depend on it, so it is part of each "
-                   "item's configuration")
-    b.add_argument("--ray-address", metavar="ADDRESS", help="join a running Ray cluster (e.g. 10.0.0.1:6379 or auto); "
-                   "default: start a local one")
-    b.add_argument("--overwrite", action="store_true", help="redo items that were fused with other settings "
-                   "(default: refuse, naming what changed)")
+    b.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="local: worker processes; ray: actors (default: 1 local; ray: sized to the cluster)",
+    )
+    b.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="torch threads per worker (default: the CPUs divided among "
+        "the local workers; 1 per Ray actor); on a CPU the output bytes depend on it, so it is part of each "
+        "item's configuration",
+    )
+    b.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="join a running Ray cluster (e.g. 10.0.0.1:6379 or auto); default: start a local one",
+    )
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo items that were fused with other settings (default: refuse, naming what changed)",
+    )
     b.add_argument("-q", "--quiet", action="store_true", help="no progress")
     b.set_defaults(func=cmd_batch)
 
-    ev = sub.add_parser("eval", help="score a folder of fused images against their sources",
-                        description="Score fused images <pair_id>.<ext> in FUSED_DIR against the dataset folder "
-                                    "<pair_id>/<source>.<ext> with the chosen metric convention.")
+    ev = sub.add_parser(
+        "eval",
+        help="score a folder of fused images against their sources",
+        description="Score fused images <pair_id>.<ext> in FUSED_DIR against the dataset folder "
+        "<pair_id>/<source>.<ext> with the chosen metric convention.",
+    )
     ev.add_argument("fused_dir", metavar="FUSED_DIR")
     ev.add_argument("--sources", required=True, metavar="DATASET_DIR", help="dataset folder of source pairs")
     ev.add_argument("--convention", default="cddfuse", help="metric convention: cddfuse (default), vifb, mefb")
@@ -179,21 +243,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lpips_arg(ev)
     ev.add_argument("--csv", required=True, metavar="OUT.csv", help="tidy CSV: dataset, pair, method, metric, value")
     ev.add_argument("--md", metavar="OUT.md", help="Markdown summary (mean ± std, best in bold)")
-    ev.add_argument("--allow-missing", action="store_true", help="score the pairs that have a fused image and exit 0 "
-                    "(default: a missing fused image is reported and the exit code is 1)")
+    ev.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="score the pairs that have a fused image and exit 0 "
+        "(default: a missing fused image is reported and the exit code is 1)",
+    )
     ev.add_argument("-q", "--quiet", action="store_true", help="no table or progress (problems are still reported)")
     ev.set_defaults(func=cmd_eval)
 
-    be = sub.add_parser("bench", help="run methods × datasets × metrics (resumable)",
-                        description="Fuse every pair of each dataset with each method, add precomputed peer "
-                                    "outputs, score everything and write results.csv, summary.md, manifest.json "
-                                    "and plots/. Rerunning with the same --out skips finished pairs.")
+    be = sub.add_parser(
+        "bench",
+        help="run methods × datasets × metrics (resumable)",
+        description="Fuse every pair of each dataset with each method, add precomputed peer "
+        "outputs, score everything and write results.csv, summary.md, manifest.json "
+        "and plots/. Rerunning with the same --out skips finished pairs.",
+    )
     be.add_argument("--datasets", nargs="+", required=True, metavar="DIR", help="dataset folders")
-    be.add_argument("--methods", nargs="*", default=["dig2dig"], metavar="METHOD",
-                    help="methods to run, each NAME or NAME:key=value,… (e.g. dig2dig:steps=15,distance=l1); "
-                         "none for peers only")
-    be.add_argument("--peers", nargs="*", default=[], metavar="DIR",
-                    help="folders of precomputed fused images <pair_id>.<ext>, one per peer method")
+    be.add_argument(
+        "--methods",
+        nargs="*",
+        default=["dig2dig"],
+        metavar="METHOD",
+        help="methods to run, each NAME or NAME:key=value,… (e.g. dig2dig:steps=15,distance=l1); none for peers only",
+    )
+    be.add_argument(
+        "--peers",
+        nargs="*",
+        default=[],
+        metavar="DIR",
+        help="folders of precomputed fused images <pair_id>.<ext>, one per peer method",
+    )
     be.add_argument("--convention", default="cddfuse", help="metric convention (default cddfuse)")
     be.add_argument("--metrics", help="comma-separated metric names (default: the convention's set)")
     be.add_argument("--out", required=True, help="output folder")
@@ -203,36 +283,69 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--task", default="auto", choices=TASK_CHOICES)
     be.add_argument("--limit", type=_positive_int, help="only the first N pairs of each dataset (N >= 1)")
     be.add_argument("--no-plots", action="store_true")
-    be.add_argument("--overwrite", action="store_true", help="redo fused images made with other settings (default: "
-                    "refuse, naming what changed)")
+    be.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo fused images made with other settings (default: refuse, naming what changed)",
+    )
     _add_prior_args(be)
     be.set_defaults(func=cmd_bench)
 
     from .web import server as web
 
-    sv = sub.add_parser("serve", help="a web page to try fusion and see the DIG maps (pip install 'dig2dig[web]')",
-                        description="Serve one page (and its JSON job API) on which sources can be dropped, fused "
-                                    "and downloaded, with Dig2DIG's weight maps and DIG curves. Binds to 127.0.0.1 "
-                                    "unless --host says otherwise (then --token is needed); one fusion runs at a "
-                                    "time, the others queue within the limits below (503 beyond them).")
+    sv = sub.add_parser(
+        "serve",
+        help="a web page to try fusion and see the DIG maps (pip install 'dig2dig[web]')",
+        description="Serve one page (and its JSON job API) on which sources can be dropped, fused "
+        "and downloaded, with Dig2DIG's weight maps and DIG curves. Binds to 127.0.0.1 "
+        "unless --host says otherwise (then --token is needed); one fusion runs at a "
+        "time, the others queue within the limits below (503 beyond them).",
+    )
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=_port, default=8000, help="port, 1 to 65535 (default 8000)")
     _add_prior_args(sv)
-    sv.add_argument("--max-upload-mb", type=_positive_float, default=web.MAX_UPLOAD_MB,
-                    help=f"largest request, chunked or not (default {web.MAX_UPLOAD_MB:g} MB)")
-    sv.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
-                    help="largest source image in pixels (default 200000000)")
-    sv.add_argument("--max-queue", type=_positive_int, default=web.MAX_QUEUE, metavar="N",
-                    help=f"jobs queued or running at once (default {web.MAX_QUEUE})")
-    sv.add_argument("--max-queued-mp", type=_positive_float, default=web.MAX_QUEUED_MP, metavar="MP",
-                    help=f"megapixels of sources the queued and running jobs hold together (default "
-                         f"{web.MAX_QUEUED_MP:g}); a request beyond it waits for room (503)")
-    sv.add_argument("--token", metavar="auto|TOKEN", default=os.environ.get("DIG2DIG_TOKEN"),
-                    help="require this token on every request ('auto': a random one, printed in the address); "
-                         "needed when --host is not a loopback address (default: $DIG2DIG_TOKEN, else none)")
-    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                    help="also answer requests whose Host header is NAME (e.g. the name of a proxy in front); "
-                         "repeatable")
+    sv.add_argument(
+        "--max-upload-mb",
+        type=_positive_float,
+        default=web.MAX_UPLOAD_MB,
+        help=f"largest request, chunked or not (default {web.MAX_UPLOAD_MB:g} MB)",
+    )
+    sv.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="largest source image in pixels (default 200000000)",
+    )
+    sv.add_argument(
+        "--max-queue",
+        type=_positive_int,
+        default=web.MAX_QUEUE,
+        metavar="N",
+        help=f"jobs queued or running at once (default {web.MAX_QUEUE})",
+    )
+    sv.add_argument(
+        "--max-queued-mp",
+        type=_positive_float,
+        default=web.MAX_QUEUED_MP,
+        metavar="MP",
+        help=f"megapixels of sources the queued and running jobs hold together (default "
+        f"{web.MAX_QUEUED_MP:g}); a request beyond it waits for room (503)",
+    )
+    sv.add_argument(
+        "--token",
+        metavar="auto|TOKEN",
+        default=os.environ.get("DIG2DIG_TOKEN"),
+        help="require this token on every request ('auto': a random one, printed in the address); "
+        "needed when --host is not a loopback address (default: $DIG2DIG_TOKEN, else none)",
+    )
+    sv.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME (e.g. the name of a proxy in front); repeatable",
+    )
     sv.set_defaults(func=cmd_serve)
 
     pr = sub.add_parser("prior", help="inspect the diffusion prior")
@@ -241,34 +354,59 @@ def build_parser() -> argparse.ArgumentParser:
     pi = psub.add_parser("info", help="print the prior's spec (architecture, sha256, schedule, provenance)")
     _add_prior_args(pi)
     pi.set_defaults(func=cmd_prior_info)
-    pt = psub.add_parser("train", help="train the compact prior (resumable)",
-                         description="Train dig2dig's compact luminance prior from a TOML config. Rerunning with "
-                                     "the same --out resumes from its last checkpoint.")
+    pt = psub.add_parser(
+        "train",
+        help="train the compact prior (resumable)",
+        description="Train dig2dig's compact luminance prior from a TOML config. Rerunning with "
+        "the same --out resumes from its last checkpoint.",
+    )
     pt.add_argument("--config", required=True, help="training config, e.g. configs/prior.toml")
     pt.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, best/)")
-    pt.add_argument("--data-root", help="folder the config's data paths are relative to (default: "
-                    "$DIG2DIG_SHARED, else the config's root)")
+    pt.add_argument(
+        "--data-root",
+        help="folder the config's data paths are relative to (default: $DIG2DIG_SHARED, else the config's root)",
+    )
     pt.add_argument("--max-steps", type=_positive_int, help="stop at this total step count")
     pt.add_argument("--minutes", type=_positive_float, help="stop after this many minutes of this run")
     pt.add_argument("--device", help="torch device (default: cuda if available)")
-    pt.add_argument("--init", metavar="PRIOR_DIR", help="start a new run from exported weights (e.g. the embedded "
-                    "prior's folder) instead of random initialisation; ignored when --out has a checkpoint")
-    pt.add_argument("--threads", type=_positive_int, help="CPU threads (default: the config's); use 1 when sharing the "
-                    "machine with other jobs -- oversubscribed threads stall each other")
+    pt.add_argument(
+        "--init",
+        metavar="PRIOR_DIR",
+        help="start a new run from exported weights (e.g. the embedded "
+        "prior's folder) instead of random initialisation; ignored when --out has a checkpoint",
+    )
+    pt.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads (default: the config's); use 1 when sharing the "
+        "machine with other jobs -- oversubscribed threads stall each other",
+    )
     pt.set_defaults(func=cmd_prior_train)
-    pe = psub.add_parser("eval", help="PSNR of the prior's one-step x̂0 as a Gaussian denoiser",
-                         description="Add Gaussian noise of each σ (0-255 scale) to every image of a folder, "
-                                     "denoise with one prior call at the matching DDPM timestep, report PSNR.")
+    pe = psub.add_parser(
+        "eval",
+        help="PSNR of the prior's one-step x̂0 as a Gaussian denoiser",
+        description="Add Gaussian noise of each σ (0-255 scale) to every image of a folder, "
+        "denoise with one prior call at the matching DDPM timestep, report PSNR.",
+    )
     pe.add_argument("--images", required=True, help="folder of clean images (gray or colour; luminance is used)")
-    pe.add_argument("--sigma", type=_positive_float, nargs="+", default=[15, 25, 50],
-                    help="noise levels on the 0-255 scale, each > 0 (default 15 25 50)")
+    pe.add_argument(
+        "--sigma",
+        type=_positive_float,
+        nargs="+",
+        default=[15, 25, 50],
+        help="noise levels on the 0-255 scale, each > 0 (default 15 25 50)",
+    )
     pe.add_argument("--seed", type=_seed, default=0, help="noise seed (default 0)")
     pe.add_argument("--per-image", action="store_true", help="also print each image's PSNR")
     _add_prior_args(pe)
     pe.set_defaults(func=cmd_prior_eval)
     for p in [parser, *sub.choices.values(), *psub.choices.values()]:  # noqa: B007
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if p is not parser else False,
-                       help="show the full trace of an unexpected error")
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS if p is not parser else False,
+            help="show the full trace of an unexpected error",
+        )
     return parser
 
 
@@ -280,6 +418,7 @@ def _steps_arg(s: str | None):
 
 def _int_in(low: int, high: int | None = None):
     """An argparse type: an integer in [low, high], refused in one line otherwise."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -317,7 +456,9 @@ def _dig_regions(specs: list[str]) -> dict:
         except ValueError:
             vals = []
         if not name or len(vals) != 4:
-            raise ValueError(f"--dig-region {spec!r}: write NAME=X0,Y0,X1,Y1 (a box in pixels), e.g. person=200,80,320,400")
+            raise ValueError(
+                f"--dig-region {spec!r}: write NAME=X0,Y0,X1,Y1 (a box in pixels), e.g. person=200,80,320,400"
+            )
         if name in regions:
             raise ValueError(f"--dig-region name {name!r} is given twice; give each region its own name")
         regions[name] = vals
@@ -374,11 +515,16 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     for flag, folder in (("--save-dig", args.save_dig), ("--save-selection", args.save_selection)):
         if folder:
             check_output_dir(folder, f"{flag} folder")
-            for what, p in [("output", out), *(("--report file", Path(r)) for r in [args.report] if r),
-                            *(("source", Path(s)) for s in args.sources)]:
+            for what, p in [
+                ("output", out),
+                *(("--report file", Path(r)) for r in [args.report] if r),
+                *(("source", Path(s)) for s in args.sources),
+            ]:
                 if _clashes(p, Path(folder), FIGURE_FILES[flag]):
-                    raise ValueError(f"{flag} {folder!r} would write over the {what} {str(p)!r} (it writes "
-                                     f"{', '.join(FIGURE_FILES[flag])}); choose another folder")
+                    raise ValueError(
+                        f"{flag} {folder!r} would write over the {what} {str(p)!r} (it writes "
+                        f"{', '.join(FIGURE_FILES[flag])}); choose another folder"
+                    )
     remove_stale_temps(out.parent if str(out.parent) else ".")
     from .api import fuse
     from .methods import get_method
@@ -398,13 +544,25 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     if args.save_selection and args.method != "ccf":
         raise ValueError("--save-selection needs --method ccf")
     if (args.prior or args.prior_config) and not get_method(args.method).needs_prior:
-        print(f"dig2dig: warning: method {args.method} uses no prior; --prior/--prior-config are not used",
-              file=sys.stderr)
-    result = fuse(args.sources, method=args.method, steps=_steps_arg(args.steps), seed=args.seed, task=args.task,
-                  prior=args.prior if get_method(args.method).needs_prior else None,
-                  prior_spec=args.prior_config if get_method(args.method).needs_prior else None, device=args.device,
-                  resize=args.resize, record=bool(args.save_dig), max_pixels=args.max_pixels,
-                  progress=not args.quiet, **options)
+        print(
+            f"dig2dig: warning: method {args.method} uses no prior; --prior/--prior-config are not used",
+            file=sys.stderr,
+        )
+    result = fuse(
+        args.sources,
+        method=args.method,
+        steps=_steps_arg(args.steps),
+        seed=args.seed,
+        task=args.task,
+        prior=args.prior if get_method(args.method).needs_prior else None,
+        prior_spec=args.prior_config if get_method(args.method).needs_prior else None,
+        device=args.device,
+        resize=args.resize,
+        record=bool(args.save_dig),
+        max_pixels=args.max_pixels,
+        progress=not args.quiet,
+        **options,
+    )
     with AllOrNothing() as written:
         existed = out.exists()
         path = result.save(out, args.bit_depth)
@@ -421,8 +579,10 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         if args.report:
             from .io import atomic_write_text
 
-            atomic_write_text(args.report, json.dumps({"output": str(path), "config": result.config,
-                                                        "timings": result.timings}, indent=2))
+            atomic_write_text(
+                args.report,
+                json.dumps({"output": str(path), "config": result.config, "timings": result.timings}, indent=2),
+            )
     if not args.quiet:
         c = result.config
         roles = ", ".join(f"{k}={Path(v).name}" for k, v in c["roles"].items())
@@ -430,9 +590,12 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         for note in c["notes"]:
             print(f"note: {note}", file=sys.stderr)
         if c["prior"]:
-            print(f"{c['method']}: {c['steps']} steps, seed {c['seed']}, prior {c['prior']['name']} on {c['device']}: "
-                  f"{result.timings['sample_total_s']:.2f} s ({result.timings['per_step_s'] * 1000:.0f} ms/step) "
-                  f"-> {path}", file=sys.stderr)
+            print(
+                f"{c['method']}: {c['steps']} steps, seed {c['seed']}, prior {c['prior']['name']} on {c['device']}: "
+                f"{result.timings['sample_total_s']:.2f} s ({result.timings['per_step_s'] * 1000:.0f} ms/step) "
+                f"-> {path}",
+                file=sys.stderr,
+            )
         else:
             print(f"{c['method']}: {result.timings['run_s']:.2f} s -> {path}", file=sys.stderr)
     return 0
@@ -443,14 +606,35 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     shard = parse_shard(args.shard)
     items = collect_items(args.inputs)
-    config = RunConfig(method=args.method, options=method_options_from_args(args), steps=_steps_arg(args.steps),
-                       seed=args.seed, task=args.task, prior=args.prior, prior_spec=args.prior_config,
-                       device=args.device, resize=args.resize, ext=f".{args.format}", bit_depth=args.bit_depth,
-                       max_pixels=args.max_pixels)
+    config = RunConfig(
+        method=args.method,
+        options=method_options_from_args(args),
+        steps=_steps_arg(args.steps),
+        seed=args.seed,
+        task=args.task,
+        prior=args.prior,
+        prior_spec=args.prior_config,
+        device=args.device,
+        resize=args.resize,
+        ext=f".{args.format}",
+        bit_depth=args.bit_depth,
+        max_pixels=args.max_pixels,
+    )
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    summary = run_batch(items, args.output, config, shard=shard, executor=args.executor, workers=args.workers,
-                        threads=args.threads, ray_address=args.ray_address, overwrite=args.overwrite,
-                        progress=not args.quiet, log=log, inputs=args.inputs)
+    summary = run_batch(
+        items,
+        args.output,
+        config,
+        shard=shard,
+        executor=args.executor,
+        workers=args.workers,
+        threads=args.threads,
+        ray_address=args.ray_address,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        log=log,
+        inputs=args.inputs,
+    )
     print(f"dig2dig batch: {summary.line()} -> {args.output}", file=sys.stderr)
     for f in summary.failed[:20]:
         print(f"  failed: {f['id']}: {f['error']}", file=sys.stderr)
@@ -464,8 +648,12 @@ def _metric_list(text: str | None):
 
 
 def _add_lpips_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lpips-weights", metavar="PATHS", help="local LPIPS weights (AlexNet trunk and lpips v0.1 heads, "
-                   "':'-separated; default $DIG2DIG_LPIPS_WEIGHTS) for --metrics LPIPS; nothing is downloaded")
+    p.add_argument(
+        "--lpips-weights",
+        metavar="PATHS",
+        help="local LPIPS weights (AlexNet trunk and lpips v0.1 heads, "
+        "':'-separated; default $DIG2DIG_LPIPS_WEIGHTS) for --metrics LPIPS; nothing is downloaded",
+    )
 
 
 def _use_lpips_weights(args: argparse.Namespace) -> None:
@@ -482,9 +670,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _use_lpips_weights(args)
 
     from .errors import EXIT_ITEMS_FAILED
-    from .io import check_output_file
-
-    from .io import list_images
+    from .io import check_output_file, list_images
 
     protected = []  # the images being scored, and their sources: never overwritten by a table
     for folder in (Path(args.fused_dir), Path(args.sources)):
@@ -495,12 +681,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_output_file(args.md, "--md file", sources=protected)
         if Path(args.md).resolve() == Path(args.csv).resolve():
             raise ValueError(f"--md {args.md!r} is the --csv file; give each its own file name")
-    ev = evaluate_folder(args.fused_dir, args.sources, convention=args.convention, metrics=_metric_list(args.metrics),
-                         method=args.method, progress=not args.quiet)
+    ev = evaluate_folder(
+        args.fused_dir,
+        args.sources,
+        convention=args.convention,
+        metrics=_metric_list(args.metrics),
+        method=args.method,
+        progress=not args.quiet,
+    )
     md = summary_markdown(ev.rows, title=f"{Path(args.fused_dir).name} ({args.convention} convention)")
     with AllOrNothing() as written:
-        for path, write in ((args.csv, lambda: write_csv(args.csv, ev.rows)),
-                            (args.md, lambda: atomic_write_text(args.md, md))):
+        for path, write in (
+            (args.csv, lambda: write_csv(args.csv, ev.rows)),
+            (args.md, lambda: atomic_write_text(args.md, md)),
+        ):
             if path:
                 existed = Path(path).exists()
                 write()
@@ -511,8 +705,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     scored = len({r["pair"] for r in ev.rows})
     problems = []
     if ev.missing and not args.allow_missing:  # said even with -q: a table over a subset must not pass unnoticed
-        problems.append(f"no fused image for {len(ev.missing)} pair(s): {', '.join(ev.missing[:5])}"
-                        + (" …" if len(ev.missing) > 5 else "") + " (--allow-missing to accept a subset)")
+        problems.append(
+            f"no fused image for {len(ev.missing)} pair(s): {', '.join(ev.missing[:5])}"
+            + (" …" if len(ev.missing) > 5 else "")
+            + " (--allow-missing to accept a subset)"
+        )
     for e in ev.errors:
         problems.append(f"pair {e['pair']}: {e['error']}")
     for p in problems:
@@ -528,11 +725,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _use_lpips_weights(args)
     methods = [m for arg in args.methods for m in ([arg] if ":" in arg else arg.split(",")) if m.strip()]
-    written = run_bench(args.datasets, methods, args.out, peers=args.peers, convention=args.convention,
-                        metrics=_metric_list(args.metrics), steps=_steps_arg(args.steps), seed=args.seed,
-                        prior=args.prior, prior_spec=args.prior_config, device=args.device, task=args.task,
-                        limit=args.limit, plots=not args.no_plots, overwrite=args.overwrite,
-                        log=lambda m: print(m, file=sys.stderr))
+    written = run_bench(
+        args.datasets,
+        methods,
+        args.out,
+        peers=args.peers,
+        convention=args.convention,
+        metrics=_metric_list(args.metrics),
+        steps=_steps_arg(args.steps),
+        seed=args.seed,
+        prior=args.prior,
+        prior_spec=args.prior_config,
+        device=args.device,
+        task=args.task,
+        limit=args.limit,
+        plots=not args.no_plots,
+        overwrite=args.overwrite,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     print(Path(written["markdown"]).read_text())
     for k, v in written.items():
         if k != "incomplete":
@@ -540,8 +750,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if written["incomplete"]:
         from .errors import EXIT_ITEMS_FAILED
 
-        print("dig2dig bench: some pairs could not be fused or scored (listed in summary.md and manifest.json)",
-              file=sys.stderr)
+        print(
+            "dig2dig bench: some pairs could not be fused or scored (listed in summary.md and manifest.json)",
+            file=sys.stderr,
+        )
         return EXIT_ITEMS_FAILED
     return 0
 
@@ -563,8 +775,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if token is not None and len(token) < 12:
         raise ValueError(f"--token is {len(token)} characters; use at least 12 (or --token auto)")
     if not is_loopback(args.host) and token is None:
-        raise ValueError(f"--host {args.host} serves beyond this machine: pass --token auto (or a token of your "
-                         f"own) so that only people given the address can use it")
+        raise ValueError(
+            f"--host {args.host} serves beyond this machine: pass --token auto (or a token of your "
+            f"own) so that only people given the address can use it"
+        )
     import socket
 
     try:  # a host that does not resolve or a port in use: say so before anything starts
@@ -573,14 +787,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(infos[0][4])
     except OSError as e:
-        raise ValueError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); choose another --host or "
-                         f"--port") from None
+        raise ValueError(
+            f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); choose another --host or --port"
+        ) from None
     shown = f"[{args.host}]" if ":" in args.host else args.host
     where = f"http://{shown}:{args.port}/" + (f"?token={token}" if token else "")
     print(f"dig2dig serve: {where} (Ctrl-C to stop)", file=sys.stderr)
-    serve(host=args.host, port=args.port, allow_hosts=tuple(args.allow_host), token=token, prior=args.prior,
-          prior_spec=args.prior_config, device=args.device, max_upload_mb=args.max_upload_mb,
-          max_pixels=args.max_pixels, max_queue=args.max_queue, max_queued_mp=args.max_queued_mp)
+    serve(
+        host=args.host,
+        port=args.port,
+        allow_hosts=tuple(args.allow_host),
+        token=token,
+        prior=args.prior,
+        prior_spec=args.prior_config,
+        device=args.device,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        max_queue=args.max_queue,
+        max_queued_mp=args.max_queued_mp,
+    )
     return 0
 
 
@@ -594,8 +819,11 @@ def cmd_prior_info(args: argparse.Namespace) -> int:
     if stored.is_file():  # a dig2dig prior folder: how its weights are stored
         raw = json.loads(stored.read_text())
         weights = stored.parent / raw.get("weights", "weights.safetensors")
-        spec["stored"] = {"file": weights.name, "dtype": raw.get("dtype"),
-                          "megabytes": round(weights.stat().st_size / 1e6, 2) if weights.is_file() else None}
+        spec["stored"] = {
+            "file": weights.name,
+            "dtype": raw.get("dtype"),
+            "megabytes": round(weights.stat().st_size / 1e6, 2) if weights.is_file() else None,
+        }
     print(json.dumps(spec, indent=2))
     return 0
 
@@ -696,8 +924,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dig2dig: {message}", file=sys.stderr)
         elif code == EXIT_INTERNAL:
             where = _write_trace(e)
-            print(f"dig2dig: internal error: {message}; " + (f"the full trace is in {where} " if where else "")
-                  + "(rerun with --debug to see it here); please report it", file=sys.stderr)
+            print(
+                f"dig2dig: internal error: {message}; "
+                + (f"the full trace is in {where} " if where else "")
+                + "(rerun with --debug to see it here); please report it",
+                file=sys.stderr,
+            )
         else:
             print(f"dig2dig: error: {message}", file=sys.stderr)
         return code

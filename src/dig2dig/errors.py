@@ -69,14 +69,18 @@ def describe(e: BaseException, surface: str = "python") -> tuple[int, str]:
         return EXIT_INTERRUPTED, "interrupted"
     if isinstance(e, MemoryError) or name == "OutOfMemoryError":
         where = "the GPU" if name == "OutOfMemoryError" else "the machine"
-        return EXIT_RESOURCE, (f"{where} ran out of memory; fuse smaller images (or crops), fewer at a time, with "
-                               f"fewer workers, or on a machine with more memory")
+        return EXIT_RESOURCE, (
+            f"{where} ran out of memory; fuse smaller images (or crops), fewer at a time, with "
+            f"fewer workers, or on a machine with more memory"
+        )
     if isinstance(e, ResourceError):
         return EXIT_RESOURCE, msg
     if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, Dig2DigError)):
         code = _errno.errorcode.get(e.errno or 0, "")
         if isinstance(e, (IsADirectoryError, NotADirectoryError)):
-            return EXIT_USAGE, e.strerror if e.strerror and len(e.strerror) > 30 else f"{e.filename}: {e.strerror or msg}"
+            return EXIT_USAGE, e.strerror if e.strerror and len(
+                e.strerror
+            ) > 30 else f"{e.filename}: {e.strerror or msg}"
         fix = _ERRNO_FIX.get(code)
         what = f"{e.filename}: " if e.filename else ""
         if fix:

@@ -202,8 +202,9 @@ def x0_from_eps(x: torch.Tensor, eps: torch.Tensor, alpha_bar: float, clip: bool
     return x0.clamp(-1.0, 1.0) if clip else x0
 
 
-def item_noise(shape: Sequence[int], seeds: Sequence[int], device=None, dtype=torch.float32,
-               salt: int = 0) -> torch.Tensor:
+def item_noise(
+    shape: Sequence[int], seeds: Sequence[int], device=None, dtype=torch.float32, salt: int = 0
+) -> torch.Tensor:
     """Standard normal noise for a batch: item ``i`` is ``randn(shape)`` from a CPU generator seeded
     ``seeds[i] ^ salt``, so an item's noise does not depend on its batch or the device.
 

@@ -56,8 +56,10 @@ def check_same_size(images: list[np.ndarray], names: list[str]) -> None:
         desc = ", ".join(f"{n} is {w}x{h}" for n, (h, w) in zip(names, sizes))
         head = f"sources must be registered images of one size, but {desc}; register them first, or "
         e = SizeMismatchError(f"{head}pass resize=True to resample every source to the first one's size")
-        e.spelled = {"cli": f"{head}pass --resize to resample every source to the first one's size",
-                     "web": f"{head}tick 'Resize every source to the first one's size'"}
+        e.spelled = {
+            "cli": f"{head}pass --resize to resample every source to the first one's size",
+            "web": f"{head}tick 'Resize every source to the first one's size'",
+        }
         raise e
 
 

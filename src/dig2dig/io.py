@@ -77,8 +77,13 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
 
 _PIL_LIMIT = threading.Lock()
 _STDERR = threading.Lock()  # file descriptor 2 is the process's: one decode at a time redirects it
-SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-              (b"BM", "BMP"))  # the formats dig2dig reads, told by their first bytes
+SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)  # the formats dig2dig reads, told by their first bytes
 
 
 def header_size(source) -> tuple[int, int] | None:
@@ -107,10 +112,15 @@ def check_pixels(size: tuple[int, int], label: str, max_pixels: int | None = Non
     limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
     n = size[0] * size[1]
     if n > limit:
-        what = (f"{n / 1e6:.4g} megapixels, more than the limit of {limit / 1e6:g}" if limit >= 1_000_000 else
-                f"{n:,} pixels, more than the limit of {limit:,}")
-        raise ImageError(f"{label}: {size[0]}x{size[1]} is {what}; raise it with --max-pixels (max_pixels=) if the "
-                         f"machine has the memory")
+        what = (
+            f"{n / 1e6:.4g} megapixels, more than the limit of {limit / 1e6:g}"
+            if limit >= 1_000_000
+            else f"{n:,} pixels, more than the limit of {limit:,}"
+        )
+        raise ImageError(
+            f"{label}: {size[0]}x{size[1]} is {what}; raise it with --max-pixels (max_pixels=) if the "
+            f"machine has the memory"
+        )
 
 
 def decode_bytes(data: bytes, label: str, max_pixels: int | None = None, capture: bool = True) -> np.ndarray:
@@ -125,8 +135,9 @@ def decode_bytes(data: bytes, label: str, max_pixels: int | None = None, capture
         raise ImageError(f"{label}: cannot decode the file as an image (it is not a PNG, JPEG, TIFF or BMP); {fix}")
     size = header_size(data)
     if size is None:
-        raise ImageError(f"{label}: cannot decode the file as an image (its header cannot be read: corrupt or "
-                         f"truncated); {fix}")
+        raise ImageError(
+            f"{label}: cannot decode the file as an image (its header cannot be read: corrupt or truncated); {fix}"
+        )
     check_pixels(size, label, max_pixels)
     cv2 = _cv2()
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -142,8 +153,9 @@ def decode_bytes(data: bytes, label: str, max_pixels: int | None = None, capture
         detail = f" ({said})" if said else " (corrupt, truncated, or not an image)"
         raise ImageError(f"{label}: cannot decode the file as an image{detail}; re-export it as PNG, JPEG, TIFF or BMP")
     if said:
-        warnings.warn(f"{Path(label).name}: the decoder reported '{said}'; the image may be damaged or truncated",
-                      stacklevel=3)
+        warnings.warn(
+            f"{Path(label).name}: the decoder reported '{said}'; the image may be damaged or truncated", stacklevel=3
+        )
     check_pixels((arr.shape[1], arr.shape[0]), label, max_pixels)  # the decoded size too, in case a header lied
     return arr
 
@@ -253,8 +265,9 @@ def to_float_image(arr: np.ndarray, name: str = "array") -> np.ndarray:
     """Validate an in-memory image: uint8/uint16, or float in [0, 1]; (H,W), (H,W,1|3|4)."""
     arr = np.asarray(arr)
     if arr.size == 0:
-        raise ImageError(f"{name}: an empty array of shape {arr.shape}; images must be at least {MIN_SIDE}x{MIN_SIDE} "
-                         f"pixels")
+        raise ImageError(
+            f"{name}: an empty array of shape {arr.shape}; images must be at least {MIN_SIDE}x{MIN_SIDE} pixels"
+        )
     if arr.dtype in (np.uint8, np.uint16):
         return _to_float(arr, name, bgr=False)
     if not np.issubdtype(arr.dtype, np.floating):
@@ -368,8 +381,11 @@ def _probe_writable(folder: Path, what: str) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        raise PermissionError(e.errno, f"cannot write the {what} in {str(folder)!r} ({e.strerror}); "
-                                       f"choose a folder you can write to", str(folder)) from None
+        raise PermissionError(
+            e.errno,
+            f"cannot write the {what} in {str(folder)!r} ({e.strerror}); choose a folder you can write to",
+            str(folder),
+        ) from None
 
 
 def check_output_file(path: str | os.PathLike, what: str = "output", sources=()) -> Path:
@@ -378,8 +394,9 @@ def check_output_file(path: str | os.PathLike, what: str = "output", sources=())
     p = Path(path).expanduser()
     if p.is_dir():
         example = p / ("report.json" if "report" in what else "fused.png")
-        raise IsADirectoryError(21, f"the {what} {str(p)!r} is a folder; give a file name, e.g. {str(example)!r}",
-                                str(p))
+        raise IsADirectoryError(
+            21, f"the {what} {str(p)!r} is a folder; give a file name, e.g. {str(example)!r}", str(p)
+        )
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.exists():
         raise FileNotFoundError(f"the folder {str(folder)!r} for the {what} does not exist; create it first")
@@ -389,8 +406,10 @@ def check_output_file(path: str | os.PathLike, what: str = "output", sources=())
     for s in sources:
         sp = Path(s)
         if sp.exists() and (sp.resolve() == target or (p.exists() and os.path.samefile(sp, p))):
-            raise ValueError(f"the {what} {str(p)!r} is the source {str(s)!r}; writing it would destroy that source, "
-                             f"so choose another file name")
+            raise ValueError(
+                f"the {what} {str(p)!r} is the source {str(s)!r}; writing it would destroy that source, "
+                f"so choose another file name"
+            )
     _probe_writable(folder, what)
     return p
 
@@ -404,8 +423,9 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pa
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise NotADirectoryError(20, f"{str(existing)!r} is a file, so the {what} {str(p)!r} cannot be made",
-                                 str(existing))
+        raise NotADirectoryError(
+            20, f"{str(existing)!r} is a file, so the {what} {str(p)!r} cannot be made", str(existing)
+        )
     _probe_writable(existing, what)
     return p
 
@@ -429,8 +449,8 @@ def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False, older
     if not root.is_dir():
         return []
     removed = []
-    for f in (root.rglob(".*.part") if recursive else root.glob(".*.part")):
-        parts = f.name[:-len(".part")].split("~")
+    for f in root.rglob(".*.part") if recursive else root.glob(".*.part"):
+        parts = f.name[: -len(".part")].split("~")
         try:
             old = time.time() - f.stat().st_mtime > older_than_s
         except FileNotFoundError:

@@ -82,8 +82,10 @@ class Item:
 def _check_id(item_id: str, where: str) -> str:
     item_id = str(item_id).strip()
     if not item_id or item_id in (".", "..") or item_id.startswith(".") or any(c in item_id for c in "/\\\0"):
-        raise RunError(f"{where}: item id {item_id!r} cannot name a file; ids must be non-empty, not start with '.', "
-                       f"and contain no '/' or '\\'")
+        raise RunError(
+            f"{where}: item id {item_id!r} cannot name a file; ids must be non-empty, not start with '.', "
+            f"and contain no '/' or '\\'"
+        )
     return item_id
 
 
@@ -98,8 +100,14 @@ def items_from_folder(folder: str | Path) -> list[Item]:
             items.append(Item(_check_id(d.name, str(d)), tuple(str(f) for f in files)))
     if not any(len(it.sources) >= 2 for it in items):
         loose = list_images(root)
-        hint = (f"; it holds {len(loose)} image(s) directly -- for those, give glob patterns such as "
-                f"'{root}/ir/*.png' '{root}/vis/*.png', or a manifest") if loose else ""
+        hint = (
+            (
+                f"; it holds {len(loose)} image(s) directly -- for those, give glob patterns such as "
+                f"'{root}/ir/*.png' '{root}/vis/*.png', or a manifest"
+            )
+            if loose
+            else ""
+        )
         raise RunError(f"{root} has no <pair_id>/ sub-folders with two or more images{hint}")
     return items
 
@@ -130,13 +138,17 @@ def items_from_manifest(path: str | Path) -> list[Item]:
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames or "id" not in reader.fieldnames:
-            raise RunError(f"manifest {path} needs a header row with an 'id' column and source columns, "
-                           f"e.g. 'id,ir,vis'; its header is {reader.fieldnames}")
+            raise RunError(
+                f"manifest {path} needs a header row with an 'id' column and source columns, "
+                f"e.g. 'id,ir,vis'; its header is {reader.fieldnames}"
+            )
         for row in reader:
             where = f"{path}:{reader.line_num}"
             if None in row:
-                raise RunError(f"{where}: the row has more cells than the header has columns "
-                               f"({len(reader.fieldnames)}: {', '.join(reader.fieldnames)}); name every column")
+                raise RunError(
+                    f"{where}: the row has more cells than the header has columns "
+                    f"({len(reader.fieldnames)}: {', '.join(reader.fieldnames)}); name every column"
+                )
             if not any(str(v or "").strip() for v in row.values()):
                 continue  # an empty row (",,," from a spreadsheet)
             rows.append((where, row))
@@ -161,7 +173,7 @@ def items_from_manifest(path: str | Path) -> list[Item]:
             cols = [k for k in row if k not in RESERVED_COLUMNS and k is not None and str(row[k] or "").strip()]
             srcs = [str(row[k]).strip() for k in cols]
             names = tuple(f"{k}{Path(s).suffix}" for k, s in zip(cols, srcs))
-        error = (f"{where} lists {len(srcs)} source(s); a source is missing" if len(srcs) < 2 else None)
+        error = f"{where} lists {len(srcs)} source(s); a source is missing" if len(srcs) < 2 else None
         srcs = [str(p if (p := Path(s).expanduser()).is_absolute() else base / p) for s in srcs]
         out = str(row.get("output") or "").strip() or None
         if out is not None and (Path(out).is_absolute() or ".." in Path(out).parts):
@@ -173,8 +185,17 @@ def items_from_manifest(path: str | Path) -> list[Item]:
             raise RunError(f"{where}: task {task!r} is not one of auto, {', '.join(_tasks())}")
         if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
             raise RunError(f"{where}: id {row['id']!r} must be a string or a number")
-        items.append(Item(_check_id(row["id"], where), tuple(srcs), names, task, _seed_value(row.get("seed"), where),
-                          out, error=error))
+        items.append(
+            Item(
+                _check_id(row["id"], where),
+                tuple(srcs),
+                names,
+                task,
+                _seed_value(row.get("seed"), where),
+                out,
+                error=error,
+            )
+        )
     return items
 
 
@@ -188,12 +209,17 @@ def items_from_globs(patterns: Sequence[str]) -> list[Item]:
     """Items from two or more glob patterns, matched by file stem: ``ir/*.png vis/*.png`` pairs
     ``ir/0001.png`` with ``vis/0001.png``.  Stems missing from some pattern are reported."""
     if len(patterns) < 2:
-        raise RunError(f"one pattern ({patterns[0]!r}) matches single images; give one pattern per source, e.g. "
-                       f"'ir/*.png' 'vis/*.png', a dataset folder, or a manifest")
+        raise RunError(
+            f"one pattern ({patterns[0]!r}) matches single images; give one pattern per source, e.g. "
+            f"'ir/*.png' 'vis/*.png', a dataset folder, or a manifest"
+        )
     by_pattern = []
     for pat in patterns:
-        files = sorted(Path(f) for f in glob.glob(os.path.expanduser(pat))
-                       if Path(f).suffix.lower() in READ_SUFFIXES and Path(f).is_file())
+        files = sorted(
+            Path(f)
+            for f in glob.glob(os.path.expanduser(pat))
+            if Path(f).suffix.lower() in READ_SUFFIXES and Path(f).is_file()
+        )
         if not files:
             raise RunError(f"pattern {pat!r} matches no image file ({', '.join(READ_SUFFIXES)})")
         stems: dict[str, Path] = {}
@@ -207,8 +233,14 @@ def items_from_globs(patterns: Sequence[str]) -> list[Item]:
         raise RunError(f"no file stem is matched by every pattern {list(patterns)}")
     every = sorted(set.union(*(set(s) for s in by_pattern)))
     # a stem some pattern lacks is an item with fewer sources: it fails, naming the missing pattern
-    return [Item(_check_id(stem, "glob"), tuple(str(s[stem]) for s in by_pattern if stem in s),
-                 missing=tuple(p for p, s in zip(patterns, by_pattern) if stem not in s)) for stem in every]
+    return [
+        Item(
+            _check_id(stem, "glob"),
+            tuple(str(s[stem]) for s in by_pattern if stem in s),
+            missing=tuple(p for p, s in zip(patterns, by_pattern) if stem not in s),
+        )
+        for stem in every
+    ]
 
 
 def collect_items(inputs: Sequence[str | Path]) -> list[Item]:
@@ -219,8 +251,10 @@ def collect_items(inputs: Sequence[str | Path]) -> list[Item]:
     if len(inputs) > 1:
         odd = [i for i in inputs if Path(i).is_dir() or Path(i).suffix.lower() in MANIFEST_SUFFIXES]
         if odd:
-            raise RunError(f"{odd[0]!r} is a folder or a manifest: give one dataset folder, one manifest, or glob "
-                           f"patterns (one per source), not a mix")
+            raise RunError(
+                f"{odd[0]!r} is a folder or a manifest: give one dataset folder, one manifest, or glob "
+                f"patterns (one per source), not a mix"
+            )
     if len(inputs) == 1 and Path(inputs[0]).is_dir():
         items = items_from_folder(inputs[0])
     elif len(inputs) == 1 and Path(inputs[0]).suffix.lower() in MANIFEST_SUFFIXES:
@@ -264,9 +298,11 @@ def parse_shard(spec: str | None, env: dict | None = None) -> tuple[int, int]:
             else:
                 # shards must be 0 … N-1: only an array MIN-MAX[:STEP] with COUNT tasks maps onto them
                 if step < 1 or last - first != (count - 1) * step or (tid - first) % step:
-                    raise RunError(f"the SLURM array (ids {first}-{last}, step {step}, {count} tasks) is not "
-                                   f"evenly spaced, so its tasks cannot be numbered as shards; give each task "
-                                   f"--shard I/N explicitly")
+                    raise RunError(
+                        f"the SLURM array (ids {first}-{last}, step {step}, {count} tasks) is not "
+                        f"evenly spaced, so its tasks cannot be numbered as shards; give each task "
+                        f"--shard I/N explicitly"
+                    )
                 spec = f"{(tid - first) // step}/{count}"
         else:
             return 0, 1
@@ -334,17 +370,23 @@ class RunConfig:
             grid = m.grid(self.steps if self.steps is not None else m.default_steps, opts)
             from .prior import resolve_prior
 
-            den = resolve_prior(self.prior, prior_spec=self.prior_spec,
-                                device=self.device if prior_device == "run" else prior_device)
+            den = resolve_prior(
+                self.prior, prior_spec=self.prior_spec, device=self.device if prior_device == "run" else prior_device
+            )
             what = {k: v for k, v in den.spec.to_dict().items() if k not in ("name", "source", "sha256", "extra")}
-            prior = {"name": den.spec.name, "sha256": den.spec.sha256, "source": den.spec.source,
-                     "spec_sha256": hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()}
+            prior = {
+                "name": den.spec.name,
+                "sha256": den.spec.sha256,
+                "source": den.spec.source,
+                "spec_sha256": hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest(),
+            }
         else:
             if self.steps is not None:
                 raise RunError(f"method {m.name!r} is not a diffusion method and takes no steps")
             grid = []
-        return ResolvedRun(self, m.name, opts.to_dict(), list(grid), prior, ext.lower(),
-                           popts.to_dict() if m.needs_prior else {})
+        return ResolvedRun(
+            self, m.name, opts.to_dict(), list(grid), prior, ext.lower(), popts.to_dict() if m.needs_prior else {}
+        )
 
 
 @dataclass(frozen=True)
@@ -375,13 +417,21 @@ class ResolvedRun:
 
         task = self.item_task(item)
         names = list(item.names or [str(Path(s)) for s in item.sources])
-        out = {"method": self.method, "options": self.options, "prior_options": self.prior_options,
-               "grid": self.grid, "seed": self.item_seed(item), "task": task,
-               "prior_sha256": self.prior["sha256"] if self.prior else None,
-               "prior_spec_sha256": self.prior.get("spec_sha256") if self.prior else None,
-               "sources_sha256": source_sha, "resize": self.config.resize,
-               "format": Path(item.output).suffix.lower() if item.output else self.ext,
-               "bit_depth": self.config.bit_depth, "dig2dig": __version__}
+        out = {
+            "method": self.method,
+            "options": self.options,
+            "prior_options": self.prior_options,
+            "grid": self.grid,
+            "seed": self.item_seed(item),
+            "task": task,
+            "prior_sha256": self.prior["sha256"] if self.prior else None,
+            "prior_spec_sha256": self.prior.get("spec_sha256") if self.prior else None,
+            "sources_sha256": source_sha,
+            "resize": self.config.resize,
+            "format": Path(item.output).suffix.lower() if item.output else self.ext,
+            "bit_depth": self.config.bit_depth,
+            "dig2dig": __version__,
+        }
         if task == "auto":
             out["task_hints"] = name_hints(names)
         if self.prior:  # classical methods run the same NumPy/OpenCV code on any machine
@@ -390,10 +440,20 @@ class ResolvedRun:
 
     def describe(self) -> dict:
         c = self.config
-        return {"method": self.method, "options": self.options, "prior_options": self.prior_options,
-                "steps": c.steps, "grid": self.grid, "seed": c.seed,
-                "task": c.task, "prior": self.prior, "device": c.device, "resize": c.resize, "format": self.ext,
-                "bit_depth": c.bit_depth}
+        return {
+            "method": self.method,
+            "options": self.options,
+            "prior_options": self.prior_options,
+            "steps": c.steps,
+            "grid": self.grid,
+            "seed": c.seed,
+            "task": c.task,
+            "prior": self.prior,
+            "device": c.device,
+            "resize": c.resize,
+            "format": self.ext,
+            "bit_depth": c.bit_depth,
+        }
 
 
 def config_key(item_config: dict) -> str:
@@ -448,12 +508,17 @@ class OutputFolder:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 live = self._live_shards()
-                holder = (f"shard(s) {', '.join(live)} of another run" if live and path.name == ".dig2dig.lock"
-                          else os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run")
+                holder = (
+                    f"shard(s) {', '.join(live)} of another run"
+                    if live and path.name == ".dig2dig.lock"
+                    else os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run"
+                )
                 os.close(fd)
                 self.unlock()
-                raise RunError(f"{self.root} is in use by {holder}; wait for it to finish or use another output "
-                               f"folder (a run that crashed holds no lock)") from None
+                raise RunError(
+                    f"{self.root} is in use by {holder}; wait for it to finish or use another output "
+                    f"folder (a run that crashed holds no lock)"
+                ) from None
             if mode == fcntl.LOCK_EX:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"dig2dig run pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
@@ -462,8 +527,10 @@ class OutputFolder:
             other = [t for t in self._live_shards() if not t.endswith(f"/{count}")]
             if other:
                 self.unlock()
-                raise RunError(f"{self.root} is in use by shard(s) {', '.join(other)} of a run split into another "
-                               f"number of shards; wait for them, or use the same split (--shard I/N with their N)")
+                raise RunError(
+                    f"{self.root} is in use by shard(s) {', '.join(other)} of a run split into another "
+                    f"number of shards; wait for them, or use the same split (--shard I/N with their N)"
+                )
 
     def _live_shards(self) -> list[str]:
         """'I/N' of the shard locks that a live run holds (never those of this process)."""
@@ -584,11 +651,18 @@ class Summary:
         return 130 if self.interrupted else (1 if self.failed else 0)
 
     def to_dict(self) -> dict:
-        return {"total": self.total, "done": self.done, "skipped": self.skipped, "failed": len(self.failed),
-                "failures": self.failed, "interrupted": self.interrupted, "aborted": self.aborted,
-                "wall_s": round(self.wall_s, 3),
-                "items_per_minute": round(60 * self.done / self.wall_s, 3) if self.wall_s > 0 and self.done else None,
-                "shard": f"{self.shard[0]}/{self.shard[1]}"}
+        return {
+            "total": self.total,
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": len(self.failed),
+            "failures": self.failed,
+            "interrupted": self.interrupted,
+            "aborted": self.aborted,
+            "wall_s": round(self.wall_s, 3),
+            "items_per_minute": round(60 * self.done / self.wall_s, 3) if self.wall_s > 0 and self.done else None,
+            "shard": f"{self.shard[0]}/{self.shard[1]}",
+        }
 
     def line(self) -> str:
         parts = [f"{self.done} fused", f"{self.skipped} already done"]
@@ -609,8 +683,13 @@ class Progress:
         if enabled and total and getattr(self.stream, "isatty", lambda: False)():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit="item", file=self.stream, dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {postfix}]")
+            self.bar = tqdm(
+                total=total,
+                unit="item",
+                file=self.stream,
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {postfix}]",
+            )
 
     def update(self, record: dict) -> None:
         self.count += 1
@@ -626,8 +705,12 @@ class Progress:
             return
         eta = (self.total - self.count) / rate if rate > 0 else 0.0
         what = "done" if record["status"] == "done" else f"FAILED: {record.get('error')}"
-        print(f"[{self.count}/{self.total}] {record['id']} {what} ({record.get('seconds', 0):.1f} s); "
-              f"{rate:.2f} items/min, ETA {eta:.1f} min", file=self.stream, flush=True)
+        print(
+            f"[{self.count}/{self.total}] {record['id']} {what} ({record.get('seconds', 0):.1f} s); "
+            f"{rate:.2f} items/min, ETA {eta:.1f} min",
+            file=self.stream,
+            flush=True,
+        )
 
     def step(self, item: str, done: int, total: int) -> None:
         """The running item's diffusion steps, beside the bar (a terminal only; lines stay one per item)."""
@@ -649,8 +732,13 @@ class Progress:
 RUN_FILES = ("log", "summary")  # log[.shard-I-of-N].jsonl, summary[.shard-I-of-N].json
 
 
-def check_outputs(items: Sequence[Item], folder: OutputFolder, ext: str, inputs: Sequence[str | Path] = (),
-                  bit_depth: int | None = None) -> None:
+def check_outputs(
+    items: Sequence[Item],
+    folder: OutputFolder,
+    ext: str,
+    inputs: Sequence[str | Path] = (),
+    bit_depth: int | None = None,
+) -> None:
     """Before any work: no two items write one file, no item writes over the run's own files, every
     item's format can hold the bit depth, and the output folder is not where sources live (outputs
     would become the next run's inputs)."""
@@ -658,30 +746,39 @@ def check_outputs(items: Sequence[Item], folder: OutputFolder, ext: str, inputs:
     for root in inputs:
         r = Path(root).resolve()
         if r.is_dir() and (out == r or r in out.parents):
-            raise RunError(f"the output folder {str(folder.root)!r} is inside the dataset {str(root)!r}; its images "
-                           f"would become sources of the next run -- choose a folder outside it")
+            raise RunError(
+                f"the output folder {str(folder.root)!r} is inside the dataset {str(root)!r}; its images "
+                f"would become sources of the next run -- choose a folder outside it"
+            )
     seen: dict[Path, str] = {}
     for it in items:
         for s in it.sources:
             d = Path(s).resolve().parent
             if d == out or out in d.parents:
-                raise RunError(f"the output folder {str(folder.root)!r} holds the sources of item {it.id!r} ({s}); "
-                               f"choose a folder apart from the sources")
+                raise RunError(
+                    f"the output folder {str(folder.root)!r} holds the sources of item {it.id!r} ({s}); "
+                    f"choose a folder apart from the sources"
+                )
         image, side = folder.paths(it, ext)
         if bit_depth == 16 and image.suffix.lower() not in SIXTEEN_BIT_SUFFIXES:
-            raise RunError(f"item {it.id!r} writes {image.name}, which cannot hold 16 bits; give it a .png or .tif "
-                           f"output, or leave out --bit-depth 16")
+            raise RunError(
+                f"item {it.id!r} writes {image.name}, which cannot hold 16 bits; give it a .png or .tif "
+                f"output, or leave out --bit-depth 16"
+            )
         for p in (image, side):
             if p.parent.resolve() == out and p.name.split(".")[0] in RUN_FILES:
-                raise RunError(f"item {it.id!r} would write {p.name}, a name the run keeps for its "
-                               f"{p.name.split('.')[0]} file; rename the item or give it another output")
+                raise RunError(
+                    f"item {it.id!r} would write {p.name}, a name the run keeps for its "
+                    f"{p.name.split('.')[0]} file; rename the item or give it another output"
+                )
             if p in seen:
                 raise RunError(f"items {seen[p]!r} and {it.id!r} would both be written to {p}")
             seen[p] = it.id
 
 
-def plan_jobs(items: Sequence[Item], run: ResolvedRun, folder: OutputFolder, overwrite: bool = False
-              ) -> tuple[list[Job], int, list[dict]]:
+def plan_jobs(
+    items: Sequence[Item], run: ResolvedRun, folder: OutputFolder, overwrite: bool = False
+) -> tuple[list[Job], int, list[dict]]:
     """(jobs to run, items already done, failures found while planning: unreadable sources).
 
     Items finished with another configuration are refused (RunError naming them) unless
@@ -691,8 +788,11 @@ def plan_jobs(items: Sequence[Item], run: ResolvedRun, folder: OutputFolder, ove
     for it in items:
         out, side = folder.paths(it, run.ext)
         if it.error or len(it.sources) < 2:  # a pair folder with one image, a stem some pattern lacks
-            why = it.error or (f"no file of this stem matches {', '.join(repr(p) for p in it.missing)}" if it.missing
-                               else f"only {len(it.sources)} image ({Path(it.sources[0]).name}); a source is missing")
+            why = it.error or (
+                f"no file of this stem matches {', '.join(repr(p) for p in it.missing)}"
+                if it.missing
+                else f"only {len(it.sources)} image ({Path(it.sources[0]).name}); a source is missing"
+            )
             failed.append({"id": it.id, "error": f"{why}; fusion needs two or more sources"})
             continue
         try:
@@ -711,12 +811,25 @@ def plan_jobs(items: Sequence[Item], run: ResolvedRun, folder: OutputFolder, ove
             if not overwrite:
                 continue
         # absolute paths: workers (processes, cluster actors) need not share the driver's working folder
-        jobs.append(Job(it.id, tuple(os.path.abspath(s) for s in it.sources), it.names, run.item_task(it),
-                        run.item_seed(it), os.path.abspath(out), os.path.abspath(side), key, cfg))
+        jobs.append(
+            Job(
+                it.id,
+                tuple(os.path.abspath(s) for s in it.sources),
+                it.names,
+                run.item_task(it),
+                run.item_seed(it),
+                os.path.abspath(out),
+                os.path.abspath(side),
+                key,
+                cfg,
+            )
+        )
     if changed and not overwrite:
         shown = "; ".join(f"{i}: {why}" for i, why in changed[:3]) + ("; …" if len(changed) > 3 else "")
-        raise RunError(f"{len(changed)} item(s) in {folder.root} were fused with other settings ({shown}); "
-                       f"use another output folder, or --overwrite to redo them")
+        raise RunError(
+            f"{len(changed)} item(s) in {folder.root} were fused with other settings ({shown}); "
+            f"use another output folder, or --overwrite to redo them"
+        )
     return jobs, done, failed
 
 
@@ -742,8 +855,7 @@ def run_batch(
     """
     log = log or (lambda m: print(m, file=sys.stderr))
     t0 = time.perf_counter()
-    runner = make_executor(executor, workers=workers, threads=threads, ray_address=ray_address,
-                           device=config.device)
+    runner = make_executor(executor, workers=workers, threads=threads, ray_address=ray_address, device=config.device)
     resolved = config.resolve(prior_device="cpu" if executor == "ray" else "run")
     if resolved.prior:
         try:
@@ -763,13 +875,34 @@ def run_batch(
             log(f"removed {len(removed)} temporary file(s) left by an earlier run that was killed")
         jobs, done, failed = plan_jobs(mine, resolved, folder, overwrite)
         summary = Summary(total=len(mine), skipped=done, failed=list(failed), shard=shard)
-        folder.append_log({"event": "start", "pid": os.getpid(), "host": socket.gethostname(),
-                           "shard": f"{shard[0]}/{shard[1]}", "items": len(mine), "pending": len(jobs),
-                           "already_done": done, "executor": runner.describe(), "config": resolved.describe()})
+        folder.append_log(
+            {
+                "event": "start",
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "shard": f"{shard[0]}/{shard[1]}",
+                "items": len(mine),
+                "pending": len(jobs),
+                "already_done": done,
+                "executor": runner.describe(),
+                "config": resolved.describe(),
+            }
+        )
         for f in failed:
             folder.append_log({"event": "item", "status": "failed", **f})
-        spec = WorkerSpec(resolved.method, dict(config.options), config.steps, config.prior, config.prior_spec,
-                          config.device, config.resize, config.bit_depth, threads, resolved.prior, config.max_pixels)
+        spec = WorkerSpec(
+            resolved.method,
+            dict(config.options),
+            config.steps,
+            config.prior,
+            config.prior_spec,
+            config.device,
+            config.resize,
+            config.bit_depth,
+            threads,
+            resolved.prior,
+            config.max_pixels,
+        )
         bar = Progress(len(jobs), progress)
         records = runner.run(spec, jobs, on_step=bar.step)
         logged: set[str] = set()
@@ -801,8 +934,10 @@ def run_batch(
             bar.close()
             summary.wall_s = time.perf_counter() - t0
             folder.append_log({"event": "end", **summary.to_dict()})
-            atomic_write_text(folder.summary_path, json.dumps({**summary.to_dict(), "config": resolved.describe()},
-                                                              indent=2, default=str))
+            atomic_write_text(
+                folder.summary_path,
+                json.dumps({**summary.to_dict(), "config": resolved.describe()}, indent=2, default=str),
+            )
     finally:
         folder.unlock()
     return summary

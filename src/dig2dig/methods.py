@@ -83,8 +83,13 @@ class Method:
     def check_sources(self, n: int) -> None:
         hi = self.max_sources
         if n < self.min_sources or (hi is not None and n > hi):
-            want = (f"exactly {hi}" if hi == self.min_sources else f"{self.min_sources} to {hi}" if hi else
-                    f"{self.min_sources} or more")
+            want = (
+                f"exactly {hi}"
+                if hi == self.min_sources
+                else f"{self.min_sources} to {hi}"
+                if hi
+                else f"{self.min_sources} or more"
+            )
             fix = "give that many registered images" if hi else "give two or more registered images"
             raise ValueError(f"method {self.name!r} fuses {want} sources, got {n}; {fix}")
 
@@ -98,8 +103,9 @@ def _build_ddfm(ctx: BuildContext, opts: DDFMOptions):
 def _build_dig(ctx: BuildContext, opts: DIGOptions):
     from .guidance.dig import DIGGuidance
 
-    return DIGGuidance(ctx.sources, ctx.prior, ctx.grid, noise_seeds=ctx.seeds, record=ctx.record, task=ctx.task,
-                       **opts.values())
+    return DIGGuidance(
+        ctx.sources, ctx.prior, ctx.grid, noise_seeds=ctx.seeds, record=ctx.record, task=ctx.task, **opts.values()
+    )
 
 
 def _build_ccf(ctx: BuildContext, opts: CCFOptions):
@@ -124,25 +130,62 @@ def _baseline(name: str) -> Callable:
     return run
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("dig2dig", "Dig2DIG (Cao et al. 2025): DDFM-style EM guidance weighted by diffusion information gains "
-           "per pyramid band (each pixel's detail from the source the prior finds most of), refreshed every S steps, "
-           "on a non-uniform DIG-N grid", DIGOptions, default_steps=25,
-           build=_build_dig, grid=_dig_grid),
-    Method("ccf", "CCF (Cao et al., NeurIPS 2024): one Adam step per reverse step on a gated top-k selection from a "
-           "bank of fusion conditions", CCFOptions, default_steps=200, build=_build_ccf),
-    Method("ddfm", "DDFM (Zhao et al., ICCV 2023): one EM step on x̂0's luminance per diffusion step", DDFMOptions,
-           default_steps=100, max_sources=2, build=_build_ddfm),
-    Method("average", "classical baseline: the mean of the sources", NoOptions, classical=_baseline("average")),
-    Method("maxabs", "classical baseline: per pixel the source of largest absolute value", NoOptions,
-           classical=_baseline("maxabs")),
-    Method("laplacian", "classical baseline: Laplacian-pyramid fusion, max-abs details", LaplacianOptions,
-           classical=_baseline("laplacian")),
-    Method("guided", "classical baseline: guided-filtering fusion (GFF, Li et al. 2013)", GuidedOptions,
-           classical=_baseline("guided")),
-    Method("mertens", "classical baseline: exposure fusion (Mertens et al. 2007, OpenCV's MergeMertens) on the "
-           "luminances", MertensOptions, classical=_baseline("mertens")),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "dig2dig",
+            "Dig2DIG (Cao et al. 2025): DDFM-style EM guidance weighted by diffusion information gains "
+            "per pyramid band (each pixel's detail from the source the prior finds most of), refreshed every S steps, "
+            "on a non-uniform DIG-N grid",
+            DIGOptions,
+            default_steps=25,
+            build=_build_dig,
+            grid=_dig_grid,
+        ),
+        Method(
+            "ccf",
+            "CCF (Cao et al., NeurIPS 2024): one Adam step per reverse step on a gated top-k selection from a "
+            "bank of fusion conditions",
+            CCFOptions,
+            default_steps=200,
+            build=_build_ccf,
+        ),
+        Method(
+            "ddfm",
+            "DDFM (Zhao et al., ICCV 2023): one EM step on x̂0's luminance per diffusion step",
+            DDFMOptions,
+            default_steps=100,
+            max_sources=2,
+            build=_build_ddfm,
+        ),
+        Method("average", "classical baseline: the mean of the sources", NoOptions, classical=_baseline("average")),
+        Method(
+            "maxabs",
+            "classical baseline: per pixel the source of largest absolute value",
+            NoOptions,
+            classical=_baseline("maxabs"),
+        ),
+        Method(
+            "laplacian",
+            "classical baseline: Laplacian-pyramid fusion, max-abs details",
+            LaplacianOptions,
+            classical=_baseline("laplacian"),
+        ),
+        Method(
+            "guided",
+            "classical baseline: guided-filtering fusion (GFF, Li et al. 2013)",
+            GuidedOptions,
+            classical=_baseline("guided"),
+        ),
+        Method(
+            "mertens",
+            "classical baseline: exposure fusion (Mertens et al. 2007, OpenCV's MergeMertens) on the luminances",
+            MertensOptions,
+            classical=_baseline("mertens"),
+        ),
+    )
+}
 
 
 def get_method(name: str) -> Method:
@@ -155,18 +198,25 @@ def get_method(name: str) -> Method:
 def options_markdown(methods: Sequence[str] | None = None) -> str:
     """The table of every method option and of the prior options (``docs/options.md``, the ``fuse`` docs)."""
     names = list(methods or METHODS)
-    return markdown_table([(n, METHODS[n].options) for n in names if METHODS[n].options.infos()]
-                          + [("any diffusion method", PriorOptions)])
+    return markdown_table(
+        [(n, METHODS[n].options) for n in names if METHODS[n].options.infos()]
+        + [("any diffusion method", PriorOptions)]
+    )
 
 
 def options_document() -> str:
     """``docs/options.md``: regenerate with ``python -m dig2dig.methods > docs/options.md``."""
-    lines = ["# Method options", "",
-             "Every option of every method, generated from the option records in `src/dig2dig/options.py` (the one",
-             "place each is defined). The same records give `dig2dig fuse --help`, the `dig2dig.fuse` documentation",
-             "and the validation that runs before any work. Python: `dig2dig.fuse(..., name=value)`; command line:",
-             "the flag. Regenerate this page with `python -m dig2dig.methods > docs/options.md`.", "",
-             "| method | default steps | sources | what it is |", "|---|---|---|---|"]
+    lines = [
+        "# Method options",
+        "",
+        "Every option of every method, generated from the option records in `src/dig2dig/options.py` (the one",
+        "place each is defined). The same records give `dig2dig fuse --help`, the `dig2dig.fuse` documentation",
+        "and the validation that runs before any work. Python: `dig2dig.fuse(..., name=value)`; command line:",
+        "the flag. Regenerate this page with `python -m dig2dig.methods > docs/options.md`.",
+        "",
+        "| method | default steps | sources | what it is |",
+        "|---|---|---|---|",
+    ]
     for m in METHODS.values():
         n = f"exactly {m.max_sources}" if m.max_sources == m.min_sources else f"{m.min_sources} or more"
         lines.append(f"| `{m.name}` | {m.default_steps or '–'} | {n} | {m.description} |")

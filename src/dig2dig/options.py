@@ -69,8 +69,11 @@ class OptionInfo:
 
         def bad(why: str) -> ValueError:
             allowed = self.range_text()
-            return ValueError(f"{owner} option {self.name}={given!r} {why}" + (f"; use {allowed}" if allowed else "")
-                              + (f" ({self.help})" if self.help else ""))
+            return ValueError(
+                f"{owner} option {self.name}={given!r} {why}"
+                + (f"; use {allowed}" if allowed else "")
+                + (f" ({self.help})" if self.help else "")
+            )
 
         if value is None:
             if self.optional:
@@ -123,18 +126,41 @@ class OptionInfo:
         return value
 
 
-def option(default: Any, help: str, *, kind: str | None = None, choices: tuple | None = None,
-           low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
-           none_means: str = "", cli: bool = True, metavar: str | None = None,
-           check: Callable[[Any], Any] | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    kind: str | None = None,
+    choices: tuple | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    none_means: str = "",
+    cli: bool = True,
+    metavar: str | None = None,
+    check: Callable[[Any], Any] | None = None,
+) -> Any:
     """Declare an option as a dataclass field; the kind is read off the default unless given."""
     if kind is None:
         kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(default), "any")
     if kind not in KINDS:
         raise ValueError(f"unknown option kind {kind!r}")
-    info = OptionInfo(help=help, kind=kind, choices=tuple(choices) if choices else None, low=low, high=high,
-                      low_open=low_open, high_open=high_open, optional=default is None, none_means=none_means,
-                      cli=cli, metavar=metavar, check=check, default=default)
+    info = OptionInfo(
+        help=help,
+        kind=kind,
+        choices=tuple(choices) if choices else None,
+        low=low,
+        high=high,
+        low_open=low_open,
+        high_open=high_open,
+        optional=default is None,
+        none_means=none_means,
+        cli=cli,
+        metavar=metavar,
+        check=check,
+        default=default,
+    )
     return field(default=default, metadata={"option": info})
 
 
@@ -162,8 +188,11 @@ class Options:
 
     @classmethod
     def infos(cls) -> list[OptionInfo]:
-        return [dataclasses.replace(f.metadata["option"], name=f.name) for f in dataclasses.fields(cls)
-                if "option" in f.metadata]
+        return [
+            dataclasses.replace(f.metadata["option"], name=f.name)
+            for f in dataclasses.fields(cls)
+            if "option" in f.metadata
+        ]
 
     @classmethod
     def create(cls, given: dict[str, Any] | None = None) -> Options:
@@ -199,8 +228,10 @@ def markdown_table(records: list[tuple[str, type[Options]]]) -> str:
     rows = ["| method | option | flag | default | allowed | meaning |", "|---|---|---|---|---|---|"]
     for method, cls in records:
         for i in cls.infos():
-            rows.append(f"| {method} | `{i.name}` | {'`' + i.flag + '`' if i.cli else '–'} | {i.default_text()} | "
-                        f"{i.range_text() or '–'} | {i.help} |")
+            rows.append(
+                f"| {method} | `{i.name}` | {'`' + i.flag + '`' if i.cli else '–'} | {i.default_text()} | "
+                f"{i.range_text() or '–'} | {i.help} |"
+            )
     return "\n".join(rows) + "\n"
 
 
@@ -218,44 +249,88 @@ class DIGOptions(Options):
         "soft": {"blend": "pixel", "mixing": "complementary", "limit": 1.0, "smooth": 12.0, "temperature": 1.0},
         "select": {"blend": "pixel", "mixing": "complementary", "limit": 20.0, "smooth": 32.0, "temperature": 0.02},
     }
-    preset: str = option("default", "a set of other defaults: paper = the paper read literally (per-pixel blend, "
-                         "the paper's mixing, no soft limit, no smoothing, temperature 1); soft = dig2dig 0.1's "
-                         "near-average per-pixel weights (limit 1, smooth 12, temperature 1); select = dig2dig 0.2's "
-                         "per-pixel selection (limit 20, smooth 32, temperature 0.02); options given as well "
-                         "override it", choices=("default", "paper", "soft", "select"))
-    blend: str = option("pyramid", "where the weights act: pyramid = per scale, on the sources' Laplacian-pyramid "
-                        "detail bands (DIG per band), the coarsest level an EM consensus; pixel = one per-pixel blend "
-                        "of intensities", choices=("pyramid", "pixel"))
-    levels: int | None = option(None, "pyramid blend: detail levels", kind="int", low=1, high=8,
-                                none_means="from the size, 1 to 5")
-    base: str = option("auto", "pyramid blend: weights of the coarsest level: consensus = the EM precisions of the "
-                       "released DDFM (near the sources' mean); select = the intensity DIG times the paper's EM "
-                       "precisions (the source DIG favours wins the region); auto = the task's (select for vif and "
-                       "mff, consensus for mif and mef)", choices=("auto", "consensus", "select"))
-    band_smooth: float = option(1.0, "pyramid blend: σ of the Gaussian that smooths each band's DIG map, in pixels "
-                                "of that band (0: none)", low=0, high=64)
+    preset: str = option(
+        "default",
+        "a set of other defaults: paper = the paper read literally (per-pixel blend, "
+        "the paper's mixing, no soft limit, no smoothing, temperature 1); soft = dig2dig 0.1's "
+        "near-average per-pixel weights (limit 1, smooth 12, temperature 1); select = dig2dig 0.2's "
+        "per-pixel selection (limit 20, smooth 32, temperature 0.02); options given as well "
+        "override it",
+        choices=("default", "paper", "soft", "select"),
+    )
+    blend: str = option(
+        "pyramid",
+        "where the weights act: pyramid = per scale, on the sources' Laplacian-pyramid "
+        "detail bands (DIG per band), the coarsest level an EM consensus; pixel = one per-pixel blend "
+        "of intensities",
+        choices=("pyramid", "pixel"),
+    )
+    levels: int | None = option(
+        None, "pyramid blend: detail levels", kind="int", low=1, high=8, none_means="from the size, 1 to 5"
+    )
+    base: str = option(
+        "auto",
+        "pyramid blend: weights of the coarsest level: consensus = the EM precisions of the "
+        "released DDFM (near the sources' mean); select = the intensity DIG times the paper's EM "
+        "precisions (the source DIG favours wins the region); auto = the task's (select for vif and "
+        "mff, consensus for mif and mef)",
+        choices=("auto", "consensus", "select"),
+    )
+    band_smooth: float = option(
+        1.0,
+        "pyramid blend: σ of the Gaussian that smooths each band's DIG map, in pixels of that band (0: none)",
+        low=0,
+        high=64,
+    )
     interval: int = option(10, "S: refresh the DIG weights every S steps", low=1, high=1000)
-    distance: str = option("l2", "distance between a denoised source and the source", choices=("l2", "l1", "ssim", "none"))
+    distance: str = option(
+        "l2", "distance between a denoised source and the source", choices=("l2", "l1", "ssim", "none")
+    )
     temperature: float = option(0.2, "softmax temperature on the normalised gains", low=0, low_open=True, high=1000)
-    limit: float = option(5.0, "soft limit L of the scaled gains before the softmax (L tanh(z/L); 0: none)", low=0,
-                          high=100)
+    limit: float = option(
+        5.0, "soft limit L of the scaled gains before the softmax (L tanh(z/L); 0: none)", low=0, high=100
+    )
     weights: str = option("dig", "per-pixel DIG weights, or equal weights (fixed guidance)", choices=("dig", "equal"))
-    mixing: str = option("complementary", "pixel blend: EM mixing rule: the released DDFM's, or the paper's f = x + v",
-                         choices=("complementary", "attractive"))
-    smooth: float = option(4.0, "σ in pixels of the Gaussian that smooths the detail salience (pyramid blend) or "
-                           "the DIG maps (pixel blend); 0: none", low=0, high=512)
+    mixing: str = option(
+        "complementary",
+        "pixel blend: EM mixing rule: the released DDFM's, or the paper's f = x + v",
+        choices=("complementary", "attractive"),
+    )
+    smooth: float = option(
+        4.0,
+        "σ in pixels of the Gaussian that smooths the detail salience (pyramid blend) or "
+        "the DIG maps (pixel blend); 0: none",
+        low=0,
+        high=512,
+    )
     dig_scale: float = option(0.5, "resolution of the DIG maps relative to the image", low=0, high=1, low_open=True)
-    window: str = option("backward", "measure DIG over the stretch just traversed (backward) or the coming one "
-                         "(forward: weights from step 0)", choices=("backward", "forward"))
-    accelerate: float = option(0.0, "merge pairs of steps up to the next refresh where the total DIG is below "
-                               "R × its largest so far (0: off)", low=0, high=1, high_open=True, metavar="R")
-    power: float = option(2.0, "exponent P of the DIG-N grid t_i = 999 (i/(N-1))^P (big steps at high noise)",
-                          low=0, low_open=True, high=10)
+    window: str = option(
+        "backward",
+        "measure DIG over the stretch just traversed (backward) or the coming one (forward: weights from step 0)",
+        choices=("backward", "forward"),
+    )
+    accelerate: float = option(
+        0.0,
+        "merge pairs of steps up to the next refresh where the total DIG is below R × its largest so far (0: off)",
+        low=0,
+        high=1,
+        high_open=True,
+        metavar="R",
+    )
+    power: float = option(
+        2.0,
+        "exponent P of the DIG-N grid t_i = 999 (i/(N-1))^P (big steps at high noise)",
+        low=0,
+        low_open=True,
+        high=10,
+    )
 
     def check(self) -> None:
         if self.blend == "pyramid" and self.distance == "ssim":
-            raise ValueError("dig2dig option distance='ssim' measures whole images, not pyramid bands; use it with "
-                             "blend=pixel, or distance l2, l1 or none")
+            raise ValueError(
+                "dig2dig option distance='ssim' measures whole images, not pyramid bands; use it with "
+                "blend=pixel, or distance l2, l1 or none"
+            )
 
     def max_batch(self) -> int | None:
         return 1 if self.accelerate > 0 else None  # merged steps are decided per image
@@ -270,8 +345,11 @@ class DDFMOptions(Options):
     """DDFM (:mod:`dig2dig.guidance.ddfm`)."""
 
     owner = "ddfm"
-    mapping: str = option("release", "output mapping and slot order: the released code's, or the paper's f = x + v",
-                          choices=("release", "paper"))
+    mapping: str = option(
+        "release",
+        "output mapping and slot order: the released code's, or the paper's f = x + v",
+        choices=("release", "paper"),
+    )
     lamb: float = option(0.5, "λ of the total-variation term", low=0, low_open=True, high=100)
     rho: float = option(0.001, "ρ of the total-variation term", low=0, low_open=True, high=100)
 
@@ -300,17 +378,32 @@ class CCFOptions(Options):
     """CCF (:mod:`dig2dig.guidance.ccf`)."""
 
     owner = "ccf"
-    conditions: tuple | None = option(None, "condition bank, comma-separated (see dig2dig.guidance.ccf_conditions)",
-                                      kind="any", check=_conditions, none_means="the task's preset")
+    conditions: tuple | None = option(
+        None,
+        "condition bank, comma-separated (see dig2dig.guidance.ccf_conditions)",
+        kind="any",
+        check=_conditions,
+        none_means="the task's preset",
+    )
     topk: int = option(3, "conditions selected per step", low=1, high=1000)
     lr: float = option(0.03, "Adam step size on x̂0", low=0, low_open=True, high=10)
     alpha: float = option(1.5, "GradNorm's α in the gate", low=0, high=100)
     release_compat: bool = option(False, "reproduce the released CCF code, its defects included")
-    tiebreak: str | None = option(None, "order of tied gate weights in the top-k", kind="str", choices=("stable", "torch"),
-                                  none_means="torch with release_compat, else stable")
-    feature_extractor: Any = option(None, "a torch module mapping an image to features, as 'module:attr' (a class is "
-                                    "instantiated): adds the feature-matching condition", kind="any",
-                                    check=_extractor, metavar="MODULE:ATTR")
+    tiebreak: str | None = option(
+        None,
+        "order of tied gate weights in the top-k",
+        kind="str",
+        choices=("stable", "torch"),
+        none_means="torch with release_compat, else stable",
+    )
+    feature_extractor: Any = option(
+        None,
+        "a torch module mapping an image to features, as 'module:attr' (a class is "
+        "instantiated): adds the feature-matching condition",
+        kind="any",
+        check=_extractor,
+        metavar="MODULE:ATTR",
+    )
 
     def check(self) -> None:
         if self.conditions is not None:  # names against the condition registry, before any work
@@ -375,20 +468,37 @@ class PriorOptions(Options):
     """How the prior's network runs (:mod:`dig2dig.prior.execution`): the guidance always sees the whole image."""
 
     owner = "prior"
-    tile: Any = option("auto", "denoise in overlapping tiles of N pixels: auto tiles when a whole-image forward would "
-                       "need over half the device's memory, or the prior was trained at a fixed size (ADM-256: 256)",
-                       kind="any",
-                       check=_tile, metavar="auto|off|N")
-    tile_overlap: int | None = option(None, "pixels by which neighbouring tiles overlap (blended with a cosine ramp)",
-                                      kind="int", low=0, high=65536, none_means="a quarter of the tile")
+    tile: Any = option(
+        "auto",
+        "denoise in overlapping tiles of N pixels: auto tiles when a whole-image forward would "
+        "need over half the device's memory, or the prior was trained at a fixed size (ADM-256: 256)",
+        kind="any",
+        check=_tile,
+        metavar="auto|off|N",
+    )
+    tile_overlap: int | None = option(
+        None,
+        "pixels by which neighbouring tiles overlap (blended with a cosine ramp)",
+        kind="int",
+        low=0,
+        high=65536,
+        none_means="a quarter of the tile",
+    )
     tile_batch: int = option(4, "tiles passed through the network together", low=1, high=4096)
-    precision: str = option("fp32", "precision of the prior's forward (autocast; the guidance math stays fp32)",
-                            choices=("fp32", "fp16", "bf16"))
-    compile: bool = option(False, "compile the prior's network with torch.compile, one graph per image shape: the "
-                           "first call of each shape compiles for minutes on a CPU, later ones run ~13% faster "
-                           "(worth it for a long batch, not for one image)")
+    precision: str = option(
+        "fp32",
+        "precision of the prior's forward (autocast; the guidance math stays fp32)",
+        choices=("fp32", "fp16", "bf16"),
+    )
+    compile: bool = option(
+        False,
+        "compile the prior's network with torch.compile, one graph per image shape: the "
+        "first call of each shape compiles for minutes on a CPU, later ones run ~13% faster "
+        "(worth it for a long batch, not for one image)",
+    )
 
     def check(self) -> None:
         if isinstance(self.tile, int) and self.tile_overlap is not None and 2 * self.tile_overlap >= self.tile:
-            raise ValueError(f"prior option tile_overlap={self.tile_overlap} must be less than half the tile "
-                             f"({self.tile})")
+            raise ValueError(
+                f"prior option tile_overlap={self.tile_overlap} must be less than half the tile ({self.tile})"
+            )

@@ -107,28 +107,58 @@ class FuseWorker:
         s = self.spec
         step = (lambda done, total: on_step(job.id, done, total)) if on_step else False
         try:
-            r = fuse(list(job.sources), method=s.method, steps=s.steps, seed=job.seed, task=job.task, prior=self.den,
-                     device=s.device, resize=s.resize, names=list(job.names) if job.names else None,
-                     max_pixels=s.max_pixels, progress=step, **s.options)
+            r = fuse(
+                list(job.sources),
+                method=s.method,
+                steps=s.steps,
+                seed=job.seed,
+                task=job.task,
+                prior=self.den,
+                device=s.device,
+                resize=s.resize,
+                names=list(job.names) if job.names else None,
+                max_pixels=s.max_pixels,
+                progress=step,
+                **s.options,
+            )
             Path(job.output).parent.mkdir(parents=True, exist_ok=True)
             out = r.save(job.output, s.bit_depth)
             wall = time.perf_counter() - t0
             sidecar = {
-                "id": job.id, "key": job.key, "output": out.name, "output_sha256": file_sha256(out),
-                "sources": list(job.sources), "roles": r.config["roles"], "task": r.task,
-                "task_reason": r.config["task_reason"], "seed": job.seed, "method": r.method,
-                "options": r.config["options"], "steps": r.config["steps"], "grid": r.config["grid"],
-                "steps_taken": r.config.get("steps_taken"), "prior_run": r.config.get("prior_run"),
-                "prior": r.config["prior"], "device": r.config["device"], "dig2dig": __version__,
-                "config": job.item_config, "timings": {**r.timings, "wall_s": wall}, "notes": r.config["notes"],
-                "host": socket.gethostname(), "pid": os.getpid(),
+                "id": job.id,
+                "key": job.key,
+                "output": out.name,
+                "output_sha256": file_sha256(out),
+                "sources": list(job.sources),
+                "roles": r.config["roles"],
+                "task": r.task,
+                "task_reason": r.config["task_reason"],
+                "seed": job.seed,
+                "method": r.method,
+                "options": r.config["options"],
+                "steps": r.config["steps"],
+                "grid": r.config["grid"],
+                "steps_taken": r.config.get("steps_taken"),
+                "prior_run": r.config.get("prior_run"),
+                "prior": r.config["prior"],
+                "device": r.config["device"],
+                "dig2dig": __version__,
+                "config": job.item_config,
+                "timings": {**r.timings, "wall_s": wall},
+                "notes": r.config["notes"],
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             atomic_write_text(job.sidecar, json.dumps(sidecar, indent=1, default=str))
             return {"id": job.id, "status": "done", "seconds": round(wall, 3), "output": str(out)}
         except Exception as e:  # one bad item must not end the run (out of memory included)
-            return {"id": job.id, "status": "failed", "seconds": round(time.perf_counter() - t0, 3),
-                    "error": one_line(e)}
+            return {
+                "id": job.id,
+                "status": "failed",
+                "seconds": round(time.perf_counter() - t0, 3),
+                "error": one_line(e),
+            }
 
 
 def cpu_count() -> int:
@@ -138,8 +168,14 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def make_executor(kind: str, *, workers: int = 1, threads: int | None = None, ray_address: str | None = None,
-                  device: str | None = None):
+def make_executor(
+    kind: str,
+    *,
+    workers: int = 1,
+    threads: int | None = None,
+    ray_address: str | None = None,
+    device: str | None = None,
+):
     if kind not in EXECUTORS:
         raise RunError(f"unknown executor {kind!r}; use one of {', '.join(EXECUTORS)}")
     if int(workers) < 1:
@@ -147,8 +183,9 @@ def make_executor(kind: str, *, workers: int = 1, threads: int | None = None, ra
     if threads is not None and int(threads) < 1:
         raise RunError(f"--threads must be at least 1, got {threads}")
     if kind == "ray":
-        return RayExecutor(workers=None if workers == 1 else int(workers), threads=threads, address=ray_address,
-                           device=device)
+        return RayExecutor(
+            workers=None if workers == 1 else int(workers), threads=threads, address=ray_address, device=device
+        )
     if ray_address:
         raise RunError("--ray-address needs --executor ray")
     return LocalExecutor(int(workers), threads)
@@ -178,8 +215,12 @@ class LocalExecutor:
             return int(self.threads)
         return max(1, cpu_count() // self.workers) if self.workers > 1 else None
 
-    def run(self, spec: WorkerSpec, jobs: Sequence[Job], on_step: Callable[[str, int, int], None] | None = None,
-            ) -> Iterator[dict]:
+    def run(
+        self,
+        spec: WorkerSpec,
+        jobs: Sequence[Job],
+        on_step: Callable[[str, int, int], None] | None = None,
+    ) -> Iterator[dict]:
         """Records as items finish; ``on_step`` follows the running item's steps (one worker, in this process)."""
         if not jobs:
             return
@@ -202,8 +243,9 @@ class LocalExecutor:
         ctx = multiprocessing.get_context("spawn")  # no forked torch state
         queue, deaths = list(jobs), {}
         while queue:
-            pool = ProcessPoolExecutor(max_workers=min(self.workers, len(queue)), mp_context=ctx,
-                                       initializer=_init_process, initargs=(spec,))
+            pool = ProcessPoolExecutor(
+                max_workers=min(self.workers, len(queue)), mp_context=ctx, initializer=_init_process, initargs=(spec,)
+            )
             running: dict = {}
             broken = False
             try:
@@ -230,8 +272,11 @@ class LocalExecutor:
             for job in running.values():  # in flight when a worker died
                 deaths[job.id] = deaths.get(job.id, 0) + 1
                 if deaths[job.id] >= attempts:
-                    yield {"id": job.id, "status": "failed", "error": f"its worker process died {deaths[job.id]} "
-                                                                      "times (killed, or out of memory)"}
+                    yield {
+                        "id": job.id,
+                        "status": "failed",
+                        "error": f"its worker process died {deaths[job.id]} times (killed, or out of memory)",
+                    }
                 else:
                     retry.append(job)
             queue = retry + queue
@@ -288,8 +333,13 @@ class RayFuseActor:
 
 
 class RayExecutor:
-    def __init__(self, workers: int | None = None, threads: int | None = None, address: str | None = None,
-                 device: str | None = None):
+    def __init__(
+        self,
+        workers: int | None = None,
+        threads: int | None = None,
+        address: str | None = None,
+        device: str | None = None,
+    ):
         self.workers, self.threads, self.address, self.device = workers, threads, address, device
         self.gpu = bool(device) and str(device).startswith("cuda")
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ retries print a line each otherwise
@@ -302,8 +352,13 @@ class RayExecutor:
             self._check_reachable(address)  # before any folder is made or item planned
 
     def describe(self) -> dict:
-        return {"kind": "ray", "address": self.address or "local", "actors": self.workers, "threads": self.threads,
-                "gpu": self.gpu}
+        return {
+            "kind": "ray",
+            "address": self.address or "local",
+            "actors": self.workers,
+            "threads": self.threads,
+            "gpu": self.gpu,
+        }
 
     def compute(self, device: str | None) -> dict:
         """As :meth:`LocalExecutor.compute`, decided without the cluster: actors get a GPU each when the
@@ -333,8 +388,14 @@ class RayExecutor:
                 ray.init(address="local", num_cpus=cpu_count(), **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray cluster"
-            hint = ("; check the address, and where the cluster uses token authentication set RAY_AUTH_MODE=token "
-                    "and RAY_AUTH_TOKEN (or ~/.ray/auth_token) as on the cluster") if self.address else ""
+            hint = (
+                (
+                    "; check the address, and where the cluster uses token authentication set RAY_AUTH_MODE=token "
+                    "and RAY_AUTH_TOKEN (or ~/.ray/auth_token) as on the cluster"
+                )
+                if self.address
+                else ""
+            )
             raise RunError(f"cannot start or join {where}: {one_line(e)}{hint}") from None
         finally:
             try:
@@ -351,8 +412,10 @@ class RayExecutor:
         try:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
         except (OSError, ValueError) as e:
-            raise RunError(f"cannot reach the Ray cluster at {address!r} ({getattr(e, 'strerror', None) or e}); "
-                           f"check the address (host:port of the head node's GCS, e.g. 10.0.0.1:6379)") from None
+            raise RunError(
+                f"cannot reach the Ray cluster at {address!r} ({getattr(e, 'strerror', None) or e}); "
+                f"check the address (host:port of the head node's GCS, e.g. 10.0.0.1:6379)"
+            ) from None
 
     def _pool(self) -> tuple[int, float]:
         """(actors, CPUs per actor) from the cluster's resources; fail fast where GPUs are missing."""
@@ -362,8 +425,10 @@ class RayExecutor:
         cpus, gpus = int(res.get("CPU", 0)), int(res.get("GPU", 0))
         if self.gpu:
             if gpus < 1:
-                raise RunError(f"--device {self.device} asks for GPUs, but the Ray cluster has none ({cpus} CPUs); "
-                               f"use --device cpu or join a cluster with GPUs")
+                raise RunError(
+                    f"--device {self.device} asks for GPUs, but the Ray cluster has none ({cpus} CPUs); "
+                    f"use --device cpu or join a cluster with GPUs"
+                )
             return (self.workers or gpus), float(self.threads or max(1, cpus // max(gpus, 1)))
         if cpus < 1:
             raise RunError("the Ray cluster offers no CPUs")
@@ -391,9 +456,15 @@ class RayExecutor:
             ctx.enable_progress_bars = False
             ctx.verbose_progress = False
             ds = ray.data.from_items([{"job": j.to_json()} for j in jobs], override_num_blocks=len(jobs))
-            ds = ds.map_batches(RayFuseActor, fn_constructor_kwargs={"spec": spec}, batch_size=1,
-                                concurrency=min(actors, len(jobs)), num_cpus=cpus, num_gpus=1 if self.gpu else 0,
-                                batch_format="numpy")
+            ds = ds.map_batches(
+                RayFuseActor,
+                fn_constructor_kwargs={"spec": spec},
+                batch_size=1,
+                concurrency=min(actors, len(jobs)),
+                num_cpus=cpus,
+                num_gpus=1 if self.gpu else 0,
+                batch_format="numpy",
+            )
             for row in ds.iter_rows():
                 yield json.loads(str(row["record"]))
         finally:

@@ -163,7 +163,8 @@ def ddim(
         eps_used = (x * c1 - (x0 if recompute else x0_hat)) / c2
         sigma = eta * np.sqrt((1 - a_prev) / (1 - a)) * np.sqrt(1 - a / a_prev) if eta > 0 else 0.0
         x_prev = x0 * float(np.float32(np.sqrt(a_prev))) + eps_used * float(
-            np.float32(np.sqrt(max(1.0 - a_prev - sigma**2, 0.0))))
+            np.float32(np.sqrt(max(1.0 - a_prev - sigma**2, 0.0)))
+        )
         if sigma > 0 and t_prev >= 0:
             x_prev = x_prev + float(np.float32(sigma)) * _noise_like(x, generator)
         if callback is not None:
@@ -180,7 +181,9 @@ def _noise_like(x: torch.Tensor, generator) -> torch.Tensor:
         return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
     if len(gens) != x.shape[0]:
         raise ValueError(f"got {len(gens)} generators for a batch of {x.shape[0]}")
-    return torch.cat([torch.randn((1, *x.shape[1:]), generator=g, dtype=torch.float32) for g in gens]).to(x.device, x.dtype)
+    return torch.cat([torch.randn((1, *x.shape[1:]), generator=g, dtype=torch.float32) for g in gens]).to(
+        x.device, x.dtype
+    )
 
 
 def initial_noise(shape: Sequence[int], seeds: Sequence[int], device: str | torch.device = "cpu") -> torch.Tensor:

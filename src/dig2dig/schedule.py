@@ -44,7 +44,7 @@ def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int
     """
     if isinstance(section_counts, str):
         if section_counts.startswith("ddim"):
-            desired = int(section_counts[len("ddim"):])
+            desired = int(section_counts[len("ddim") :])
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return list(range(0, num_timesteps, stride))
@@ -99,16 +99,21 @@ def make_grid(spec: int | str | Sequence[int], num_timesteps: int = NUM_TIMESTEP
     * ``"uniform:N"`` or ``"power:N:P"`` (P defaults to 2)
     * a comma-separated string or a sequence of timesteps -> that list, sorted descending
     """
-    if isinstance(spec, (bool, float, np.floating)) or not isinstance(spec, (int, np.integer, str, Sequence,
-                                                                           np.ndarray)):
-        raise ValueError(f"steps={spec!r}: give a step count (a whole number, not {type(spec).__name__}), "
-                         f"'uniform:N', 'power:N:P' or a list like '999,500,0'")
+    if isinstance(spec, (bool, float, np.floating)) or not isinstance(
+        spec, (int, np.integer, str, Sequence, np.ndarray)
+    ):
+        raise ValueError(
+            f"steps={spec!r}: give a step count (a whole number, not {type(spec).__name__}), "
+            f"'uniform:N', 'power:N:P' or a list like '999,500,0'"
+        )
     if isinstance(spec, (int, np.integer)):
         return uniform_grid(int(spec), num_timesteps)
     if isinstance(spec, str):
         text = spec.strip()
-        bad = ValueError(f"bad steps {spec!r}: use a step count from 1 to {num_timesteps}, 'uniform:N', 'power:N:P' "
-                         f"(P > 0) or a list of timesteps like '999,500,0'")
+        bad = ValueError(
+            f"bad steps {spec!r}: use a step count from 1 to {num_timesteps}, 'uniform:N', 'power:N:P' "
+            f"(P > 0) or a list of timesteps like '999,500,0'"
+        )
         kind, _, rest = text.partition(":")
         try:
             if kind == "uniform" and rest:
@@ -129,8 +134,9 @@ def make_grid(spec: int | str | Sequence[int], num_timesteps: int = NUM_TIMESTEP
     if not grid:
         raise ValueError("the timestep grid is empty; give a step count, 'power:N:P' or timesteps like '999,500,0'")
     if grid[0] >= num_timesteps or grid[-1] < 0:
-        raise ValueError(f"grid timesteps must lie in [0, {num_timesteps - 1}], got {grid[0]}..{grid[-1]}; or give "
-                         f"a step count")
+        raise ValueError(
+            f"grid timesteps must lie in [0, {num_timesteps - 1}], got {grid[0]}..{grid[-1]}; or give a step count"
+        )
     if len(grid) != len(list(spec)):
         raise ValueError(f"grid has repeated timesteps: {list(spec)}; give each timestep once")
     return grid

@@ -26,9 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .color import is_gray, luminance
+
 
 @dataclass(frozen=True)
 class TaskRecord:
@@ -40,12 +39,15 @@ class TaskRecord:
     dig_base: str  # Dig2DIG's pyramid blend: "select" or "consensus" coarsest-level weights
 
 
-TASK_RECORDS: dict[str, TaskRecord] = {r.name: r for r in (
-    TaskRecord("vif", chroma="source", dig_base="select"),
-    TaskRecord("mif", chroma="source", dig_base="consensus"),
-    TaskRecord("mef", chroma="saturation", dig_base="consensus"),
-    TaskRecord("mff", chroma="saturation", dig_base="select"),
-)}
+TASK_RECORDS: dict[str, TaskRecord] = {
+    r.name: r
+    for r in (
+        TaskRecord("vif", chroma="source", dig_base="select"),
+        TaskRecord("mif", chroma="source", dig_base="consensus"),
+        TaskRecord("mef", chroma="saturation", dig_base="consensus"),
+        TaskRecord("mff", chroma="saturation", dig_base="select"),
+    )
+}
 TASKS = tuple(TASK_RECORDS)
 CHROMA = {name: r.chroma for name, r in TASK_RECORDS.items()}
 
@@ -58,6 +60,7 @@ def task_record(name: str | None) -> TaskRecord:
         return TASK_RECORDS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; use one of {', '.join(TASK_RECORDS)}") from None
+
 
 # token -> (task, role) where role 0 = intensity (first), 1 = texture (second), None = ordered
 _HINTS: dict[str, tuple[str, int | None]] = {}
@@ -130,8 +133,10 @@ def resolve_task(task: str, images, names: list[str]) -> TaskInfo:
                 cache.extend(loader())
             return cache
     else:
+
         def get():
             return images
+
     task = task.lower()
     if task != "auto" and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use one of auto, {', '.join(TASKS)}")

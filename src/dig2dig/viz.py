@@ -50,18 +50,23 @@ def region_masks(regions: dict, full: tuple[int, int], size: tuple[int, int]) ->
         else:
             x0, y0, x1, y1 = (int(v) for v in reg)
             if not (0 <= x0 < x1 <= full[1] and 0 <= y0 < y1 <= full[0]):
-                raise ValueError(f"region {name!r}: box {reg} must satisfy 0 <= x0 < x1 <= {full[1]} and "
-                                 f"0 <= y0 < y1 <= {full[0]} (x0,y0,x1,y1 in pixels)")
+                raise ValueError(
+                    f"region {name!r}: box {reg} must satisfy 0 <= x0 < x1 <= {full[1]} and "
+                    f"0 <= y0 < y1 <= {full[0]} (x0,y0,x1,y1 in pixels)"
+                )
             m = np.zeros(size, bool)
             sy, sx = size[0] / full[0], size[1] / full[1]
-            m[int(y0 * sy): max(int(np.ceil(y1 * sy)), int(y0 * sy) + 1),
-              int(x0 * sx): max(int(np.ceil(x1 * sx)), int(x0 * sx) + 1)] = True
+            m[
+                int(y0 * sy) : max(int(np.ceil(y1 * sy)), int(y0 * sy) + 1),
+                int(x0 * sx) : max(int(np.ceil(x1 * sx)), int(x0 * sx) + 1),
+            ] = True
         masks[name] = m
     return masks
 
 
-def save_dig(result, out_dir: str | Path, sources: list[np.ndarray] | None = None,
-             regions: dict | None = None) -> list[Path]:
+def save_dig(
+    result, out_dir: str | Path, sources: list[np.ndarray] | None = None, regions: dict | None = None
+) -> list[Path]:
     """Write the weight maps and DIG curves; ``sources`` (role order) default to the result's files.
 
     ``regions`` (name -> box ``(x0, y0, x1, y1)`` in image pixels, or a boolean mask of the image's
@@ -91,8 +96,13 @@ def save_dig(result, out_dir: str | Path, sources: list[np.ndarray] | None = Non
         panel = np.concatenate(sum(([w[i].astype(np.float32), gap] for i in range(len(w))), [])[:-1], axis=1)
         written.append(write_image(out / f"weights_step{r['step']:03d}.png", np.clip(panel, 0, 1)))
 
-    summary: dict = {"names": names, "steps": [r["step"] for r in refreshes], "t": [r["t"] for r in refreshes],
-                     "t_from": [r["t_from"] for r in refreshes], "dig_mean": [r["dig_mean"] for r in refreshes]}
+    summary: dict = {
+        "names": names,
+        "steps": [r["step"] for r in refreshes],
+        "t": [r["t"] for r in refreshes],
+        "t_from": [r["t_from"] for r in refreshes],
+        "dig_mean": [r["dig_mean"] for r in refreshes],
+    }
     curve = g.get("curve")
     with_maps = [r for r in refreshes if "dig" in r]
     if curve is not None:  # cumulative DIG from the first grid level down to each level
@@ -110,8 +120,10 @@ def save_dig(result, out_dir: str | Path, sources: list[np.ndarray] | None = Non
             masks = region_masks(regions, tuple(result.image.shape[:2]), size)
         else:
             srcs = [luminance(im) for im in (sources if sources is not None else _source_images(result))]
-            masks = {f"where {names[i]} has structure": m for i, m in
-                     (_structure_regions(srcs, size).items() if srcs else [])}
+            masks = {
+                f"where {names[i]} has structure": m
+                for i, m in (_structure_regions(srcs, size).items() if srcs else [])
+            }
         panels = [("whole image", np.ones(size, bool))] + list(masks.items())
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
         summary["curves"] = {}

@@ -115,7 +115,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -163,8 +163,9 @@ def loss_ratios(losses: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
     return torch.where(first == 0, torch.ones_like(losses), (losses / safe).abs())
 
 
-def gradnorm_update(w: torch.Tensor, losses: torch.Tensor, first: torch.Tensor, grad_norms: torch.Tensor,
-                    alpha: float = 1.5) -> GateUpdate:
+def gradnorm_update(
+    w: torch.Tensor, losses: torch.Tensor, first: torch.Tensor, grad_norms: torch.Tensor, alpha: float = 1.5
+) -> GateUpdate:
     """One GradNorm update of the gate weights ``w`` (B, n), per item.
 
     ``grad_norms`` are ‖∂L_i/∂z‖ (B, n); ``first`` the losses of the first step.  The update is
@@ -188,8 +189,14 @@ class AdamMoments(NamedTuple):
     steps: int
 
 
-def adam_step(z: torch.Tensor, grad: torch.Tensor, moments: AdamMoments | None, lr: float,
-              betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> tuple[torch.Tensor, AdamMoments]:
+def adam_step(
+    z: torch.Tensor,
+    grad: torch.Tensor,
+    moments: AdamMoments | None,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> tuple[torch.Tensor, AdamMoments]:
     """One Adam step (``torch.optim.Adam``'s arithmetic, out of place): (z', new moments)."""
     b1, b2 = betas
     if moments is None:
@@ -249,14 +256,18 @@ def resolve_extractor(obj):
             for part in attr.split("."):
                 target = getattr(target, part)
         except (ImportError, AttributeError, ValueError) as e:
-            raise ValueError(f"feature extractor {obj!r}: cannot import it ({type(e).__name__}: {e}); give "
-                             f"'module:attr' of an importable torch module or function") from None
+            raise ValueError(
+                f"feature extractor {obj!r}: cannot import it ({type(e).__name__}: {e}); give "
+                f"'module:attr' of an importable torch module or function"
+            ) from None
         if isinstance(target, type):
             try:
                 target = target()
             except Exception as e:  # noqa: BLE001 -- a class that needs arguments, or fails to build
-                raise ValueError(f"feature extractor {obj!r}: {attr}() cannot be created without arguments "
-                                 f"({type(e).__name__}: {e}); name a module instance or a factory") from None
+                raise ValueError(
+                    f"feature extractor {obj!r}: {attr}() cannot be created without arguments "
+                    f"({type(e).__name__}: {e}); name a module instance or a factory"
+                ) from None
         if callable(target):
             return target
     raise ValueError(f"feature_extractor must be a torch callable or 'module:attr', got {obj!r}")
@@ -302,8 +313,10 @@ class CCFGuidance(Rectifier):
                 else:
                     raise ValueError(f"sources have {s.shape[1]} channels, x̂0 has {channels}")
             names = list(self.names) + ([ANCHOR] if ANCHOR not in self.names else [])
-            self._bank = [make_condition(n, srcs, release_compat=self.release_compat,
-                                         feature_extractor=self.feature_extractor) for n in names]
+            self._bank = [
+                make_condition(n, srcs, release_compat=self.release_compat, feature_extractor=self.feature_extractor)
+                for n in names
+            ]
             self._channels = channels
         return self._bank
 
@@ -338,12 +351,21 @@ class CCFGuidance(Rectifier):
             state.first = losses[:, :n].clone()
         gate = gradnorm_update(state.w, losses[:, :n], state.first, norms[:, :n], self.alpha)
         x0_new, state.adam = adam_step(x0_hat.detach(), zgrad, state.adam, self.lr)
-        state.history.append({
-            # kept on the device: copying to the host here would stall a GPU at every step
-            "step": step.index, "t": step.t, "selected": selected, "w_before": state.w,
-            "w_after": gate.w, "losses": losses[:, :n], "grad_norms": gate.grad_norms,
-            "target": gate.target, "w_grad": gate.w_grad, "total": (coef * losses).sum(1),
-        })
+        state.history.append(
+            {
+                # kept on the device: copying to the host here would stall a GPU at every step
+                "step": step.index,
+                "t": step.t,
+                "selected": selected,
+                "w_before": state.w,
+                "w_after": gate.w,
+                "losses": losses[:, :n],
+                "grad_norms": gate.grad_norms,
+                "target": gate.target,
+                "w_grad": gate.w_grad,
+                "total": (coef * losses).sum(1),
+            }
+        )
         state.w = gate.w
         return x0_new, state
 
@@ -354,15 +376,30 @@ class CCFGuidance(Rectifier):
         for rec in state.history:
             rec = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in rec.items()}
             idx = [int(i) for i in rec["selected"][b]]
-            steps.append({
-                "step": rec["step"], "t": rec["t"], "selected": [self.names[i] for i in idx], "selected_idx": idx,
-                "w_before": rec["w_before"][b].tolist(), "w_after": rec["w_after"][b].tolist(),
-                "losses": rec["losses"][b].tolist(), "grad_norms": rec["grad_norms"][b].tolist(),
-                "total": float(rec["total"][b]),
-            })
-        return {"method": "ccf", "conditions": list(self.names), "topk": self.topk, "alpha": self.alpha,
-                "lr": self.lr, "release_compat": self.release_compat, "tiebreak": self.tiebreak,
-                "first_losses": state.first[b].tolist() if state.first is not None else None, "steps": steps}
+            steps.append(
+                {
+                    "step": rec["step"],
+                    "t": rec["t"],
+                    "selected": [self.names[i] for i in idx],
+                    "selected_idx": idx,
+                    "w_before": rec["w_before"][b].tolist(),
+                    "w_after": rec["w_after"][b].tolist(),
+                    "losses": rec["losses"][b].tolist(),
+                    "grad_norms": rec["grad_norms"][b].tolist(),
+                    "total": float(rec["total"][b]),
+                }
+            )
+        return {
+            "method": "ccf",
+            "conditions": list(self.names),
+            "topk": self.topk,
+            "alpha": self.alpha,
+            "lr": self.lr,
+            "release_compat": self.release_compat,
+            "tiebreak": self.tiebreak,
+            "first_losses": state.first[b].tolist() if state.first is not None else None,
+            "steps": steps,
+        }
 
 
 def build_ccf(sources, prior, *, task: str | None = None, **options) -> CCFGuidance:
@@ -397,10 +434,10 @@ def save_selection(records: dict, out_dir: str | Path, stem: str = "ccf_selectio
     and ``<stem>.json`` (the history) for one image's CCF records (``FusionResult.guidance``)."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    from ..io import atomic_savefig, atomic_write_text
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
+
+    from ..io import atomic_savefig, atomic_write_text
 
     if not records or records.get("method") != "ccf":
         raise ValueError("save_selection needs the guidance records of a method='ccf' result")
@@ -413,17 +450,34 @@ def save_selection(records: dict, out_dir: str | Path, stem: str = "ccf_selectio
     fig = Figure(figsize=(max(6.0, min(18.0, 0.28 * steps + 2.5)), 1.2 + 0.42 * n + 2.6), dpi=120)
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, gridspec_kw={"height_ratios": [max(n, 2), 4]}, sharex=True)
-    cmap = ListedColormap(["#f4f4f4"] + [c for c in ("#1f4e79", "#2e75b6", "#9dc3e6", "#bdd7ee", "#deebf7")
-                                         ][: max(1, records["topk"])])
-    top.imshow(np.minimum(ranks, 5), aspect="auto", interpolation="nearest", cmap=cmap, vmin=0,
-               vmax=max(1, min(records["topk"], 5)))
+    cmap = ListedColormap(
+        ["#f4f4f4"] + [c for c in ("#1f4e79", "#2e75b6", "#9dc3e6", "#bdd7ee", "#deebf7")][: max(1, records["topk"])]
+    )
+    top.imshow(
+        np.minimum(ranks, 5),
+        aspect="auto",
+        interpolation="nearest",
+        cmap=cmap,
+        vmin=0,
+        vmax=max(1, min(records["topk"], 5)),
+    )
     if steps <= 60:
         for i, j in zip(*np.nonzero(ranks)):
-            top.text(j, i, str(ranks[i, j]), ha="center", va="center", fontsize=7,
-                     color="white" if ranks[i, j] <= 2 else "black")
+            top.text(
+                j,
+                i,
+                str(ranks[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if ranks[i, j] <= 2 else "black",
+            )
     top.set_yticks(range(n), names)
-    top.set_title(f"CCF sampling-adaptive selection: top-{records['topk']} of {n} conditions per step "
-                  f"({'release' if records.get('release_compat') else 'paper'} mode)", fontsize=9)
+    top.set_title(
+        f"CCF sampling-adaptive selection: top-{records['topk']} of {n} conditions per step "
+        f"({'release' if records.get('release_compat') else 'paper'} mode)",
+        fontsize=9,
+    )
     for i in range(n):
         bottom.plot(range(steps), w[i], label=names[i], lw=1.2)
     bottom.set_ylabel("gate weight w")
@@ -435,15 +489,31 @@ def save_selection(records: dict, out_dir: str | Path, stem: str = "ccf_selectio
     png = atomic_savefig(fig, out / f"{stem}.png")
 
     js = out / f"{stem}.json"
-    payload = {**{k: v for k, v in records.items() if k != "steps"}, "timesteps": ts,
-               "selection_ranks": ranks.tolist(), "steps": records["steps"]}
+    payload = {
+        **{k: v for k, v in records.items() if k != "steps"},
+        "timesteps": ts,
+        "selection_ranks": ranks.tolist(),
+        "steps": records["steps"],
+    }
     atomic_write_text(js, json.dumps(payload, indent=1, allow_nan=True))
     return [png, js]
 
 
 __all__ = [
-    "ANCHOR", "BASIC_BANK", "CCFGuidance", "CCFState", "RELEASE_BANK", "TASK_PRESETS", "AdamMoments",
-    "GateUpdate", "adam_step", "build_ccf", "gradnorm_update", "loss_ratios", "parse_conditions", "save_selection",
-    "select_topk", "selection_matrix",
+    "ANCHOR",
+    "BASIC_BANK",
+    "CCFGuidance",
+    "CCFState",
+    "RELEASE_BANK",
+    "TASK_PRESETS",
+    "AdamMoments",
+    "GateUpdate",
+    "adam_step",
+    "build_ccf",
+    "gradnorm_update",
+    "loss_ratios",
+    "parse_conditions",
+    "save_selection",
+    "select_topk",
+    "selection_matrix",
 ]
-

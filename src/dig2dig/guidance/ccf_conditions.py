@@ -68,8 +68,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..functional import SQRT_EPS, gaussian_filter, gaussian_taps, luma, separable_filter, sobel_magnitude, ssim_terms
-from ..functional import to_unit
+from ..functional import (
+    SQRT_EPS,
+    gaussian_filter,
+    gaussian_taps,
+    luma,
+    separable_filter,
+    sobel_magnitude,
+    ssim_terms,
+    to_unit,
+)
 
 _INV_SQRT2 = float(torch.tensor(1.0 / math.sqrt(2.0), dtype=torch.float32))  # pytorch_wavelets' haar taps
 
@@ -120,10 +128,10 @@ class _SSIMStats:
         c = x.shape[1]
         stacked = torch.cat([x, x * x, *[x * r for r in self.refs]], dim=1)
         f = gaussian_filter(stacked, self.g)
-        mu_x, var_x = f[:, :c], f[:, c: 2 * c] - f[:, :c] ** 2
+        mu_x, var_x = f[:, :c], f[:, c : 2 * c] - f[:, :c] ** 2
         out = []
         for i, (mu_r, var_r) in enumerate(zip(self.mu, self.var)):
-            cov = f[:, (2 + i) * c: (3 + i) * c] - mu_r * mu_x
+            cov = f[:, (2 + i) * c : (3 + i) * c] - mu_r * mu_x
             out.append(ssim_terms(mu_r, mu_x, var_r, var_x, cov, SSIM_C1, SSIM_C2))
         return out
 
@@ -236,8 +244,9 @@ class SSIM(Condition):
 
     def __init__(self, sources, **kw):
         super().__init__(sources, **kw)
-        self.stats = _SSIMStats([to_unit(s) for s in self.sources], gaussian_taps(1.5, 11, self.sources[0].dtype,
-                                                                                  self.sources[0].device))
+        self.stats = _SSIMStats(
+            [to_unit(s) for s in self.sources], gaussian_taps(1.5, 11, self.sources[0].dtype, self.sources[0].device)
+        )
 
     def __call__(self, x):
         mean_ssim = sum(_item_mean(m) for m, _ in self.stats.ssim_and_cs(to_unit(x))) / len(self.sources)
@@ -371,7 +380,7 @@ class VIF(Condition):
             s2 = (f[:, 1:2] - mu2 * mu2).clamp_min(0)
             flat2 = s2 < VIF_EPS
             for i in range(n_src):
-                s1, s12 = self.var[i][k], f[:, 2 + i: 3 + i] - self.mu[i][k] * mu2
+                s1, s12 = self.var[i][k], f[:, 2 + i : 3 + i] - self.mu[i][k] * mu2
                 flat1 = s1 == 0
                 gain = s12 / (s1 + VIF_EPS)
                 sv = torch.where(flat1, s2, s2 - gain * s12)
@@ -440,9 +449,11 @@ class FeatureMatch(Condition):
             with torch.no_grad():
                 self.targets = [[t.detach() for t in _as_tensors(feature_extractor(s))] for s in self.sources]
         except Exception as e:  # noqa: BLE001 -- the user's extractor: say what it did, as an input error
-            raise ValueError(f"the feature extractor {getattr(feature_extractor, '__name__', type(feature_extractor).__name__)}"
-                             f" failed on a source ({type(e).__name__}: {' '.join(str(e).split())[:160]}); it must map a "
-                             f"(B, C, H, W) tensor to a tensor or a list/dict of tensors") from None
+            raise ValueError(
+                f"the feature extractor {getattr(feature_extractor, '__name__', type(feature_extractor).__name__)}"
+                f" failed on a source ({type(e).__name__}: {' '.join(str(e).split())[:160]}); it must map a "
+                f"(B, C, H, W) tensor to a tensor or a list/dict of tensors"
+            ) from None
         if not any(t.numel() for target in self.targets for t in target):
             raise ValueError("the feature extractor returned no tensors for the sources")
 
@@ -469,8 +480,14 @@ class ConditionEntry:
 CONDITIONS: dict[str, ConditionEntry] = {}
 
 
-def register_condition(name: str, factory: Callable[..., Callable[[torch.Tensor], torch.Tensor]], *,
-                       group: str = "user", needs_extractor: bool = False, replace: bool = False) -> ConditionEntry:
+def register_condition(
+    name: str,
+    factory: Callable[..., Callable[[torch.Tensor], torch.Tensor]],
+    *,
+    group: str = "user",
+    needs_extractor: bool = False,
+    replace: bool = False,
+) -> ConditionEntry:
     """Add a condition to CCF's bank under ``name``.
 
     ``factory(sources, *, release_compat, feature_extractor)`` gets the N source tensors (B, C, H, W)
@@ -490,8 +507,20 @@ def register_condition(name: str, factory: Callable[..., Callable[[torch.Tensor]
     return entry
 
 
-for _cls in (MSE, LowFrequency, HighFrequency, Edge, SSIM, StandardDeviation, SpatialFrequency, EdgeIntensity,
-             CorrelationCoefficient, SCD, VIF, MSSSIM):
+for _cls in (
+    MSE,
+    LowFrequency,
+    HighFrequency,
+    Edge,
+    SSIM,
+    StandardDeviation,
+    SpatialFrequency,
+    EdgeIntensity,
+    CorrelationCoefficient,
+    SCD,
+    VIF,
+    MSSSIM,
+):
     register_condition(_cls.name, _cls, group=_cls.group)
 register_condition(FeatureMatch.name, FeatureMatch, group=FeatureMatch.group, needs_extractor=True)
 
@@ -503,12 +532,19 @@ def check_condition_names(names: Sequence[str], feature_extractor=None) -> None:
         raise ValueError(f"unknown CCF condition(s) {unknown}; available: {', '.join(CONDITIONS)}")
     needy = [c for c in names if CONDITIONS[c].needs_extractor]
     if needy and feature_extractor is None:
-        raise ValueError(f"the {', '.join(repr(c) for c in needy)} condition needs feature_extractor= "
-                         f"(--feature-extractor MODULE:ATTR)")
+        raise ValueError(
+            f"the {', '.join(repr(c) for c in needy)} condition needs feature_extractor= "
+            f"(--feature-extractor MODULE:ATTR)"
+        )
 
 
-def make_condition(name: str, sources: Sequence[torch.Tensor], *, release_compat: bool = False,
-                   feature_extractor: Callable | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_condition(
+    name: str,
+    sources: Sequence[torch.Tensor],
+    *,
+    release_compat: bool = False,
+    feature_extractor: Callable | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Build the registered condition ``name`` for these sources (see :data:`CONDITIONS`)."""
     check_condition_names([name], feature_extractor)
     return CONDITIONS[name].factory(sources, release_compat=release_compat, feature_extractor=feature_extractor)

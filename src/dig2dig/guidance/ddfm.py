@@ -138,8 +138,15 @@ def _diff_keep_last(h: torch.Tensor, dim: int) -> torch.Tensor:
     return out
 
 
-def em_step(f_pre: torch.Tensor, I: torch.Tensor, V: torch.Tensor, state: EMState, otf: DifferenceOTF,
-            lamb: float = 0.5, rho: float = 0.001) -> tuple[torch.Tensor, EMState]:
+def em_step(
+    f_pre: torch.Tensor,
+    I: torch.Tensor,
+    V: torch.Tensor,
+    state: EMState,
+    otf: DifferenceOTF,
+    lamb: float = 0.5,
+    rho: float = 0.001,
+) -> tuple[torch.Tensor, EMState]:
     """One EM iteration; returns the M-step's X (= f - V) and the new state."""
     Y = I - V
     X = f_pre - V
@@ -193,8 +200,10 @@ class DDFMGuidance(Rectifier):
     def __init__(self, intensity: torch.Tensor, texture: torch.Tensor, **options):
         self.opts = o = DDFMOptions.create(options)
         if intensity.shape != texture.shape or intensity.ndim != 4 or intensity.shape[1] != 1:
-            raise ValueError(f"sources must be two (B, 1, H, W) tensors of one shape, got "
-                             f"{tuple(intensity.shape)} and {tuple(texture.shape)}")
+            raise ValueError(
+                f"sources must be two (B, 1, H, W) tensors of one shape, got "
+                f"{tuple(intensity.shape)} and {tuple(texture.shape)}"
+            )
         self.mapping, self.lamb, self.rho = o.mapping, o.lamb, o.rho
         self.I, self.V = (intensity, texture) if o.mapping == "paper" else (texture, intensity)
         self.otf = DifferenceOTF(intensity.shape[-2], intensity.shape[-1], intensity.device)

@@ -156,17 +156,17 @@ each band on its own (its own running spread).  The weights are a partition
 of unity at every pixel.  ``weights="equal"`` fixes w_i = 1/N (the fixed-guidance ablation, i.e.
 DDFM-style guidance with N sources).
 
-**The pixel blend's selection (dig2dig 0.2, ``preset="select"``).**  With τ = 1 and L = 1 (dig2dig
-0.1, ``preset="soft"``) two-source weights stayed within 0.12 … 0.88: every pixel was a blend, the EM
-step then settles near the mean of the sources, and the result scored like the plain average on the metrics that reward carrying each
-source's structure (VIFB Qabf 0.448 vs 0.408 for the average; SF 11.1 vs 10.4).  A small τ with a
-wide limit turns the weights into a smooth *selection*: where one source's structure is finished
-by the prior first, that source's data term takes the pixel, and the σ-wide transitions between
-regions keep the seams invisible.  Chosen on the dev sets (VIFB 21, MSRS 10, MFFW 13 pairs; cddfuse
-convention; ``benchmarks/dig2dig_default.py``, table in ``benchmarks/results/dig2dig_default.md``)
-among the rules the paper allows; ``preset="paper"`` is the paper read literally (a per-pixel blend,
-the paper's attractive mixing, no limit, no smoothing, τ = 1).  Means over pairs, 0.2's selection vs
-0.1's soft weights vs the plain average:
+**The pixel blend's selection (dig2dig 0.2, ``preset="select"``).** With τ = 1 and L = 1 (dig2dig
+0.1, ``preset="soft"``) two-source weights stayed within 0.12 … 0.88: every pixel was a blend, the
+EM step then settles near the mean of the sources, and the result scored like the plain average on
+the metrics that reward carrying each source's structure (VIFB Qabf 0.448 vs 0.408 for the average;
+SF 11.1 vs 10.4). A small τ with a wide limit turns the weights into a smooth *selection*: where one
+source's structure is finished by the prior first, that source's data term takes the pixel, and the
+σ-wide transitions between regions keep the seams invisible. Chosen on the dev sets (VIFB 21, MSRS
+10, MFFW 13 pairs; cddfuse convention; ``benchmarks/dig2dig_default.py``, table in
+``benchmarks/results/dig2dig_default.md``) among the rules the paper allows; ``preset="paper"`` is
+the paper read literally (a per-pixel blend, the paper's attractive mixing, no limit, no smoothing,
+τ = 1). Means over pairs, 0.2's selection vs 0.1's soft weights vs the plain average:
 
     dataset   Qabf               VIF                SF                 SSIM (sum of two)
     VIFB      0.646 0.441 0.408  0.905 0.657 0.650  16.6 10.7 10.1     0.926 0.920 0.925
@@ -310,8 +310,17 @@ class DIGGuidance(Rectifier):
 
     name = "dig2dig"
 
-    def __init__(self, sources: list[torch.Tensor], prior, grid: list[int], *, noise_seeds: list[int] | None = None,
-                 record: bool = False, task: str | None = None, **options):
+    def __init__(
+        self,
+        sources: list[torch.Tensor],
+        prior,
+        grid: list[int],
+        *,
+        noise_seeds: list[int] | None = None,
+        record: bool = False,
+        task: str | None = None,
+        **options,
+    ):
         if len(sources) < 2:
             raise ValueError(f"Dig2DIG fuses two or more sources, got {len(sources)}")
         if len({tuple(s.shape) for s in sources}) != 1 or sources[0].ndim != 4 or sources[0].shape[1] != 1:
@@ -330,7 +339,7 @@ class DIGGuidance(Rectifier):
         ws = max(m, int(round(w * o.dig_scale / m)) * m)
         self.small = (hs, ws)
         flat = self.src.reshape(n * b, 1, h, w)
-        self.src_small = (F.interpolate(flat, size=self.small, mode="area") if (hs, ws) != (h, w) else flat)
+        self.src_small = F.interpolate(flat, size=self.small, mode="area") if (hs, ws) != (h, w) else flat
         seeds = noise_seeds if noise_seeds is not None else list(range(b))
         if len(seeds) != b:
             raise ValueError(f"need one noise seed per batch item ({b}), got {len(seeds)}")
@@ -389,10 +398,13 @@ class DIGGuidance(Rectifier):
         whole = [x0] if self.base == "select" else []
         if self.distance == "none":
             return bands + whole
-        out = [gaussian_blur(distance_map(x, ref, self.distance), self.opts.band_smooth)
-               for x, ref in zip(bands, self.src_small_bands)]
-        return out + [gaussian_blur(distance_map(x, self.src_small, self.distance), self.smooth * self.dig_scale)
-                      for x in whole]
+        out = [
+            gaussian_blur(distance_map(x, ref, self.distance), self.opts.band_smooth)
+            for x, ref in zip(bands, self.src_small_bands)
+        ]
+        return out + [
+            gaussian_blur(distance_map(x, self.src_small, self.distance), self.smooth * self.dig_scale) for x in whole
+        ]
 
     def _band_gains(self, d_from: list, d_to: list) -> list[torch.Tensor]:
         """DIG_i of every band (and of the intensity, with ``base="select"``), (N, B, 1, h_k, w_k) each."""
@@ -406,15 +418,16 @@ class DIGGuidance(Rectifier):
 
     def _total(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Pyramid blend: the band maps summed at the DIG resolution, (N, B, 1, h, w) (for records and curves)."""
-        flat = [m.reshape(-1, 1, *m.shape[-2:]) for m in maps[:self.small_bands]]
+        flat = [m.reshape(-1, 1, *m.shape[-2:]) for m in maps[: self.small_bands]]
         return sum(pyr_up(m, self.small) for m in flat).reshape(*self.src.shape[:2], 1, *self.small)
 
     def _gain(self, d_from: torch.Tensor, d_to: torch.Tensor) -> torch.Tensor:
         """DIG_i between a noisier level (``d_from``) and a less noisy one (``d_to``): (N, B, 1, h, w)."""
         n, b = self.src.shape[:2]
         if self.distance == "none":
-            return gaussian_blur(((d_to - d_from) ** 2).reshape(n * b, 1, *self.small),
-                                 self.smooth * self.dig_scale).reshape(n, b, 1, *self.small)
+            return gaussian_blur(
+                ((d_to - d_from) ** 2).reshape(n * b, 1, *self.small), self.smooth * self.dig_scale
+            ).reshape(n, b, 1, *self.small)
         return d_from - d_to
 
     def refresh(self, state: DIGState, step) -> DIGState:
@@ -437,8 +450,9 @@ class DIGGuidance(Rectifier):
                 cur = dig_scale_of(dig)
                 state.scale = cur if state.scale is None else torch.maximum(state.scale, cur)
                 w_small = softmax_weights(dig, self.temperature, state.scale, self.opts.limit)
-                weights = F.interpolate(w_small.reshape(n * b, 1, *self.small), size=(h, w), mode="bilinear",
-                                        align_corners=False).reshape(n, b, 1, h, w)
+                weights = F.interpolate(
+                    w_small.reshape(n * b, 1, *self.small), size=(h, w), mode="bilinear", align_corners=False
+                ).reshape(n, b, 1, h, w)
                 state.weights = weights / weights.sum(0, keepdim=True)
             gain = dig.mean(dim=(0, 2, 3, 4))  # total gain per item, (B,)
             state.gain_max = gain if state.gain_max is None else torch.maximum(state.gain_max, gain)
@@ -448,8 +462,14 @@ class DIGGuidance(Rectifier):
                 small = bool((gain < self.accelerate * state.gain_max.clamp_min(1e-12)).all())
                 state.stride = 2 if small else 1
             # kept on the device (a copy to the host would stall a GPU); item_records converts them
-            rec.update(t_from=t_from, t_to=t_to, dig_mean=dig.mean(dim=(2, 3, 4)).T, gain=gain, stride=state.stride,
-                       weights=state.weights.to(torch.float16))
+            rec.update(
+                t_from=t_from,
+                t_to=t_to,
+                dig_mean=dig.mean(dim=(2, 3, 4)).T,
+                gain=gain,
+                stride=state.stride,
+                weights=state.weights.to(torch.float16),
+            )
             if self.record:
                 rec["dig"] = dig
         elif t_from is None:
@@ -465,8 +485,9 @@ class DIGGuidance(Rectifier):
         intensity DIG.  Returns the gains summed over bands (for the records)."""
         n, b, _, h, w = self.src.shape
         scales = [dig_scale_of(g) for g in gains]
-        state.band_scale = scales if state.band_scale is None else [torch.maximum(s, c) for s, c in
-                                                                      zip(state.band_scale, scales)]
+        state.band_scale = (
+            scales if state.band_scale is None else [torch.maximum(s, c) for s, c in zip(state.band_scale, scales)]
+        )
         w_small = [softmax_weights(g, self.temperature, s, self.opts.limit) for g, s in zip(gains, state.band_scale)]
         # salience: |detail| of every band, weighted by that band's DIG weights, summed at full resolution
         # (the image's band l takes the DIG maps' band max(l - 1, 0): at dig_scale 0.5 DIG band k is image band k + 1)
@@ -510,7 +531,7 @@ class DIGGuidance(Rectifier):
         scratch = DIGState(tau=torch.empty(0), weights=torch.empty(0))
         maps = []
         for lo in range(0, len(self.grid), chunk):
-            ts = self.grid[lo: lo + chunk]
+            ts = self.grid[lo : lo + chunk]
             maps += [(self._total(d) if self.pyramid else d).cpu() for d in self._levels(scratch, ts)]
             scratch.levels.clear()
         return {"t": list(self.grid), "dist": torch.stack(maps)[:, :, :, 0]}
@@ -527,8 +548,13 @@ class DIGGuidance(Rectifier):
             if "dig" in rec:
                 r["dig"] = rec["dig"][:, b, 0].float().cpu().numpy()  # at the DIG resolution, uncropped
             refreshes.append(r)
-        out = {"method": "dig2dig", "refreshes": refreshes, "dig_size": list(self.small),
-                "refresh_forwards": self.refresh_forwards, "sources": int(self.src.shape[0])}
+        out = {
+            "method": "dig2dig",
+            "refreshes": refreshes,
+            "dig_size": list(self.small),
+            "refresh_forwards": self.refresh_forwards,
+            "sources": int(self.src.shape[0]),
+        }
         if self.record and self.distance != "none":
             if self._curve is None:
                 self._curve = self.gain_curve()
@@ -538,8 +564,10 @@ class DIGGuidance(Rectifier):
     # --- the rectifier -----------------------------------------------------------------------
     def initial_state(self, x0_hat: torch.Tensor | None = None) -> DIGState:
         n, b, _, h, w = self.src.shape
-        return DIGState(tau=torch.ones((n, b, 1, 1, 1), dtype=self.src.dtype, device=self.src.device),
-                        weights=torch.full((n, b, 1, h, w), 1.0 / n, dtype=self.src.dtype, device=self.src.device))
+        return DIGState(
+            tau=torch.ones((n, b, 1, 1, 1), dtype=self.src.dtype, device=self.src.device),
+            weights=torch.full((n, b, 1, h, w), 1.0 / n, dtype=self.src.dtype, device=self.src.device),
+        )
 
     def fuse_luma(self, f: torch.Tensor, state: DIGState) -> tuple[torch.Tensor, DIGState]:
         r2 = (f.unsqueeze(0) - self.src) ** 2

@@ -22,8 +22,7 @@ def as_plane(x, name: str = "image", dtype=np.float64) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise MetricInputError(
-            f"{name} has dtype {arr.dtype}; metrics need a real-valued (integer or float) array "
-            "on the 0..255 scale"
+            f"{name} has dtype {arr.dtype}; metrics need a real-valued (integer or float) array on the 0..255 scale"
         )
     if arr.ndim != 2:
         raise MetricInputError(

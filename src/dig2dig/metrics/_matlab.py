@@ -38,9 +38,7 @@ __all__ = [
 ]
 
 # MATLAB's rgb2gray weights: the first row of inv([1 .956 .621; 1 -.272 -.647; 1 -1.106 1.703]).
-_RGB2GRAY = np.linalg.inv(
-    np.array([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]])
-)[0]
+_RGB2GRAY = np.linalg.inv(np.array([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]]))[0]
 
 
 def mround(x: np.ndarray) -> np.ndarray:

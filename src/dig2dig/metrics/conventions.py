@@ -238,15 +238,36 @@ _CDD_METRICS = (
     _cm("MSE", "cdd", colour="luminance", note="0..255 scale"),
     _cm("PSNR", "cdd", colour="luminance", note="peak max(F)"),
     _cm("Nabf", "kumar", colour="luminance", note="not in the evaluator; Tang analysis_nabf.m on 0..255"),
-    _cm("LPIPS", "alex-v0.1", colour="luminance replicated to 3 channels", default=False,
-        note="needs local weights (lpips_weights= or DIG2DIG_LPIPS_WEIGHTS)"),
+    _cm(
+        "LPIPS",
+        "alex-v0.1",
+        colour="luminance replicated to 3 channels",
+        default=False,
+        note="needs local weights (lpips_weights= or DIG2DIG_LPIPS_WEIGHTS)",
+    ),
 ) + tuple(  # on request only: not in the evaluator; computed on the same luminance planes
     _cm(name, variant, colour="luminance", default=False, note="extra: not in the evaluator")
-    for name, variant in (("SSIM_min", "cdd"), ("EI", "vifb"), ("CE", "vifb"), ("NMI", "mefb"), ("FMI", "none"), ("Qncie", "mefb"),
-                          ("TE", "mefb"), ("RMSE", "vifb"), ("MS_SSIM", "wang"), ("MEF_SSIM", "ma"),
-                          ("Nabf1", "petrovic"), ("Labf", "petrovic"), ("Qc", "cvejic"), ("Qy", "yang"),
-                          ("Qw", "sw2"), ("Qe", "sw3"), ("VIFF", "han"), ("Qcb", "chen-blum"),
-                          ("Qcv", "chen-varshney"))
+    for name, variant in (
+        ("SSIM_min", "cdd"),
+        ("EI", "vifb"),
+        ("CE", "vifb"),
+        ("NMI", "mefb"),
+        ("FMI", "none"),
+        ("Qncie", "mefb"),
+        ("TE", "mefb"),
+        ("RMSE", "vifb"),
+        ("MS_SSIM", "wang"),
+        ("MEF_SSIM", "ma"),
+        ("Nabf1", "petrovic"),
+        ("Labf", "petrovic"),
+        ("Qc", "cvejic"),
+        ("Qy", "yang"),
+        ("Qw", "sw2"),
+        ("Qe", "sw3"),
+        ("VIFF", "han"),
+        ("Qcb", "chen-blum"),
+        ("Qcv", "chen-varshney"),
+    )
 )
 
 _VIFB_METRICS = (
@@ -268,8 +289,13 @@ _VIFB_METRICS = (
 _MEFB_METRICS = (
     _cm("CE", "vifb", label="Cross_entropy"),
     _cm("EN", "floor", label="Entropy"),
-    _cm("FMI", "none", label="FMI", default=False,
-        note="feature='none'; MEFB's default feature 'edge' (MATLAB edge()) is not reproduced"),
+    _cm(
+        "FMI",
+        "none",
+        label="FMI",
+        default=False,
+        note="feature='none'; MEFB's default feature 'edge' (MATLAB edge()) is not reproduced",
+    ),
     _cm("NMI", "mefb", label="NMI"),
     _cm("PSNR", "vifb", label="Psnr"),
     _cm("Qncie", "mefb", label="Qncie"),

@@ -169,7 +169,7 @@ def _to_tensor(img, name: str):
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise MetricInputError(f"{name} has shape {arr.shape}; LPIPS takes (H, W) gray or (H, W, 3) RGB")
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32) / 255.0)
-    return (x.permute(2, 0, 1)[None] * 2.0 - 1.0)  # [0, 1] -> [-1, 1] (lpips normalize=True)
+    return x.permute(2, 0, 1)[None] * 2.0 - 1.0  # [0, 1] -> [-1, 1] (lpips normalize=True)
 
 
 def lpips_distance(x, y, *, weights=None) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from ._common import as_planes, require_min_size
-from ._matlab import blockwise, filter2, fspecial_gaussian, freqspace, gaussian_1d, normalize1, sep_filter2
+from ._matlab import blockwise, filter2, freqspace, fspecial_gaussian, gaussian_1d, normalize1, sep_filter2
 
 __all__ = ["qcb", "qcv", "vif", "vif_pair", "viff"]
 
@@ -30,11 +30,15 @@ def _vif_scales(refs: list[np.ndarray], dist: np.ndarray, sigma_nsq: float):
         n = 2 ** (4 - scale + 1) + 1
         win = gaussian_1d(n, n / 5.0)
         if win is not None:
+
             def filt(v, win=win):
                 return sep_filter2(v, win)
         else:  # fspecial truncated some taps: not separable
-            def filt(v, h=fspecial_gaussian(n, n / 5.0)):
+            kernel = fspecial_gaussian(n, n / 5.0)
+
+            def filt(v, h=kernel):
                 return filter2(h, v, "valid")
+
         if scale > 1:
             refs = [filt(r)[::2, ::2] for r in refs]
             dist = filt(dist)[::2, ::2]

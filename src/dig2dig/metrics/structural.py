@@ -160,8 +160,10 @@ def ssim_min_cdd(fused, a, b, *, data_range: float = 2.0, win_size: int = 7) -> 
     """min(SSIM(F, A), SSIM(F, B)) with the CDDFuse evaluator's SSIM (:func:`ssim_cdd`'s terms): how much of the
     structure of the source it keeps *least* of.  In [-1, 1]; higher is better.  A fusion that copies one source
     scores high on the sum and low here."""
-    return min(ssim_skimage(fused, a, data_range=data_range, win_size=win_size),
-               ssim_skimage(fused, b, data_range=data_range, win_size=win_size))
+    return min(
+        ssim_skimage(fused, a, data_range=data_range, win_size=win_size),
+        ssim_skimage(fused, b, data_range=data_range, win_size=win_size),
+    )
 
 
 def ssim_wang(x, y) -> float:

@@ -89,7 +89,9 @@ class ADMConfig:
         att = [int(r) for r in str(att).split(",") if str(r).strip()] if isinstance(att, str) else list(att)
         learn_sigma = bool(flags.get("learn_sigma", False))
         if flags.get("class_cond", False):
-            raise ValueError("class-conditional ADM checkpoints are not supported (dig2dig needs an unconditional prior)")
+            raise ValueError(
+                "class-conditional ADM checkpoints are not supported (dig2dig needs an unconditional prior)"
+            )
         return cls(
             in_channels=int(flags.get("in_channels", 3)),
             model_channels=int(flags.get("num_channels", 128)),
@@ -124,7 +126,9 @@ class ADMConfig:
         nrb = up_blocks[0] if up_blocks else n_out - 1
         levels = len(up_blocks) + 1
         if levels * (nrb + 1) != n_out:
-            raise ValueError(f"state dict has an irregular ADM layout ({n_out} output blocks, upsamplers at {up_blocks})")
+            raise ValueError(
+                f"state dict has an irregular ADM layout ({n_out} output blocks, upsamplers at {up_blocks})"
+            )
         mult, att = [], []
         for level in range(levels):
             first = 1 + level * (nrb + 1)
@@ -206,7 +210,9 @@ class ResBlock(nn.Module):
         else:
             self.h_upd = self.x_upd = nn.Identity()
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, 2 * out_ch if scale_shift else out_ch))
-        self.out_layers = nn.Sequential(_norm(out_ch), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.out_layers = nn.Sequential(
+            _norm(out_ch), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        )
         self.skip_connection = nn.Identity() if out_ch == ch else nn.Conv2d(ch, out_ch, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -243,7 +249,10 @@ class AttentionBlock(nn.Module):
         flat = x.reshape(b, c, hh * ww)
         qkv = self.qkv(self.norm(flat))  # (b, 3c, T)
         hc, n, T = c // self.num_heads, self.num_heads, hh * ww
-        q, k, v = (z.reshape(b, n, hc, T).transpose(-1, -2).contiguous() for z in qkv.reshape(b * n, 3 * hc, T).split(hc, dim=1))
+        q, k, v = (
+            z.reshape(b, n, hc, T).transpose(-1, -2).contiguous()
+            for z in qkv.reshape(b * n, 3 * hc, T).split(hc, dim=1)
+        )
         # contiguous 4-D (b, heads, T, hc) inputs select PyTorch's fused, memory-bounded attention kernels;
         # SDPA's default scale 1/sqrt(hc) equals the legacy (hc^-1/4)^2 applied to q and k.
         a = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, c, T)
@@ -306,7 +315,9 @@ class ADMUNet(nn.Module):
                     layers.append(res(ch, ch, up=True) if cfg.resblock_updown else Upsample(ch, cfg.conv_resample))
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
-        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(mc * cfg.channel_mult[0], cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            _norm(ch), nn.SiLU(), nn.Conv2d(mc * cfg.channel_mult[0], cfg.out_channels, 3, padding=1)
+        )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))

@@ -11,9 +11,9 @@ spatial multiple its down-sampling needs, where the weights came from -- lives i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +53,12 @@ class Denoiser:
     ``net(x, t)`` must return a tensor whose first ``spec.channels`` channels are ε.
     """
 
-    def __init__(self, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], spec: PriorSpec,
-                 module: torch.nn.Module | None = None):
+    def __init__(
+        self,
+        net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        spec: PriorSpec,
+        module: torch.nn.Module | None = None,
+    ):
         if spec.schedule.get("kind") != "linear" or spec.schedule != {**LINEAR_SCHEDULE, **spec.schedule}:
             raise ValueError(f"only the linear DDPM schedule {LINEAR_SCHEDULE} is supported, got {spec.schedule}")
         if spec.prediction != "eps":
@@ -170,8 +174,11 @@ def strict_load(module: torch.nn.Module, state: dict[str, Any], source: str) -> 
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
-    shape = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or extra or shape:
         parts = []
         for label, items in (("missing", missing), ("unexpected", extra), ("mis-shaped", shape)):
@@ -179,7 +186,8 @@ def strict_load(module: torch.nn.Module, state: dict[str, Any], source: str) -> 
                 shown = ", ".join(items[:8]) + (f", … ({len(items) - 8} more)" if len(items) > 8 else "")
                 parts.append(f"{len(items)} {label} key(s): {shown}")
         raise CheckpointError(
-            f"checkpoint {source} does not fit the architecture it was loaded as -- " + "; ".join(parts)
+            f"checkpoint {source} does not fit the architecture it was loaded as -- "
+            + "; ".join(parts)
             + ". Check that the file and its spec/config belong together; dig2dig never fills in random weights."
         )
     module.load_state_dict(state, strict=True)

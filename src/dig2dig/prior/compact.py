@@ -138,8 +138,9 @@ class CompactUNet(nn.Module):
             c, n = chans[i], cfg.blocks[i]
             if i + 1 < len(chans):
                 self.ups.append(nn.Conv2d(chans[i + 1], c, 3, padding=1))
-            self.up_blocks.append(nn.ModuleList([_Res(2 * c, c, emb, cfg.groups)]
-                                                + [_Res(c, c, emb, cfg.groups) for _ in range(n - 1)]))
+            self.up_blocks.append(
+                nn.ModuleList([_Res(2 * c, c, emb, cfg.groups)] + [_Res(c, c, emb, cfg.groups) for _ in range(n - 1)])
+            )
         self.out_norm = nn.GroupNorm(min(cfg.groups, chans[0]), chans[0])
         self.out = nn.Conv2d(chans[0], fold_ch, 3, padding=1)
         nn.init.zeros_(self.out.weight)
@@ -195,8 +196,9 @@ class CompactUNet(nn.Module):
         own = self.state_dict()
         extra = sorted(set(state) - set(own))
         if extra:
-            raise ValueError(f"cannot grow from these weights: {len(extra)} tensor(s) have no place here, "
-                             f"e.g. {extra[:4]}")
+            raise ValueError(
+                f"cannot grow from these weights: {len(extra)} tensor(s) have no place here, e.g. {extra[:4]}"
+            )
         grown = {}
         for k, v in own.items():
             if k not in state:
@@ -210,6 +212,8 @@ class CompactUNet(nn.Module):
                 w[:, : old.shape[1]] = old
                 grown[k] = w
             else:
-                raise ValueError(f"cannot grow {k}: {tuple(old.shape)} -> {tuple(v.shape)}; only depth, the stem "
-                                 f"and the head may change")
+                raise ValueError(
+                    f"cannot grow {k}: {tuple(old.shape)} -> {tuple(v.shape)}; only depth, the stem "
+                    f"and the head may change"
+                )
         self.load_state_dict(grown)

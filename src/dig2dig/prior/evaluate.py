@@ -29,9 +29,11 @@ def timestep_for_sigma(alphas_cumprod: np.ndarray, sigma255: float) -> int:
     s = sigma255 / 127.5
     levels = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
     if not levels[0] * 127.5 / 2 <= sigma255 <= levels[-1] * 127.5:
-        raise ValueError(f"sigma {sigma255:g} is outside the noise levels of the schedule "
-                         f"({levels[0] * 127.5:.2g} to {levels[-1] * 127.5:.0f} on the 0-255 scale); use a sigma "
-                         f"within them")
+        raise ValueError(
+            f"sigma {sigma255:g} is outside the noise levels of the schedule "
+            f"({levels[0] * 127.5:.2g} to {levels[-1] * 127.5:.0f} on the 0-255 scale); use a sigma "
+            f"within them"
+        )
     return int(np.argmin(np.abs(levels - s)))
 
 

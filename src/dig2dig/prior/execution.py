@@ -50,7 +50,7 @@ def _ramp(length: int, overlap: int, rise: bool, fall: bool, device, dtype) -> t
         if rise:
             w[:overlap] = r
         if fall:
-            w[length - overlap:] = torch.minimum(w[length - overlap:], r.flip(0))
+            w[length - overlap :] = torch.minimum(w[length - overlap :], r.flip(0))
     return w.to(device=device, dtype=dtype)
 
 
@@ -71,22 +71,30 @@ def tiled_eps(forward, x: torch.Tensor, t, tile: int, overlap: int, tile_batch: 
             wy = _ramp(th, min(overlap, th // 2), not key[0], not key[1], x.device, torch.float32)
             wx = _ramp(tw, min(overlap, tw // 2), not key[2], not key[3], x.device, torch.float32)
             weights[key] = wy[:, None] * wx[None, :]
-        wsum[..., y: y + th, xx: xx + tw] += weights[key]
+        wsum[..., y : y + th, xx : xx + tw] += weights[key]
     for lo in range(0, len(boxes), tile_batch):
-        chunk = boxes[lo: lo + tile_batch]
-        tiles = torch.cat([x[..., y: y + th, xx: xx + tw] for y, xx in chunk])
+        chunk = boxes[lo : lo + tile_batch]
+        tiles = torch.cat([x[..., y : y + th, xx : xx + tw] for y, xx in chunk])
         eps = forward(tiles, tb.repeat(len(chunk)))
         for k, (y, xx) in enumerate(chunk):
             key = (y == 0, y + th == h, xx == 0, xx + tw == w)
-            acc[..., y: y + th, xx: xx + tw] += eps[k * b: (k + 1) * b].float() * weights[key]
+            acc[..., y : y + th, xx : xx + tw] += eps[k * b : (k + 1) * b].float() * weights[key]
     return (acc / wsum).to(x.dtype)
 
 
 class ExecutedDenoiser:
     """A denoiser run with the given precision, tiles and compilation; everything else is the wrapped one's."""
 
-    def __init__(self, den, *, precision: str = "fp32", tile: int | None = None, tile_overlap: int | None = None,
-                 tile_batch: int = 4, compile: bool = False):
+    def __init__(
+        self,
+        den,
+        *,
+        precision: str = "fp32",
+        tile: int | None = None,
+        tile_overlap: int | None = None,
+        tile_batch: int = 4,
+        compile: bool = False,
+    ):
         self.den = den
         self.precision = precision
         if tile is not None:
@@ -129,8 +137,13 @@ class ExecutedDenoiser:
         return self.den.x0_from_eps(x, self.eps(x, t), t, clip)
 
     def describe(self) -> dict:
-        return {"precision": self.precision, "tile": self.tile, "tile_overlap": self.overlap if self.tile else None,
-                "tile_batch": self.tile_batch if self.tile else None, "compiled": self.net is not self.den.net}
+        return {
+            "precision": self.precision,
+            "tile": self.tile,
+            "tile_overlap": self.overlap if self.tile else None,
+            "tile_batch": self.tile_batch if self.tile else None,
+            "compiled": self.net is not self.den.net,
+        }
 
     def __getattr__(self, name: str):
         return getattr(self.den, name)

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, PriorNotAvailableError
-from . import embedded
 from ..io import file_sha256
+from . import embedded
 from .base import LINEAR_SCHEDULE, Denoiser, PriorSpec, strict_load
 
 # Head layouts of published ADM checkpoints that the weights alone cannot reveal, keyed by
@@ -49,8 +49,10 @@ def load_prior(
     device = check_device(device)
     if embedded.is_embedded(source):
         if spec is not None:
-            raise ValueError("--prior-config (prior_spec=) describes a checkpoint given with --prior; the embedded "
-                             "prior has its own spec, so leave it out or give --prior")
+            raise ValueError(
+                "--prior-config (prior_spec=) describes a checkpoint given with --prior; the embedded "
+                "prior has its own spec, so leave it out or give --prior"
+            )
         return load_embedded(device=device, dtype=dtype)
     path = Path(source).expanduser()
     if not path.exists():
@@ -87,8 +89,10 @@ def check_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise ValueError(f"--device {device}: this machine has no CUDA GPU that torch {torch.__version__} can "
-                             f"use; use --device cpu")
+            raise ValueError(
+                f"--device {device}: this machine has no CUDA GPU that torch {torch.__version__} can "
+                f"use; use --device cpu"
+            )
         if dev.index is not None and dev.index >= n:
             raise ValueError(f"--device {device}: there are {n} CUDA device(s), numbered 0 to {n - 1}")
     elif dev.type == "mps":
@@ -133,15 +137,17 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if "weights_only" in detail or type(e).__name__ == "UnpicklingError":
             detail = "it holds Python objects other than tensors, which dig2dig never unpickles"
         detail = detail[:160] + ("…" if len(detail) > 160 else "")
-        raise CheckpointError(f"cannot read {path} as a {kind} ({type(e).__name__}: {detail}); give a guided-diffusion "
-                              f"checkpoint, a diffusers UNet2DModel folder or a dig2dig prior folder") from None
+        raise CheckpointError(
+            f"cannot read {path} as a {kind} ({type(e).__name__}: {detail}); give a guided-diffusion "
+            f"checkpoint, a diffusers UNet2DModel folder or a dig2dig prior folder"
+        ) from None
     for wrapper in ("state_dict", "model", "ema", "model_ema"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -154,7 +160,9 @@ def _read_spec_file(path: Path) -> dict:
         try:
             import yaml
         except ImportError:
-            raise CheckpointError(f"reading {path} needs PyYAML (pip install pyyaml), or give the spec as JSON") from None
+            raise CheckpointError(
+                f"reading {path} needs PyYAML (pip install pyyaml), or give the spec as JSON"
+            ) from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -163,16 +171,22 @@ def _read_spec_file(path: Path) -> dict:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise CheckpointError(f"spec {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                                  f"give the create_model flags as a JSON object") from None
+            raise CheckpointError(
+                f"spec {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                f"give the create_model flags as a JSON object"
+            ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"spec {path} must be a mapping of architecture flags")
     return data
 
 
 def _sidecar(path: Path) -> Path | None:
-    for cand in (path.with_name(path.name + ".json"), path.with_suffix(".json"), path.with_suffix(".yaml"),
-                 path.with_suffix(".yml")):
+    for cand in (
+        path.with_name(path.name + ".json"),
+        path.with_suffix(".json"),
+        path.with_suffix(".yaml"),
+        path.with_suffix(".yml"),
+    ):
         if cand.is_file() and cand != path:
             return cand
     return None
@@ -198,10 +212,20 @@ def load_adm_checkpoint(path: str | Path, spec: str | Path | dict | None = None)
             cfg = ADMConfig.from_guided_diffusion_flags(flags)
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"spec for {path} is not usable: {e}") from None
-        diffs = [f"{k}: spec {getattr(cfg, k)} vs weights {getattr(inferred, k)}"
-                 for k in ("in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_ds",
-                           "channel_mult", "use_scale_shift_norm", "resblock_updown")
-                 if getattr(cfg, k) != getattr(inferred, k)]
+        diffs = [
+            f"{k}: spec {getattr(cfg, k)} vs weights {getattr(inferred, k)}"
+            for k in (
+                "in_channels",
+                "model_channels",
+                "out_channels",
+                "num_res_blocks",
+                "attention_ds",
+                "channel_mult",
+                "use_scale_shift_norm",
+                "resblock_updown",
+            )
+            if getattr(cfg, k) != getattr(inferred, k)
+        ]
         if diffs:
             raise CheckpointError(f"checkpoint {path} does not match its spec: " + "; ".join(diffs))
     else:
@@ -214,13 +238,22 @@ def load_adm_checkpoint(path: str | Path, spec: str | Path | dict | None = None)
                 f"prior_spec= from Python"
             )
         cfg = ADMConfig.infer_from_state_dict(state, **_KNOWN_ADM_HEADS.get(key, {}))
-    trained = int(flags["image_size"]) if flags and "image_size" in flags else _KNOWN_ADM_SIZES.get(
-        (cfg.model_channels, cfg.channel_mult, cfg.attention_ds))
+    trained = (
+        int(flags["image_size"])
+        if flags and "image_size" in flags
+        else _KNOWN_ADM_SIZES.get((cfg.model_channels, cfg.channel_mult, cfg.attention_ds))
+    )
     net = ADMUNet(cfg)
     strict_load(net, state, str(path))
     pspec = PriorSpec(
-        format="adm", architecture=cfg.to_dict(), channels=cfg.in_channels, spatial_multiple=cfg.spatial_multiple,
-        name=path.stem, source=str(path), sha256=file_sha256(path), trained_size=trained,
+        format="adm",
+        architecture=cfg.to_dict(),
+        channels=cfg.in_channels,
+        spatial_multiple=cfg.spatial_multiple,
+        name=path.stem,
+        source=str(path),
+        sha256=file_sha256(path),
+        trained_size=trained,
     )
     return Denoiser(net, pspec, module=net)
 
@@ -261,7 +294,9 @@ def load_diffusers_folder(path: str | Path) -> Denoiser:
     try:
         from diffusers import UNet2DModel
     except ImportError:
-        raise CheckpointError("loading a diffusers folder needs the diffusers package: pip install 'dig2dig[diffusers]'") from None
+        raise CheckpointError(
+            "loading a diffusers folder needs the diffusers package: pip install 'dig2dig[diffusers]'"
+        ) from None
     try:
         unet = UNet2DModel.from_config(config)
     except Exception as e:
@@ -270,10 +305,14 @@ def load_diffusers_folder(path: str | Path) -> Denoiser:
     in_ch = int(config.get("in_channels", 3))
     n_down = len(config.get("down_block_types", ())) - 1
     spec = PriorSpec(
-        format="diffusers", architecture={k: v for k, v in config.items() if not k.startswith("_")},
-        channels=in_ch, spatial_multiple=2 ** max(n_down, 0), name=root.name, source=str(root),
-        sha256=file_sha256(weights[0]), trained_size=int(config["sample_size"]) if isinstance(
-            config.get("sample_size"), int) else None,
+        format="diffusers",
+        architecture={k: v for k, v in config.items() if not k.startswith("_")},
+        channels=in_ch,
+        spatial_multiple=2 ** max(n_down, 0),
+        name=root.name,
+        source=str(root),
+        sha256=file_sha256(weights[0]),
+        trained_size=int(config["sample_size"]) if isinstance(config.get("sample_size"), int) else None,
     )
     net = _DiffusersNet(unet)
     return Denoiser(net, spec, module=net)
@@ -283,11 +322,18 @@ def _check_diffusers_scheduler(path: Path) -> None:
     if not path.is_file():
         return
     sc = json.loads(path.read_text())
-    want = {"beta_schedule": "linear", "beta_start": LINEAR_SCHEDULE["beta_start"],
-            "beta_end": LINEAR_SCHEDULE["beta_end"], "num_train_timesteps": LINEAR_SCHEDULE["num_timesteps"],
-            "prediction_type": "epsilon"}
-    bad = [f"{k}={sc[k]!r} (need {v!r})" for k, v in want.items()
-           if k in sc and (abs(sc[k] - v) > 1e-12 if isinstance(v, float) else sc[k] != v)]
+    want = {
+        "beta_schedule": "linear",
+        "beta_start": LINEAR_SCHEDULE["beta_start"],
+        "beta_end": LINEAR_SCHEDULE["beta_end"],
+        "num_train_timesteps": LINEAR_SCHEDULE["num_timesteps"],
+        "prediction_type": "epsilon",
+    }
+    bad = [
+        f"{k}={sc[k]!r} (need {v!r})"
+        for k, v in want.items()
+        if k in sc and (abs(sc[k] - v) > 1e-12 if isinstance(v, float) else sc[k] != v)
+    ]
     if bad:
         raise CheckpointError(f"{path}: dig2dig needs an eps-prediction DDPM on the linear schedule; " + ", ".join(bad))
 
@@ -305,13 +351,17 @@ def _check_spec(raw, where: Path) -> None:
         raise CheckpointError(f"{where} holds a JSON {type(raw).__name__}, not an object of prior settings")
     missing = [k for k in _SPEC_KEYS if k not in raw]
     if missing:
-        raise CheckpointError(f"{where} has no {', '.join(repr(k) for k in missing)} key; a dig2dig prior folder's "
-                              f"spec.json names {', '.join(_SPEC_KEYS)} (see `dig2dig prior info` of the embedded "
-                              f"prior for an example)")
+        raise CheckpointError(
+            f"{where} has no {', '.join(repr(k) for k in missing)} key; a dig2dig prior folder's "
+            f"spec.json names {', '.join(_SPEC_KEYS)} (see `dig2dig prior info` of the embedded "
+            f"prior for an example)"
+        )
     for k, kind in _SPEC_KEYS.items():
         if not isinstance(raw[k], kind) or isinstance(raw[k], bool):
-            raise CheckpointError(f"{where}: {k!r} must be a JSON {'object' if kind is dict else 'integer'}, got "
-                                  f"{json.dumps(raw[k])[:60]}")
+            raise CheckpointError(
+                f"{where}: {k!r} must be a JSON {'object' if kind is dict else 'integer'}, got "
+                f"{json.dumps(raw[k])[:60]}"
+            )
 
 
 def load_dig2dig_folder(path: str | Path, expect_sha256: bool = True) -> Denoiser:
@@ -330,10 +380,17 @@ def load_dig2dig_folder(path: str | Path, expect_sha256: bool = True) -> Denoise
     if expect_sha256 and raw.get("sha256") and raw["sha256"] != sha:
         raise CheckpointError(f"{weights}: sha256 {sha} does not match the spec's {raw['sha256']}; the file is damaged")
     spec = PriorSpec(
-        format=raw.get("format", "dig2dig"), architecture=raw["architecture"], channels=int(raw["channels"]),
-        spatial_multiple=int(raw["spatial_multiple"]), name=raw.get("name", path.name), source=str(path),
-        sha256=sha, schedule=raw.get("schedule", dict(LINEAR_SCHEDULE)), prediction=raw.get("prediction", "eps"),
-        data_range=tuple(raw.get("data_range", (-1.0, 1.0))), extra=raw.get("extra", {}),
+        format=raw.get("format", "dig2dig"),
+        architecture=raw["architecture"],
+        channels=int(raw["channels"]),
+        spatial_multiple=int(raw["spatial_multiple"]),
+        name=raw.get("name", path.name),
+        source=str(path),
+        sha256=sha,
+        schedule=raw.get("schedule", dict(LINEAR_SCHEDULE)),
+        prediction=raw.get("prediction", "eps"),
+        data_range=tuple(raw.get("data_range", (-1.0, 1.0))),
+        extra=raw.get("extra", {}),
     )
     net = build_network(spec.format, spec.architecture)
     state = {k: v.float() for k, v in _read_state_dict(weights).items()}

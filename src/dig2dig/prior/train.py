@@ -41,7 +41,6 @@ import torch
 from ..io import atomic_write_bytes, atomic_write_text, list_images
 from ..schedule import alphas_cumprod
 
-
 SECTIONS = ("data", "optim", "run")
 
 
@@ -92,8 +91,9 @@ class TrainConfig:
                 flat["architecture"] = value
             elif isinstance(value, dict):
                 if key not in SECTIONS:
-                    raise ValueError(f"{path}: unknown section [{key}]; the sections are [architecture], "
-                                     f"[{'], ['.join(SECTIONS)}]")
+                    raise ValueError(
+                        f"{path}: unknown section [{key}]; the sections are [architecture], [{'], ['.join(SECTIONS)}]"
+                    )
                 flat.update(value)
             else:
                 flat[key] = value
@@ -107,16 +107,23 @@ class TrainConfig:
             if want is float and isinstance(value, int) and not isinstance(value, bool):
                 flat[key], ok = float(value), True
             if not ok:
-                raise ValueError(f"{path}: {key} = {value!r} must be {want.__name__} (like its default "
-                                 f"{getattr(defaults, key)!r})")
+                raise ValueError(
+                    f"{path}: {key} = {value!r} must be {want.__name__} (like its default {getattr(defaults, key)!r})"
+                )
         cfg = cls(**flat)
         if cfg.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"{path}: lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
-        bad = [f"{k} = {getattr(cfg, k)}" for k in ("crop", "batch", "eval_every", "log_every", "checkpoint_every")
-               if getattr(cfg, k) < 1]
+        bad = [
+            f"{k} = {getattr(cfg, k)}"
+            for k in ("crop", "batch", "eval_every", "log_every", "checkpoint_every")
+            if getattr(cfg, k) < 1
+        ]
         bad += [f"{k} = {getattr(cfg, k)}" for k in ("lr", "grad_clip") if not getattr(cfg, k) > 0]
-        bad += [f"{k} = {getattr(cfg, k)}" for k in ("max_steps", "warmup", "weight_decay", "lr_min", "threads")
-                if getattr(cfg, k) < 0]
+        bad += [
+            f"{k} = {getattr(cfg, k)}"
+            for k in ("max_steps", "warmup", "weight_decay", "lr_min", "threads")
+            if getattr(cfg, k) < 0
+        ]
         if not 0 <= cfg.ema < 1 or not 0 <= cfg.uniform_fraction <= 1:
             bad.append(f"ema = {cfg.ema} and uniform_fraction = {cfg.uniform_fraction} must lie in [0, 1)/[0, 1]")
         if len(cfg.weights) != len(cfg.folders) or any(w < 0 for w in cfg.weights) or not sum(cfg.weights) > 0:
@@ -180,7 +187,7 @@ class LumaCrops:
             pool = self.pools[rng.choice(len(self.pools), p=self.weights)]
             img = pool[rng.integers(len(pool))]
             y, x = rng.integers(img.shape[0] - c + 1), rng.integers(img.shape[1] - c + 1)
-            patch = img[y: y + c, x: x + c]
+            patch = img[y : y + c, x : x + c]
             patch = np.rot90(patch, rng.integers(4))
             if rng.random() < 0.5:
                 patch = patch[:, ::-1]
@@ -219,11 +226,19 @@ def export_prior(net: torch.nn.Module, arch: dict, out_dir: Path, extra: dict) -
     atomic_write_bytes(out_dir / "weights.safetensors", save(state))
     cfg = CompactConfig.from_dict(arch)
     spec = {
-        "format": "dig2dig", "name": extra.get("name", "dig2dig-compact"), "architecture": cfg.to_dict(),
-        "channels": cfg.in_channels, "spatial_multiple": cfg.spatial_multiple, "weights": "weights.safetensors",
-        "sha256": file_sha256(out_dir / "weights.safetensors"), "dtype": "float16",
-        "schedule": dict(LINEAR_SCHEDULE), "prediction": "eps", "data_range": [-1.0, 1.0],
-        "parameters": sum(p.numel() for p in net.parameters()), "extra": extra,
+        "format": "dig2dig",
+        "name": extra.get("name", "dig2dig-compact"),
+        "architecture": cfg.to_dict(),
+        "channels": cfg.in_channels,
+        "spatial_multiple": cfg.spatial_multiple,
+        "weights": "weights.safetensors",
+        "sha256": file_sha256(out_dir / "weights.safetensors"),
+        "dtype": "float16",
+        "schedule": dict(LINEAR_SCHEDULE),
+        "prediction": "eps",
+        "data_range": [-1.0, 1.0],
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "extra": extra,
     }
     atomic_write_text(out_dir / "spec.json", json.dumps(spec, indent=2))
     return out_dir
@@ -235,11 +250,18 @@ class Trainer:
     :meth:`step` (one optimiser update), :meth:`evaluate_and_export` (check set, best weights out) and
     :meth:`save_checkpoint`; :meth:`run` strings them together."""
 
-    def __init__(self, cfg: TrainConfig, out: Path, *, data_root: str | None = None, device: str | None = None,
-                 config_path: str | Path = "", log=print):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out: Path,
+        *,
+        data_root: str | None = None,
+        device: str | None = None,
+        config_path: str | Path = "",
+        log=print,
+    ):
         from .compact import CompactConfig, CompactUNet
         from .evaluate import load_gray_folder
-
         from .loaders import check_device
 
         self.cfg, self.out, self.log, self.config_path = cfg, Path(out), log, str(config_path)
@@ -279,8 +301,10 @@ class Trainer:
         self.history = ck.get("history", [])
         self.rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
-        self.log(f"resumed from {self.last} at step {self.step_count} (best check PSNR {self.best:.3f} dB, "
-                 f"{self.wall / 3600:.2f} h trained)")
+        self.log(
+            f"resumed from {self.last} at step {self.step_count} (best check PSNR {self.best:.3f} dB, "
+            f"{self.wall / 3600:.2f} h trained)"
+        )
         return True
 
     def warm_start(self, init: str | Path) -> None:
@@ -296,15 +320,21 @@ class Trainer:
             try:
                 self.net.load_grown(src.module.state_dict())
             except ValueError as e:
-                raise ValueError(f"--init {init} has architecture {src.spec.architecture}, which cannot grow into "
-                                 f"the config's {self.arch.to_dict()}: {e}") from None
+                raise ValueError(
+                    f"--init {init} has architecture {src.spec.architecture}, which cannot grow into "
+                    f"the config's {self.arch.to_dict()}: {e}"
+                ) from None
             self.log(f"grown from {src.spec.architecture} to {self.arch.to_dict()} (same output at the start)")
         self.ema.load_state_dict(self.net.state_dict())
         extra = src.spec.extra
         self.step_count = int(extra.get("trained_steps", 0))
         self.wall = float(extra.get("train_wall_hours", 0.0)) * 3600
-        self.runs = list(extra.get("runs") or [
-            {"config": extra.get("config"), "steps": [0, self.step_count], "wall_hours": round(self.wall / 3600, 3)}])
+        self.runs = list(
+            extra.get("runs")
+            or [
+                {"config": extra.get("config"), "steps": [0, self.step_count], "wall_hours": round(self.wall / 3600, 3)}
+            ]
+        )
         self.history = list(extra.get("check_history") or [{"step": self.step_count, **extra.get("check_psnr", {})}])
         self.best = float(extra.get("check_psnr", {}).get(self.best_key, -math.inf))
         self.log(f"initialised from {init} (trained {self.step_count} steps); optimiser state starts fresh")
@@ -355,15 +385,27 @@ class Trainer:
             self.best = scores[self.best_key]
             done = self.runs[-1]["steps"][1] if self.runs else 0
             this_run_h = (self.wall - 3600 * sum(r.get("wall_hours", 0) for r in self.runs)) / 3600
-            export_prior(self.ema, self.arch.to_dict(), self.out / "best", {
-                "trained_steps": step, "train_wall_hours": round(self.wall / 3600, 3), "check_set": cfg.check_folder,
-                "check_psnr": scores, "training_folders": cfg.folders, "crop": cfg.crop, "batch": cfg.batch,
-                "objective": "eps-MSE, linear beta schedule, mixed uniform/log-normal timesteps",
-                "config": self.config_path,
-                "check_history": _merge_history(self.history, _log_evals(self.out / "log.jsonl"),
-                                                [{"step": step, **scores}]),
-                "runs": self.runs + [{"config": self.config_path, "steps": [done, step],
-                                      "wall_hours": round(this_run_h, 3)}]})
+            export_prior(
+                self.ema,
+                self.arch.to_dict(),
+                self.out / "best",
+                {
+                    "trained_steps": step,
+                    "train_wall_hours": round(self.wall / 3600, 3),
+                    "check_set": cfg.check_folder,
+                    "check_psnr": scores,
+                    "training_folders": cfg.folders,
+                    "crop": cfg.crop,
+                    "batch": cfg.batch,
+                    "objective": "eps-MSE, linear beta schedule, mixed uniform/log-normal timesteps",
+                    "config": self.config_path,
+                    "check_history": _merge_history(
+                        self.history, _log_evals(self.out / "log.jsonl"), [{"step": step, **scores}]
+                    ),
+                    "runs": self.runs
+                    + [{"config": self.config_path, "steps": [done, step], "wall_hours": round(this_run_h, 3)}],
+                },
+            )
             rec["exported"] = True
         return rec
 
@@ -371,23 +413,39 @@ class Trainer:
         import io
 
         buf = io.BytesIO()
-        torch.save({"net": self.net.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                    "step": self.step_count, "opt_steps": self.opt_steps, "runs": self.runs, "history": self.history,
-                    "best": self.best, "wall": self.wall, "rng": self.rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(), "config": self.cfg.__dict__}, buf)
+        torch.save(
+            {
+                "net": self.net.state_dict(),
+                "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(),
+                "step": self.step_count,
+                "opt_steps": self.opt_steps,
+                "runs": self.runs,
+                "history": self.history,
+                "best": self.best,
+                "wall": self.wall,
+                "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "config": self.cfg.__dict__,
+            },
+            buf,
+        )
         atomic_write_bytes(self.last, buf.getvalue())
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self, minutes: float | None = None) -> Path:
         """Train to ``max_steps`` (or for ``minutes``), logging, checkpointing and exporting as configured."""
         cfg = self.cfg
-        self.log(f"compact UNet {self.arch.to_dict()}: "
-                 f"{sum(p.numel() for p in self.net.parameters()) / 1e6:.2f} M parameters")
+        self.log(
+            f"compact UNet {self.arch.to_dict()}: "
+            f"{sum(p.numel() for p in self.net.parameters()) / 1e6:.2f} M parameters"
+        )
         lock = _acquire_lock(self.out)
         t_run = time.time()
         losses: list[float] = []
         try:
             with open(self.out / "log.jsonl", "a") as logf:
+
                 def write(rec: dict) -> None:
                     logf.write(json.dumps(rec) + "\n")
                     logf.flush()
@@ -403,9 +461,16 @@ class Trainer:
                     losses.append(upd["loss"])
                     step = self.step_count
                     if step % cfg.log_every == 0:
-                        write({"step": step, "loss": round(float(np.mean(losses)), 6), "lr": upd["lr"],
-                               "grad_norm": round(upd["grad_norm"], 4), "wall_h": round(self.wall / 3600, 4),
-                               "s_per_step": round(self.wall / max(step, 1), 3)})
+                        write(
+                            {
+                                "step": step,
+                                "loss": round(float(np.mean(losses)), 6),
+                                "lr": upd["lr"],
+                                "grad_norm": round(upd["grad_norm"], 4),
+                                "wall_h": round(self.wall / 3600, 4),
+                                "s_per_step": round(self.wall / max(step, 1), 3),
+                            }
+                        )
                         losses.clear()
                     if step % cfg.checkpoint_every == 0:
                         self.save_checkpoint()
@@ -417,9 +482,18 @@ class Trainer:
         return self.out
 
 
-def train(config_path: str | Path, out: str | Path, *, data_root: str | None = None, max_steps: int | None = None,
-          minutes: float | None = None, device: str | None = None, init: str | None = None,
-          threads: int | None = None, log=print) -> Path:
+def train(
+    config_path: str | Path,
+    out: str | Path,
+    *,
+    data_root: str | None = None,
+    max_steps: int | None = None,
+    minutes: float | None = None,
+    device: str | None = None,
+    init: str | None = None,
+    threads: int | None = None,
+    log=print,
+) -> Path:
     """Train (or resume) the run in ``out``; ``init`` warm-starts a new run from exported weights."""
     cfg = TrainConfig.from_toml(config_path)
     if max_steps is not None:
@@ -469,7 +543,9 @@ def _acquire_lock(out: Path) -> Path:
         except (ValueError, ProcessLookupError):
             pass  # stale lock from a run that died
         except PermissionError:
-            raise RuntimeError(f"{out} is in use by another training process (PID {lock.read_text().strip()})")
+            raise RuntimeError(
+                f"{out} is in use by another training process (PID {lock.read_text().strip()})"
+            ) from None
         else:
             if pid != os.getpid():
                 raise RuntimeError(f"{out} is in use by another training process (PID {pid}); stop it first")
@@ -481,6 +557,15 @@ def main_train(args) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    train(args.config, args.out, data_root=args.data_root, max_steps=args.max_steps, minutes=args.minutes,
-          device=args.device, init=args.init, threads=args.threads, log=log)
+    train(
+        args.config,
+        args.out,
+        data_root=args.data_root,
+        max_steps=args.max_steps,
+        minutes=args.minutes,
+        device=args.device,
+        init=args.init,
+        threads=args.threads,
+        log=log,
+    )
     return 0

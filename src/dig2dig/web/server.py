@@ -20,14 +20,14 @@ What the server protects (README, "The web page", says the same for users):
   rebinding); a write (POST, DELETE) from another site is refused from its ``Origin`` /
   ``Sec-Fetch-Site`` headers, so a page the user visits cannot queue jobs; every answer carries a
   ``default-src 'self'`` content security policy and refuses framing and sniffing.
-* **Memory.** A request is read up to ``--max-upload-mb`` and no further (chunked or not), in memory,
-  never spooled to disk, and dropped (408) when it stalls or drags on; at most ``--max-queue`` jobs wait or run, holding at most
-  ``--max-queued-mp`` megapixels of sources between them; beyond either the answer is 503 with
-  ``Retry-After``.  Queued sources are kept as the uploaded (compressed) bytes and decoded when their
-  job starts; only PNG, JPEG, TIFF and BMP are decoded, and a request's pixels are read from their
-  headers before anything is; one
-  upload is decoded at a time, off the event loop, so status and info answer while it runs; finished
-  results are kept for the last ``KEEP_FINISHED`` jobs and at most ``KEEP_RESULT_MB`` of files.
+* **Memory.** A request is read up to ``--max-upload-mb`` and no further (chunked or not), in
+  memory, never spooled to disk, and dropped (408) when it stalls or drags on; at most
+  ``--max-queue`` jobs wait or run, holding at most ``--max-queued-mp`` megapixels of sources
+  between them; beyond either the answer is 503 with ``Retry-After``. Queued sources are kept as the
+  uploaded (compressed) bytes and decoded when their job starts; only PNG, JPEG, TIFF and BMP are
+  decoded, and a request's pixels are read from their headers before anything is; one upload is
+  decoded at a time, off the event loop, so status and info answer while it runs; finished results
+  are kept for the last ``KEEP_FINISHED`` jobs and at most ``KEEP_RESULT_MB`` of files.
 * **What a request can do.** Names are labels (task detection), never paths; job ids are random; the
   prior and every execution setting (precision, tiles, compilation) are the server's; options that
   import code are refused; one fusion runs at a time; a fusion that fails reports the same one-line
@@ -65,7 +65,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_COOKIE = "dig2dig_token"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
-                               "frame-ancestors 'none'; form-action 'self'",
+    "frame-ancestors 'none'; form-action 'self'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -125,9 +125,15 @@ class WebJob:
         return None
 
     def status(self, position: int | None) -> dict:
-        return {"id": self.id, "state": self.state, "method": self.method, "queue_position": position,
-                "progress": {"done": self.done, "total": self.total, "eta_s": self.eta()}, "error": self.error,
-                "result": {**self.info, "files": sorted(self.result)} if self.state == "done" else None}
+        return {
+            "id": self.id,
+            "state": self.state,
+            "method": self.method,
+            "queue_position": position,
+            "progress": {"done": self.done, "total": self.total, "eta_s": self.eta()},
+            "error": self.error,
+            "result": {**self.info, "files": sorted(self.result)} if self.state == "done" else None,
+        }
 
 
 class JobQueue:
@@ -136,9 +142,17 @@ class JobQueue:
     Admission is bounded: at most ``max_queue`` jobs waiting or running, holding at most
     ``max_pixels`` source pixels between them (:class:`Busy` beyond either)."""
 
-    def __init__(self, prior, device: str | None = None, *, max_queue: int = MAX_QUEUE,
-                 max_pixels: int = int(MAX_QUEUED_MP * 1e6), decode_pixels: int | None = None,
-                 keep: int = KEEP_FINISHED, keep_bytes: int = int(KEEP_RESULT_MB * 2**20)):
+    def __init__(
+        self,
+        prior,
+        device: str | None = None,
+        *,
+        max_queue: int = MAX_QUEUE,
+        max_pixels: int = int(MAX_QUEUED_MP * 1e6),
+        decode_pixels: int | None = None,
+        keep: int = KEEP_FINISHED,
+        keep_bytes: int = int(KEEP_RESULT_MB * 2**20),
+    ):
         self.prior, self.device = prior, device
         self.max_queue, self.max_pixels, self.decode_pixels = max_queue, max_pixels, decode_pixels
         self.keep, self.keep_bytes = keep, keep_bytes
@@ -161,12 +175,18 @@ class JobQueue:
             active = [j for j in self.jobs.values() if j.active]
             held = sum(j.pixels for j in active)
         if len(active) >= self.max_queue:
-            raise Busy(f"the server is busy: {len(active)} jobs are queued or running, its limit "
-                       f"(--max-queue {self.max_queue}); try again shortly", self.retry_after())
+            raise Busy(
+                f"the server is busy: {len(active)} jobs are queued or running, its limit "
+                f"(--max-queue {self.max_queue}); try again shortly",
+                self.retry_after(),
+            )
         if pixels and held + pixels > self.max_pixels:
-            raise Busy(f"the server is busy: the queued jobs hold {held / 1e6:.3g} of its "
-                       f"{self.max_pixels / 1e6:g} megapixels (--max-queued-mp) and this one needs "
-                       f"{pixels / 1e6:.3g}; try again shortly", self.retry_after())
+            raise Busy(
+                f"the server is busy: the queued jobs hold {held / 1e6:.3g} of its "
+                f"{self.max_pixels / 1e6:g} megapixels (--max-queued-mp) and this one needs "
+                f"{pixels / 1e6:.3g}; try again shortly",
+                self.retry_after(),
+            )
 
     def submit(self, job: WebJob) -> int:
         with self.lock:
@@ -261,18 +281,37 @@ class JobQueue:
             if job.cancel.is_set():
                 raise JobCancelled
 
-        images = [image_from_bytes(data, name, self.decode_pixels, capture=False)
-                  for data, name in zip(job.sources, job.names)]
+        images = [
+            image_from_bytes(data, name, self.decode_pixels, capture=False)
+            for data, name in zip(job.sources, job.names)
+        ]
         job.sources = []
-        r = fuse(images, method=job.method, steps=job.steps, seed=job.seed, task=job.task, names=job.names,
-                 resize=job.resize, prior=self.prior if needs_prior(job.method) else None, device=self.device,
-                 record=job.method == "dig2dig", progress=progress, **job.options)
+        r = fuse(
+            images,
+            method=job.method,
+            steps=job.steps,
+            seed=job.seed,
+            task=job.task,
+            names=job.names,
+            resize=job.resize,
+            prior=self.prior if needs_prior(job.method) else None,
+            device=self.device,
+            record=job.method == "dig2dig",
+            progress=progress,
+            **job.options,
+        )
         job.result["result.png"] = (r.encode(".png"), "image/png")
         report = {"config": r.config, "timings": r.timings}
         job.result["report.json"] = (json.dumps(report, indent=2, default=str).encode(), "application/json")
         h, w = r.image.shape[:2]
-        job.info = {"width": w, "height": h, "task": r.task, "task_reason": r.config["task_reason"],
-                    "roles": r.config["roles"], "seed": r.seed}
+        job.info = {
+            "width": w,
+            "height": h,
+            "task": r.task,
+            "task_reason": r.config["task_reason"],
+            "roles": r.config["roles"],
+            "seed": r.seed,
+        }
         with tempfile.TemporaryDirectory(prefix="dig2dig-web-") as tmp:  # figures, then nothing on disk
             if r.method == "dig2dig" and r.guidance:
                 from ..viz import save_dig
@@ -361,8 +400,9 @@ class Guard:
 
             log.error("dig2dig serve: %s %s failed: %s", scope.get("method"), scope.get("path"), describe(e)[1])
             if not started:
-                await JSONResponse({"detail": "internal error; the server's log has the one-line reason"},
-                                   status_code=500)(scope, receive, send_secured)
+                await JSONResponse(
+                    {"detail": "internal error; the server's log has the one-line reason"}, status_code=500
+                )(scope, receive, send_secured)
 
     def _check(self, scope, headers):
         from urllib.parse import parse_qs
@@ -374,8 +414,11 @@ class Guard:
 
         host = headers.get("host", "")
         if self.hosts is not None and _host_name(host) not in self.hosts:
-            return deny(400, f"this server answers to {', '.join(sorted(self.hosts))}, not to the host "
-                             f"{host[:80]!r}; open it by one of those, or start it with --allow-host NAME")
+            return deny(
+                400,
+                f"this server answers to {', '.join(sorted(self.hosts))}, not to the host "
+                f"{host[:80]!r}; open it by one of those, or start it with --allow-host NAME",
+            )
         path = scope.get("path", "")
         if self.token is not None and not path.startswith("/static/"):
             given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
@@ -387,8 +430,11 @@ class Guard:
             cookie = _cookie(headers.get("cookie", ""), TOKEN_COOKIE)
             bearer = auth[7:] if auth.lower().startswith("bearer ") else None
             if not any(t is not None and self._match(t) for t in (bearer, cookie)):
-                return deny(401, "this server needs its token: open the address dig2dig serve printed "
-                                 "(…/?token=...), or send 'Authorization: Bearer <token>'")
+                return deny(
+                    401,
+                    "this server needs its token: open the address dig2dig serve printed "
+                    "(…/?token=...), or send 'Authorization: Bearer <token>'",
+                )
         method = scope.get("method", "GET")
         if method not in ("GET", "HEAD", "OPTIONS"):
             site = headers.get("sec-fetch-site")
@@ -397,12 +443,16 @@ class Guard:
             if site is not None and site not in ("same-origin", "none"):
                 return deny(403, f"a {method} from another site ({site}) is refused; use the page this server serves")
             if origin is not None and origin.lower() != f"{scheme}://{host.lower()}":
-                return deny(403, f"a {method} from the origin {origin[:80]!r} is refused; use the page this "
-                                 f"server serves")
+                return deny(
+                    403, f"a {method} from the origin {origin[:80]!r} is refused; use the page this server serves"
+                )
             length = headers.get("content-length", "")
             if length.isdigit() and len(length) < 19 and int(length) > self.limit_bytes:
-                return deny(413, f"the upload is {int(length) / 2**20:.1f} MB, more than the server's limit of "
-                                 f"{self.limit_text}; send smaller images")
+                return deny(
+                    413,
+                    f"the upload is {int(length) / 2**20:.1f} MB, more than the server's limit of "
+                    f"{self.limit_text}; send smaller images",
+                )
         return None
 
     def _match(self, given: str) -> bool:
@@ -463,8 +513,9 @@ def _steps(text: str):
     if _DIGITS.fullmatch(text):
         return int(text) if len(text) <= 6 else 10**6  # out of range: the grid says so
     if len(text) > 400 or not text.isascii():
-        raise ValueError(f"steps {_shown(text)}: give a step count, 'uniform:N', 'power:N:P' or a list like "
-                         f"'999,500,0'")
+        raise ValueError(
+            f"steps {_shown(text)}: give a step count, 'uniform:N', 'power:N:P' or a list like '999,500,0'"
+        )
     return text
 
 
@@ -481,11 +532,22 @@ def _flag(name: str, text: str) -> bool:
 # the app
 
 
-def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
-               max_pixels: int | None = None, max_sources: int = MAX_SOURCES, max_queue: int = MAX_QUEUE,
-               max_queued_mp: float = MAX_QUEUED_MP, max_uploads: int = MAX_UPLOADS,
-               upload_idle_s: float = UPLOAD_IDLE_S, upload_deadline_s: float = UPLOAD_DEADLINE_S,
-               hosts: set[str] | frozenset[str] | None = frozenset(LOOPBACK), token: str | None = None):
+def create_app(
+    prior=None,
+    *,
+    prior_spec=None,
+    device: str | None = None,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    max_pixels: int | None = None,
+    max_sources: int = MAX_SOURCES,
+    max_queue: int = MAX_QUEUE,
+    max_queued_mp: float = MAX_QUEUED_MP,
+    max_uploads: int = MAX_UPLOADS,
+    upload_idle_s: float = UPLOAD_IDLE_S,
+    upload_deadline_s: float = UPLOAD_DEADLINE_S,
+    hosts: set[str] | frozenset[str] | None = frozenset(LOOPBACK),
+    token: str | None = None,
+):
     """The FastAPI app; ``prior`` (a path, a Denoiser, or None for the embedded one) is loaded now.
 
     ``hosts``: the ``Host`` names answered (None: any); ``token``: needed by every API call when set."""
@@ -493,7 +555,6 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
     from contextlib import asynccontextmanager
 
     import numpy as np
-
     from fastapi import FastAPI, Query, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
@@ -523,8 +584,9 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
         yield
         jobs.stop()  # cancels what runs, drops every job and its results
 
-    app = FastAPI(title="dig2dig", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="dig2dig", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.jobs = jobs
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, hosts=hosts, token=token, limit_bytes=limit_bytes, limit_text=limit_text)
@@ -546,19 +608,48 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     def describe_options(record):
-        return [{"name": i.name, "kind": i.kind, "default": i.default, "default_text": i.default_text(),
-                 "choices": i.choices, "range": i.range_text(), "help": i.help,
-                 "low": i.low, "high": i.high} for i in record.infos() if i.name not in refused_options]
+        return [
+            {
+                "name": i.name,
+                "kind": i.kind,
+                "default": i.default,
+                "default_text": i.default_text(),
+                "choices": i.choices,
+                "range": i.range_text(),
+                "help": i.help,
+                "low": i.low,
+                "high": i.high,
+            }
+            for i in record.infos()
+            if i.name not in refused_options
+        ]
 
-    info_body = {"version": __version__, "device": str(den.device),
-                 "prior": {"name": den.spec.name, "sha256": den.spec.sha256},
-                 "methods": [{"name": m.name, "description": m.description, "default_steps": m.default_steps,
-                              "needs_prior": m.needs_prior, "min_sources": m.min_sources,
-                              "max_sources": m.max_sources, "options": describe_options(m.options)}
-                             for m in METHODS.values()],
-                 "tasks": ["auto", *TASKS], "not_from_requests": list(refused_options),
-                 "limits": {"max_upload_mb": max_upload_mb, "max_pixels": pixels, "max_sources": max_sources,
-                            "max_queue": max_queue, "max_queued_mp": max_queued_mp}}
+    info_body = {
+        "version": __version__,
+        "device": str(den.device),
+        "prior": {"name": den.spec.name, "sha256": den.spec.sha256},
+        "methods": [
+            {
+                "name": m.name,
+                "description": m.description,
+                "default_steps": m.default_steps,
+                "needs_prior": m.needs_prior,
+                "min_sources": m.min_sources,
+                "max_sources": m.max_sources,
+                "options": describe_options(m.options),
+            }
+            for m in METHODS.values()
+        ],
+        "tasks": ["auto", *TASKS],
+        "not_from_requests": list(refused_options),
+        "limits": {
+            "max_upload_mb": max_upload_mb,
+            "max_pixels": pixels,
+            "max_sources": max_sources,
+            "max_queue": max_queue,
+            "max_queued_mp": max_queued_mp,
+        },
+    }
 
     @app.get("/api/info")
     async def info():
@@ -587,14 +678,18 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
                 chunk = await asyncio.wait_for(stream.__anext__(), timeout=max(wait, 0.001))
             except StopAsyncIteration:
                 break
-            except asyncio.TimeoutError:
-                raise RequestError(408, f"the upload stalled or took too long ({n / 2**20:.1f} MB received; the "
-                                        f"server waits {upload_idle_s:g} s between parts and {upload_deadline_s:g} s "
-                                        f"in all); send it again") from None
+            except TimeoutError:
+                raise RequestError(
+                    408,
+                    f"the upload stalled or took too long ({n / 2**20:.1f} MB received; the "
+                    f"server waits {upload_idle_s:g} s between parts and {upload_deadline_s:g} s "
+                    f"in all); send it again",
+                ) from None
             n += len(chunk)
             if n > limit_bytes:
-                raise RequestError(413, f"the upload is more than the server's limit of {limit_text}; send "
-                                        f"smaller images")
+                raise RequestError(
+                    413, f"the upload is more than the server's limit of {limit_text}; send smaller images"
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -605,15 +700,17 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
         async def one_chunk():
             yield body
 
-        parser = MultiPartParser(request.headers, one_chunk(), max_files=max_sources, max_fields=50,
-                                 max_part_size=64 * 1024)
+        parser = MultiPartParser(
+            request.headers, one_chunk(), max_files=max_sources, max_fields=50, max_part_size=64 * 1024
+        )
         parser.spool_max_size = len(body) + 1  # the parts stay in memory: nothing is written to disk
         try:
             return await parser.parse()
         except MultiPartException as e:
             if "Too many files" in str(e):
-                raise RequestError(422, f"more than {max_sources} files: this server fuses at most {max_sources} "
-                                        f"sources") from None
+                raise RequestError(
+                    422, f"more than {max_sources} files: this server fuses at most {max_sources} sources"
+                ) from None
             raise RequestError(422, f"the form could not be read: {e}") from None
 
     def settings(form, count: int):
@@ -629,17 +726,21 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
         try:
             options = json.loads(text("options", "{}"))
         except json.JSONDecodeError as e:
-            raise ValueError(f"options must be a JSON object of option names and values (not JSON: {e.msg} at "
-                             f"character {e.pos})") from None
+            raise ValueError(
+                f"options must be a JSON object of option names and values (not JSON: {e.msg} at character {e.pos})"
+            ) from None
         except (ValueError, RecursionError):  # a number of thousands of digits, arrays nested thousands deep
-            raise ValueError("options must be a JSON object of option names and values (a value is too long or "
-                             "too deeply nested)") from None
+            raise ValueError(
+                "options must be a JSON object of option names and values (a value is too long or too deeply nested)"
+            ) from None
         if not isinstance(options, dict):
             raise ValueError("options must be a JSON object of option names and values")
         refused = sorted(set(options) & set(refused_options))
         if refused:
-            raise ValueError(f"option(s) {refused} cannot be set from a web request: the server decides how "
-                             f"the prior runs, and nothing imports code named by a request")
+            raise ValueError(
+                f"option(s) {refused} cannot be set from a web request: the server decides how "
+                f"the prior runs, and nothing imports code named by a request"
+            )
         opts, _ = m.split(options)
         steps = _steps(text("steps", "").strip())
         if m.needs_prior:
@@ -706,8 +807,11 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
                 raise RequestError(422, describe(e, "web")[1]) from None
             need = sum(w * h for w, h in (s for s in sizes if s is not None))
             if need > budget:
-                raise RequestError(413, f"the sources hold {need / 1e6:.3g} megapixels, more than this server "
-                                        f"queues at once ({max_queued_mp:g}, --max-queued-mp); send smaller images")
+                raise RequestError(
+                    413,
+                    f"the sources hold {need / 1e6:.3g} megapixels, more than this server "
+                    f"queues at once ({max_queued_mp:g}, --max-queued-mp); send smaller images",
+                )
             jobs.check_room(need)
             async with decoding:
                 try:
@@ -715,12 +819,16 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
                 except ValueError as e:
                     raise RequestError(422, describe(e, "web")[1]) from None
             if need > budget:  # a header Pillow could not read told too little
-                raise RequestError(413, f"the sources hold {need / 1e6:.3g} megapixels, more than this server "
-                                        f"queues at once ({max_queued_mp:g}, --max-queued-mp); send smaller images")
+                raise RequestError(
+                    413,
+                    f"the sources hold {need / 1e6:.3g} megapixels, more than this server "
+                    f"queues at once ({max_queued_mp:g}, --max-queued-mp); send smaller images",
+                )
         finally:
             uploads["now"] -= 1
-        job = WebJob(secrets.token_urlsafe(12), m.name, steps, seed, task, resize, names, datas, need, options,
-                     total=total)
+        job = WebJob(
+            secrets.token_urlsafe(12), m.name, steps, seed, task, resize, names, datas, need, options, total=total
+        )
         position = jobs.submit(job)  # Busy if the queue filled up meanwhile
         return {"id": job.id, "position": position}
 
@@ -766,8 +874,9 @@ def create_app(prior=None, *, prior_spec=None, device: str | None = None, max_up
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, *, allow_hosts: tuple[str, ...] = (), token: str | None = None,
-          **app_kw) -> None:
+def serve(
+    host: str = "127.0.0.1", port: int = 8000, *, allow_hosts: tuple[str, ...] = (), token: str | None = None, **app_kw
+) -> None:
     """Run the server until Ctrl-C (``dig2dig serve``)."""
     import uvicorn
 
