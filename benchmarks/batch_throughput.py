@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--keep", help="keep the outputs in this folder")
     args = ap.parse_args()
 
-    from dig2dig.jobs import collect_items
+    from dig2dig.batch import collect_items
     from dig2dig.prior import load_prior
 
     items = collect_items([args.dataset])[: args.pairs]

@@ -91,6 +91,7 @@ def fingerprint(steps: int) -> dict[str, dict[str, str]]:
         for name, r in zip(pairs, rs):
             row[f"fuse_batch/{name}"] = _sha(r.encode(".png"))
         out = root / "batch" / label.replace(":", "_").replace("=", "-")
+        out.parent.mkdir(exist_ok=True)
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
         cmd = [
             sys.executable,
@@ -108,7 +109,9 @@ def fingerprint(steps: int) -> dict[str, dict[str, str]]:
             *flags,
             *(["--steps", str(st)] if st else []),
         ]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
         for name in pairs:
             row[f"batch/{name}"] = _sha((out / f"{name}.png").read_bytes())
         row.update(_web(pairs, seeds, method, options, st))

@@ -115,6 +115,7 @@ def _pair_ids(ds: str, n: int) -> list[str]:
 def fuse_all(args, chosen: dict, out: Path, prior: str) -> None:
     """Run every (dataset, method) the chosen parts need, one bench folder per dataset."""
     from dig2dig.bench import run_bench
+    from dig2dig.spec import FusionSpec
 
     work: dict[str, dict[str, int]] = {}  # dataset -> method -> pairs
     for pairs, methods in chosen.values():
@@ -137,8 +138,7 @@ def fuse_all(args, chosen: dict, out: Path, prior: str) -> None:
                 out / ds,
                 convention="cddfuse",
                 metrics=METRICS,
-                seed=args.seed,
-                prior=prior,
+                spec=FusionSpec(seed=args.seed, prior=prior),
                 limit=n,
                 plots=False,
                 log=lambda m: print(m, file=sys.stderr),

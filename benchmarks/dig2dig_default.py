@@ -73,6 +73,7 @@ def main() -> int:
 
     from dig2dig.bench import aggregate, run_bench
     from dig2dig.prior.embedded import EMBEDDED_DIR
+    from dig2dig.spec import FusionSpec
 
     cands = {k: CANDIDATES[k] for k in args.candidates.split(",") if k}
     for e in args.extra:
@@ -103,7 +104,7 @@ def main() -> int:
             out / ds,
             convention="cddfuse",
             metrics=METRICS,
-            prior=str(prior),
+            spec=FusionSpec(prior=str(prior)),
             limit=args.limit or limit,
             plots=False,
             log=lambda m: print(m, file=sys.stderr),

@@ -42,6 +42,7 @@ def main() -> int:
     from dig2dig.bench import aggregate, read_csv, run_bench
     from dig2dig.metrics.registry import higher_is_better
     from dig2dig.prior.embedded import EMBEDDED_DIR
+    from dig2dig.spec import FusionSpec
 
     pairs, peer_dir, convention = DATASETS[args.dataset]
     out = Path(args.out or f"runs/bench_{args.dataset}")
@@ -61,8 +62,7 @@ def main() -> int:
         out,
         peers=peers,
         convention=convention,
-        seed=args.seed,
-        prior=str(prior),
+        spec=FusionSpec(seed=args.seed, prior=str(prior)),
         limit=args.limit,
         log=lambda m: print(m, file=sys.stderr),
     )

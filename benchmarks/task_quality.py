@@ -65,6 +65,7 @@ def _scores(
 ) -> dict:
     """{(method, metric): [values per pair]} and {method: [seconds per pair]} from one resumable bench folder."""
     from dig2dig.bench import read_csv, run_bench
+    from dig2dig.spec import FusionSpec
 
     w = run_bench(
         [folder],
@@ -72,7 +73,7 @@ def _scores(
         out,
         convention=convention,
         metrics=metrics,
-        prior=str(prior),
+        spec=FusionSpec(prior=str(prior)),
         limit=limit,
         plots=False,
         log=lambda m: print(m, file=sys.stderr),

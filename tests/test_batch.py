@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 
 import dig2dig
-from dig2dig.errors import RunError
-from dig2dig.jobs import (
+from dig2dig.batch import (
     Item,
     OutputFolder,
-    RunConfig,
     collect_items,
     parse_shard,
     read_log,
     run_batch,
     select_shard,
 )
+from dig2dig.errors import RunError
+from dig2dig.spec import FusionSpec
 
 from .conftest import smooth_image
 
@@ -108,7 +108,7 @@ def test_a_manifest_row_with_one_source_fails_alone_and_empty_rows_are_skipped(t
     m.write_text(f"id,ir,vis\r\na,{ds}/p00/ir.png,{ds}/p00/vis.png\r\n,,\r\nb,{ds}/p01/ir.png,\r\n")
     items = collect_items([m])
     assert [it.id for it in items] == ["a", "b"]
-    s = run_batch(items, tmp_path / "out", RunConfig(method="average"), **QUIET)
+    s = run_batch(items, tmp_path / "out", FusionSpec(method="average"), **QUIET)
     assert s.done == 1 and [f["id"] for f in s.failed] == ["b"] and "m.csv:4 lists 1 source(s)" in s.failed[0]["error"]
 
 
@@ -168,25 +168,25 @@ def test_run_resume_and_a_changed_configuration(tmp_path):
     ds = make_dataset(tmp_path / "ds", n=3)
     out = tmp_path / "out"
     items = collect_items([ds])
-    s = run_batch(items, out, RunConfig(method="average"), **QUIET)
+    s = run_batch(items, out, FusionSpec(method="average"), **QUIET)
     assert (s.done, s.skipped, s.failed, s.exit_code) == (3, 0, [], 0)
     side = json.loads((out / "p00.json").read_text())
     assert side["method"] == "average" and side["output"] == "p00.png" and len(side["key"]) == 64
     assert side["config"]["sources_sha256"] and side["dig2dig"] == dig2dig.__version__
     mtime = (out / "p00.png").stat().st_mtime_ns
-    s = run_batch(items, out, RunConfig(method="average"), **QUIET)
+    s = run_batch(items, out, FusionSpec(method="average"), **QUIET)
     assert (s.done, s.skipped) == (0, 3) and (out / "p00.png").stat().st_mtime_ns == mtime
     # other settings: refused before any work, naming what changed ...
     with pytest.raises(RunError, match=r"3 item\(s\) .* other settings .*method \"average\" -> \"guided\""):
-        run_batch(items, out, RunConfig(method="guided"), **QUIET)
+        run_batch(items, out, FusionSpec(method="guided"), **QUIET)
     assert (out / "p00.png").stat().st_mtime_ns == mtime
     # ... unless asked to redo them
-    s = run_batch(items, out, RunConfig(method="guided"), overwrite=True, **QUIET)
+    s = run_batch(items, out, FusionSpec(method="guided"), overwrite=True, **QUIET)
     assert s.done == 3 and json.loads((out / "p00.json").read_text())["method"] == "guided"
     # a changed source is a changed configuration too
     cv2.imwrite(str(ds / "p01" / "ir.png"), np.zeros((32, 40), np.uint8))
     with pytest.raises(RunError, match="p01: source images"):
-        run_batch(items, out, RunConfig(method="guided"), **QUIET)
+        run_batch(items, out, FusionSpec(method="guided"), **QUIET)
     events = [r["event"] for r in read_log(out / "log.jsonl")]
     assert events.count("start") == 3 and events.count("end") == 3 and events.count("item") == 6
 
@@ -195,9 +195,9 @@ def test_a_crash_at_each_stage_resumes(tmp_path):
     ds = make_dataset(tmp_path / "ds", n=3)
     items = collect_items([ds])
     ref = tmp_path / "ref"
-    run_batch(items, ref, RunConfig(method="guided"), **QUIET)
+    run_batch(items, ref, FusionSpec(method="guided"), **QUIET)
     out = tmp_path / "out"
-    run_batch(items, out, RunConfig(method="guided"), **QUIET)
+    run_batch(items, out, FusionSpec(method="guided"), **QUIET)
     (out / "p00.json").unlink()  # killed after the image, before the sidecar
     (out / "p01.png").unlink()  # sidecar without its image (deleted by hand)
     (out / "p02.png").write_bytes(b"half")  # cannot happen with atomic writes, but a rerun must not trust it ...
@@ -206,7 +206,7 @@ def test_a_crash_at_each_stage_resumes(tmp_path):
     stale.write_bytes(b"partial")
     with open(out / "log.jsonl", "a") as f:
         f.write('{"event": "item", "id": "p0')  # a torn last line
-    s = run_batch(items, out, RunConfig(method="guided"), **QUIET)
+    s = run_batch(items, out, FusionSpec(method="guided"), **QUIET)
     assert s.done == 3 and not stale.exists() and not list(out.rglob("*.part"))
     assert files_of(out) == files_of(ref)
     events = [r["event"] for r in read_log(out / "log.jsonl")]
@@ -272,7 +272,7 @@ def test_a_crashed_run_leaves_no_lock(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     code = (
-        "import os, sys; from dig2dig.jobs import OutputFolder; OutputFolder(sys.argv[1]).lock(); "
+        "import os, sys; from dig2dig.batch import OutputFolder; OutputFolder(sys.argv[1]).lock(); "
         "print('locked', flush=True); os.kill(os.getpid(), 9)"
     )
     p = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
@@ -284,7 +284,7 @@ def test_a_bad_item_is_logged_and_the_others_finish(tmp_path):
     ds = make_dataset(tmp_path / "ds", n=3)
     (ds / "p01" / "vis.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    s = run_batch(collect_items([ds]), out, RunConfig(method="average"), **QUIET)
+    s = run_batch(collect_items([ds]), out, FusionSpec(method="average"), **QUIET)
     assert s.done == 2 and [f["id"] for f in s.failed] == ["p01"] and "cannot decode" in s.failed[0]["error"]
     assert s.exit_code == 1
     summary = json.loads((out / "summary.json").read_text())
@@ -293,22 +293,22 @@ def test_a_bad_item_is_logged_and_the_others_finish(tmp_path):
     assert [r["id"] for r in failed] == ["p01"]
     # fixed, the rerun does just that item
     make_dataset(tmp_path / "ds", n=1, start=1)
-    s = run_batch(collect_items([ds]), out, RunConfig(method="average"), **QUIET)
+    s = run_batch(collect_items([ds]), out, FusionSpec(method="average"), **QUIET)
     assert (s.done, s.skipped, s.failed) == (1, 2, [])
 
 
 @pytest.mark.parametrize(
     "config,message",
     [
-        (RunConfig(method="magic"), "unknown method"),
-        (RunConfig(options={"interval": 0}), "interval=0 is out of range"),
-        (RunConfig(device="cuda:7"), "--device cuda:7"),
-        (RunConfig(device="tpu"), "not a torch device"),
-        (RunConfig(prior="/no/such/prior"), "does not exist"),
-        (RunConfig(method="average", steps=5), "takes no steps"),
-        (RunConfig(steps="power:0"), "steps must be"),
-        (RunConfig(ext=".gif"), "output format"),
-        (RunConfig(ext=".jpg", bit_depth=16), "bit depth"),
+        (FusionSpec(method="magic"), "unknown method"),
+        (FusionSpec(options={"interval": 0}), "interval=0 is out of range"),
+        (FusionSpec(device="cuda:7"), "--device cuda:7"),
+        (FusionSpec(device="tpu"), "not a torch device"),
+        (FusionSpec(prior="/no/such/prior"), "does not exist"),
+        (FusionSpec(method="average", steps=5), "takes no steps"),
+        (FusionSpec(steps="power:0"), "steps must be"),
+        (FusionSpec(ext=".gif"), "output format"),
+        (FusionSpec(ext=".jpg", bit_depth=16), "bit depth"),
     ],
 )
 def test_invalid_settings_are_refused_before_any_item(tmp_path, config, message):
@@ -326,7 +326,7 @@ def test_outputs_of_two_items_may_not_collide(tmp_path):
         f"id,ir,vis,output\na,{ds}/p00/ir.png,{ds}/p00/vis.png,same.png\nb,{ds}/p01/ir.png,{ds}/p01/vis.png,same.png\n"
     )
     with pytest.raises(RunError, match="both be written"):
-        run_batch(collect_items([m]), tmp_path / "out", RunConfig(method="average"), **QUIET)
+        run_batch(collect_items([m]), tmp_path / "out", FusionSpec(method="average"), **QUIET)
 
 
 def test_unwritable_output_folder(tmp_path):
@@ -337,7 +337,7 @@ def test_unwritable_output_folder(tmp_path):
         if os.access(ro, os.W_OK):
             pytest.skip("running as a user who can write anywhere")
         with pytest.raises(RunError, match="cannot write"):
-            run_batch(collect_items([make_dataset(tmp_path / "ds", n=1)]), ro, RunConfig(method="average"), **QUIET)
+            run_batch(collect_items([make_dataset(tmp_path / "ds", n=1)]), ro, FusionSpec(method="average"), **QUIET)
     finally:
         ro.chmod(0o700)
 
@@ -346,8 +346,8 @@ def test_unwritable_output_folder(tmp_path):
 # same bytes: alone, batched, sharded, resumed, other executors
 
 
-def _diffusion(prior) -> RunConfig:
-    return RunConfig(method="dig2dig", steps=3, seed=5, prior=str(prior), options={"interval": 2})
+def _diffusion(prior) -> FusionSpec:
+    return FusionSpec(method="dig2dig", steps=3, seed=5, prior=str(prior), options={"interval": 2})
 
 
 def test_an_item_gives_the_same_bytes_alone_and_in_a_batch(tmp_path, tiny_gray_prior_path):
@@ -441,11 +441,11 @@ def test_cli_batch_exit_codes_and_messages(tmp_path, capsys):
 def test_a_damaged_output_is_redone_and_a_one_image_folder_fails_by_name(tmp_path):
     ds = make_dataset(tmp_path / "ds", n=3)
     out = tmp_path / "out"
-    run_batch(collect_items([ds]), out, RunConfig(method="guided"), **QUIET)
+    run_batch(collect_items([ds]), out, FusionSpec(method="guided"), **QUIET)
     good = (out / "p01.png").read_bytes()
     (out / "p01.png").write_bytes(good[:50])  # damaged after the run (its sidecar still says done)
     (ds / "p02" / "vis.png").unlink()  # a pair folder that lost a source
-    s = run_batch(collect_items([ds]), out, RunConfig(method="guided"), **QUIET)
+    s = run_batch(collect_items([ds]), out, FusionSpec(method="guided"), **QUIET)
     assert s.done == 1 and (out / "p01.png").read_bytes() == good
     assert [f["id"] for f in s.failed] == ["p02"] and "a source is missing" in s.failed[0]["error"]
     assert s.exit_code == 1
@@ -492,10 +492,10 @@ def test_what_task_detection_reads_is_part_of_the_key(tmp_path):
     out = tmp_path / "out"
     m = tmp_path / "m.csv"
     m.write_text(f"id,a,b\nx,{ds}/p00/vis.png,{ds}/p00/ir.png\n")
-    run_batch(collect_items([m]), out, RunConfig(method="average"), **QUIET)
+    run_batch(collect_items([m]), out, FusionSpec(method="average"), **QUIET)
     m.write_text(f"id,vis,ir\nx,{ds}/p00/vis.png,{ds}/p00/ir.png\n")
     with pytest.raises(RunError, match="task_hints"):
-        run_batch(collect_items([m]), out, RunConfig(method="average"), **QUIET)
+        run_batch(collect_items([m]), out, FusionSpec(method="average"), **QUIET)
 
 
 def test_the_key_holds_the_prior_architecture_device_threads_and_version(tmp_path, tiny_gray_prior_path):
@@ -511,7 +511,7 @@ def test_the_key_holds_the_prior_architecture_device_threads_and_version(tmp_pat
 
 
 def test_damaged_sidecars_long_ids_and_items_named_summary(tmp_path):
-    from dig2dig.jobs import iter_sidecars
+    from dig2dig.batch import iter_sidecars
 
     root = tmp_path / "ds"
     make_dataset(root, n=2)
@@ -519,14 +519,14 @@ def test_damaged_sidecars_long_ids_and_items_named_summary(tmp_path):
     (root / "p00").rename(root / long_id)
     (root / "p01").rename(root / "summary_cam")
     out = tmp_path / "out"
-    s = run_batch(collect_items([root]), out, RunConfig(method="average"), **QUIET)
+    s = run_batch(collect_items([root]), out, FusionSpec(method="average"), **QUIET)
     assert s.done == 2 and not s.failed
-    assert sorted(r["id"] for r in iter_sidecars(out)) == ["summary_cam", long_id]
+    assert sorted(r.id for r in iter_sidecars(out)) == ["summary_cam", long_id]
     (out / "summary_cam.json").write_text("[1, 2]")  # not a sidecar of ours: the item is redone
     (out / f"{long_id}.json").write_text('{"key": "x", "config": null}')  # another key, no config
     with pytest.raises(RunError, match="other settings"):
-        run_batch(collect_items([root]), out, RunConfig(method="average"), **QUIET)
-    s = run_batch(collect_items([root]), out, RunConfig(method="average"), overwrite=True, **QUIET)
+        run_batch(collect_items([root]), out, FusionSpec(method="average"), **QUIET)
+    s = run_batch(collect_items([root]), out, FusionSpec(method="average"), overwrite=True, **QUIET)
     assert s.done == 2
 
 
@@ -535,7 +535,7 @@ def test_an_item_output_that_cannot_hold_16_bits_is_refused_before_work(tmp_path
     m = tmp_path / "m.csv"
     m.write_text(f"id,ir,vis,output\nx,{ds}/p00/ir.png,{ds}/p00/vis.png,x.jpg\n")
     with pytest.raises(RunError, match="cannot hold 16 bits"):
-        run_batch(collect_items([m]), tmp_path / "out", RunConfig(method="average", bit_depth=16), **QUIET)
+        run_batch(collect_items([m]), tmp_path / "out", FusionSpec(method="average", bit_depth=16), **QUIET)
     assert not (tmp_path / "out").exists()
 
 
@@ -556,7 +556,7 @@ def test_a_dead_worker_costs_only_its_item(tmp_path, tiny_gray_prior_path):
 
     ds = make_dataset(tmp_path / "ds", n=6, size=(64, 64))
     out = tmp_path / "out"
-    cfg = RunConfig(method="dig2dig", steps=4, seed=5, prior=str(tiny_gray_prior_path))
+    cfg = FusionSpec(method="dig2dig", steps=4, seed=5, prior=str(tiny_gray_prior_path))
     result = {}
     t = threading.Thread(
         target=lambda: result.update(s=run_batch(collect_items([ds]), out, cfg, workers=2, threads=1, **QUIET))
@@ -580,16 +580,16 @@ def test_a_dead_worker_costs_only_its_item(tmp_path, tiny_gray_prior_path):
 
 
 def test_an_executor_that_fails_as_a_whole_is_not_a_clean_run(tmp_path, monkeypatch):
-    from dig2dig import runtime
+    from dig2dig.batch import executors
 
     def broken(self, spec, jobs, on_step=None):
         yield {"id": jobs[0].id, "status": "done", "seconds": 0.0}
         raise RuntimeError("the cluster went away")
 
-    monkeypatch.setattr(runtime.LocalExecutor, "run", broken)
+    monkeypatch.setattr(executors.LocalExecutor, "run", broken)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="went away"):
-        run_batch(collect_items([make_dataset(tmp_path / "ds", n=3)]), out, RunConfig(method="average"), **QUIET)
+        run_batch(collect_items([make_dataset(tmp_path / "ds", n=3)]), out, FusionSpec(method="average"), **QUIET)
     summary = json.loads((out / "summary.json").read_text())
     assert "went away" in summary["aborted"] and summary["done"] == 1
     assert read_log(out / "log.jsonl")[-1]["aborted"] == summary["aborted"]
@@ -608,7 +608,7 @@ def test_a_terminal_shows_the_running_items_steps(tmp_path, tiny_gray_prior_path
     s = run_batch(
         collect_items([ds]),
         tmp_path / "out",
-        RunConfig(method="dig2dig", steps=3, prior=str(tiny_gray_prior_path)),
+        FusionSpec(method="dig2dig", steps=3, prior=str(tiny_gray_prior_path)),
         progress=True,
         log=lambda m: None,
     )

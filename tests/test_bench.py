@@ -9,6 +9,7 @@ import pytest
 
 from dig2dig.bench import aggregate, list_pairs, run_bench, summary_markdown
 from dig2dig.cli import main
+from dig2dig.spec import FusionSpec
 
 from .conftest import smooth_image
 
@@ -156,7 +157,7 @@ def test_bench_survives_a_bad_pair(tmp_path, task):
         progress=False,
         plots=False,
         log=lambda m: None,
-        task=task,
+        spec=FusionSpec(task=task),
     )
     man = json.loads(written["manifest"].read_text())
     assert len(man["errors"]) == 1 and "p1" in man["errors"][0]["item"]
@@ -169,8 +170,7 @@ def test_steps_apply_to_the_diffusion_methods_of_a_run(tmp_path, tiny_gray_prior
         [ds],
         ["dig2dig", "average", "guided"],
         tmp_path / "b",
-        steps=2,
-        prior=str(tiny_gray_prior_path),
+        spec=FusionSpec(steps=2, prior=str(tiny_gray_prior_path)),
         convention="cddfuse",
         metrics=["EN"],
         progress=False,
@@ -198,8 +198,8 @@ def test_bench_never_reuses_results_made_with_other_settings(tmp_path):
     first = run_bench([ds], ["laplacian"], out, **kw)
     en = {r["pair"]: r["value"] for r in csv.DictReader(open(first["csv"])) if r["metric"] == "EN"}
     with pytest.raises(RunError, match="other settings"):
-        run_bench([ds], ["laplacian"], out, options={"levels": 1}, **kw)
-    again = run_bench([ds], ["laplacian"], out, options={"levels": 1}, overwrite=True, **kw)
+        run_bench([ds], ["laplacian"], out, spec=FusionSpec(options={"levels": 1}), **kw)
+    again = run_bench([ds], ["laplacian"], out, spec=FusionSpec(options={"levels": 1}), overwrite=True, **kw)
     en1 = {r["pair"]: r["value"] for r in csv.DictReader(open(again["csv"])) if r["metric"] == "EN"}
     assert en1 != en  # rescored from the new images, not reused
 

@@ -216,7 +216,7 @@ CASES = [
         "batch manifest task",
         ["batch", "{tmp}/task.csv", "-o", "{tmp}/b", "--method", "average"],
         2,
-        "task 'xyz' is not one of",
+        "task.csv:2: unknown task 'xyz'; use one of auto",
     ),
     (
         "batch manifest output",
@@ -482,7 +482,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, tiny_gray_prior_path):
     ds = make_dataset(tmp_path / "ds", n=8)
     out = tmp_path / "out"
     proc = subprocess.Popen(_batch_cmd(str(ds), out, str(tiny_gray_prior_path)), stderr=subprocess.PIPE, text=True)
-    from dig2dig.jobs import read_log
+    from dig2dig.batch import read_log
 
     deadline = time.time() + 120
     while time.time() < deadline and not any(r.get("status") == "done" for r in read_log(out / "log.jsonl")):
@@ -502,7 +502,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, tiny_gray_prior_path):
 CRASHER = textwrap.dedent("""
     import os, sys
     import dig2dig.io as io
-    import dig2dig.jobs as jobs
+    import dig2dig.batch.folder as jobs
     limit, calls = int(os.environ["CRASH_AT"]), [0]
 
     def count():

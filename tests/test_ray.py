@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dig2dig.jobs import RunConfig, collect_items, read_log, run_batch
+from dig2dig.batch import collect_items, read_log, run_batch
+from dig2dig.spec import FusionSpec
 
 from .test_batch import QUIET, files_of, make_dataset
 
@@ -27,8 +28,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(prior) -> RunConfig:
-    return RunConfig(method="dig2dig", steps=2, seed=3, prior=str(prior))
+def _config(prior) -> FusionSpec:
+    return FusionSpec(method="dig2dig", steps=2, seed=3, prior=str(prior))
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_per_item_errors_are_results_on_ray(local_cluster, dataset, tiny_gray_pr
 
 
 def test_a_gpu_request_on_a_cpu_cluster_fails_fast(local_cluster):
-    from dig2dig.runtime import RayExecutor
+    from dig2dig.batch.cluster import RayExecutor
 
     # the driver's own device check would stop a CUDA request first on this machine; ask the executor directly
     ex = RayExecutor(device="cuda")

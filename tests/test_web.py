@@ -218,7 +218,7 @@ def test_a_failed_fusion_reports_the_command_lines_one_line_error(client, pair, 
     def broken(*a, **k):
         raise MemoryError
 
-    monkeypatch.setattr(dig2dig.api, "fuse", broken)
+    monkeypatch.setattr(dig2dig.api, "run", broken)
     r = client.post("/api/jobs", files=_files(("ir.png", pair[0]), ("vis.png", pair[1])))
     s = _wait(client, r.json()["id"])
     from dig2dig.errors import describe

@@ -393,12 +393,13 @@ def test_the_server_under_a_bounded_load(tiny_gray_prior_path, tmp_path):
 
 
 def test_finished_results_are_bounded_in_bytes_too():
+    from dig2dig.spec import FusionSpec
     from dig2dig.web.server import JobQueue, WebJob
 
     jobs = JobQueue(None, keep=32, keep_bytes=100)
     try:
         for k in range(4):
-            job = WebJob(f"j{k}", "average", None, 0, "auto", False, [], [], 0, {}, state="done")
+            job = WebJob(f"j{k}", FusionSpec(method="average"), [], [], 0, state="done")
             job.result["result.png"] = (b"x" * 60, "image/png")
             with jobs.lock:
                 jobs.jobs[job.id] = job

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 from ._version import __version__
 
-__all__ = ["FusionResult", "__version__", "derive_seed", "fuse", "fuse_batch", "load_prior"]
+__all__ = ["FusionResult", "FusionSpec", "__version__", "derive_seed", "fuse", "fuse_batch", "load_prior"]
 
 
 def __getattr__(name: str):
-    if name in ("fuse", "fuse_batch", "FusionResult", "derive_seed"):
+    if name in ("fuse", "fuse_batch", "FusionResult"):
         from . import api
 
         return getattr(api, name)
+    if name == "FusionSpec":
+        from .spec import FusionSpec
+
+        return FusionSpec
+    if name == "derive_seed":
+        from .seeds import derive_seed
+
+        return derive_seed
     if name == "load_prior":
         from .prior import load_prior
 

@@ -15,6 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from .seeds import check_seed, derive_seed
+from .spec import FusionSpec, ResolvedSpec
+
+__all__ = ["FusionResult", "FusionSpec", "derive_seed", "fuse", "fuse_batch", "run"]
+
 SourceLike = str | os.PathLike | np.ndarray
 
 
@@ -65,15 +70,6 @@ class _Item:
     notes: list[str] = field(default_factory=list)
 
 
-def check_seed(seed) -> int:
-    """A seed as an int in [0, 2**63), or a ValueError that says so."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed {seed!r} must be an integer in [0, 2**63)")
-    if not 0 <= int(seed) < 2**63:
-        raise ValueError(f"seed {seed} is out of range; use an integer in [0, 2**63)")
-    return int(seed)
-
-
 def check_memory(den, images: float, height: int, width: int, tiled: bool = False) -> None:
     """Refuse a run whose prior forward would not fit in the device's free memory (before any work)."""
     from .errors import ResourceError
@@ -88,14 +84,6 @@ def check_memory(den, images: float, height: int, width: int, tiled: bool = Fals
             + ("use smaller tiles (--tile 256 --tile-batch 1), " if tiled else "denoise in tiles (e.g. --tile 256), ")
             + "fuse fewer images at a time, or use a machine with more memory"
         )
-
-
-def derive_seed(seed: int, item_id: str | int) -> int:
-    """A stable per-item seed from (global seed, item id): same pair -> same noise, however run."""
-    import hashlib
-
-    digest = hashlib.sha256(f"{int(seed)}:{item_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def _load(
@@ -245,33 +233,71 @@ def fuse_batch(
     (luminance within about 1e-5, now and then one grey level in the saved image).  Other arguments
     as for :func:`fuse`.
     """
-    from .methods import get_method
-    from .prior import resolve_prior
+    spec = FusionSpec(
+        method=method,
+        options=options,
+        steps=steps,
+        seed=seed,
+        task=task,
+        prior=prior,
+        prior_spec=prior_spec,
+        device=device,
+        resize=resize,
+        max_pixels=max_pixels,
+    )
+    return run(
+        spec.resolve(),
+        batch,
+        seeds=seeds,
+        names=names,
+        history=history,
+        record=record,
+        profile=profile,
+        progress=progress,
+        max_batch=max_batch,
+    )
+
+
+def run(
+    resolved: ResolvedSpec,
+    batch: Sequence[Sequence[SourceLike]],
+    *,
+    seeds: Sequence[int] | None = None,
+    names: Sequence[Sequence[str] | None] | None = None,
+    tasks: Sequence[str | None] | None = None,
+    history: bool = False,
+    record: bool = False,
+    profile: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
+    max_batch: int = 1,
+) -> list[FusionResult]:
+    """Fuse ``batch`` with a resolved request (what every front end calls).
+
+    ``seeds``: one per item (default: derived from the spec's seed and the item's index);
+    ``tasks``: per-item tasks where an item names its own (None: the spec's).  Other arguments as
+    for :func:`fuse_batch`."""
+    from .tasks import check_task
 
     t_start = time.perf_counter()
-    m = get_method(method)
-    opts, popts = m.split(options)
-    if int(max_batch) < 1:
+    m, opts, popts, grid, den = resolved.method, resolved.opts, resolved.popts, resolved.grid, resolved.den
+    if isinstance(max_batch, bool) or int(max_batch) < 1:
         raise ValueError(f"max_batch must be at least 1, got {max_batch}")
     max_batch = min(int(max_batch), opts.max_batch() or int(max_batch))
-    if m.needs_prior:
-        grid = m.grid(steps if steps is not None else m.default_steps, opts)
-        den = resolve_prior(prior, prior_spec=prior_spec, device=device)
-        multiple = den.spatial_multiple
-    else:
-        if steps is not None:
-            raise ValueError(f"method {m.name!r} is not a diffusion method and takes no steps")
-        grid, den, multiple = [], None, 1
+    multiple = den.spatial_multiple if den is not None else 1
     if seeds is None:
-        seeds = [derive_seed(check_seed(seed), k) for k in range(len(batch))]
+        seeds = [derive_seed(resolved.spec.seed, k) for k in range(len(batch))]
     if len(seeds) != len(batch):
         raise ValueError(f"got {len(seeds)} seeds for {len(batch)} items")
     seeds = [check_seed(s) for s in seeds]
+    if tasks is not None and len(tasks) != len(batch):
+        raise ValueError(f"got {len(tasks)} tasks for {len(batch)} items")
+    item_tasks = [check_task(t) if t else resolved.task for t in (tasks or [None] * len(batch))]
     for src in batch:  # the count before any image is read
         if isinstance(src, (list, tuple)):
             m.check_sources(len(src))
+    max_pixels, resize = resolved.spec.max_pixels, resolved.spec.resize
     items = [
-        _prepare(src, names[k] if names else None, task, resize, multiple, seeds[k], max_pixels)
+        _prepare(src, names[k] if names else None, item_tasks[k], resize, multiple, seeds[k], max_pixels)
         for k, src in enumerate(batch)
     ]
     for it in items:
@@ -293,11 +319,11 @@ def fuse_batch(
             else:
                 check_memory(den, popts.tile_batch, min(tile, shape[0]), min(tile, shape[1]), tiled=True)
     results: list[FusionResult | None] = [None] * len(items)
-    run = _Run(m, opts, grid, den, popts, tiles, history=history, record=record, profile=profile, progress=progress)
+    runner = _Run(m, opts, grid, den, popts, tiles, history=history, record=record, profile=profile, progress=progress)
     for ks in groups.values():
         for lo in range(0, len(ks), max_batch):
             chunk = ks[lo : lo + max_batch]
-            for k, r in zip(chunk, run([items[k] for k in chunk])):
+            for k, r in zip(chunk, runner([items[k] for k in chunk])):
                 r.timings["prepare_s"] = t_prep / len(items)
                 results[k] = r
     return results  # type: ignore[return-value]

@@ -6,7 +6,7 @@ Fused layout: ``<folder>/<pair_id>.<ext>`` -- one folder per method.
 * :func:`evaluate_folder` scores one folder of fused images against a dataset → tidy rows
   ``(pair, method, metric, value)``.
 * :func:`run_bench` fuses every pair of every dataset with every method through the batch runner
-  (:func:`dig2dig.jobs.run_batch`: one folder per dataset and method, resumable, never reusing an
+  (:func:`dig2dig.batch.run_batch`: one folder per dataset and method, resumable, never reusing an
   image made with other settings), adds folders of precomputed peer outputs, scores all of it
   (scores are cached by the bytes of the fused image and its sources, the convention and the
   metric list, so a rerun rescores only what changed), and writes ``results.csv``, ``summary.md``,
@@ -23,12 +23,13 @@ import platform
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .io import READ_SUFFIXES, atomic_savefig, atomic_write_text, list_images, read_raw
+from .spec import FusionSpec
 
 CSV_FIELDS = ("dataset", "pair", "method", "metric", "value")
 
@@ -130,7 +131,7 @@ def evaluate_folder(
 ) -> Evaluation:
     """Score every ``<pair_id>.<ext>`` of ``fused_dir`` against ``sources_dir``; a pair that cannot be
     scored is recorded with its error (naming the file) and the others are still scored."""
-    from .runtime import one_line
+    from .batch import one_line
 
     fused_dir = Path(fused_dir)
     if not fused_dir.is_dir():
@@ -389,14 +390,8 @@ def run_bench(
     peers: Sequence[str | Path] = (),
     convention: str = "cddfuse",
     metrics: Sequence[str] | None = None,
-    steps: int | str | None = None,
-    seed: int = 0,
-    prior=None,
-    prior_spec=None,
-    device=None,
-    task: str = "auto",
+    spec: FusionSpec | None = None,
     limit: int | None = None,
-    options: dict | None = None,
     plots: bool = True,
     progress: bool = True,
     overwrite: bool = False,
@@ -404,14 +399,20 @@ def run_bench(
 ) -> dict:
     """Fuse, score, tabulate and plot; resumable.  Returns the paths written.
 
-    Everything is checked before the first pair is fused: the datasets and peer folders exist,
-    ``limit`` is positive, each method spec names a method with valid options, the device and the
-    prior load.  A pair that fails is recorded in the manifest's ``errors`` and the run goes on.
+    ``spec``: the request every method runs with -- its options, steps (diffusion methods only),
+    seed, task, prior and device; each entry of ``methods`` (``"dig2dig:steps=15,distance=l1"``)
+    names its method and may add options and steps.  Everything is checked before the first pair is
+    fused: the datasets and peer folders exist, ``limit`` is positive, each method spec names a
+    method with valid options, the device and the prior load.  A pair that fails is recorded in the
+    manifest's ``errors`` and the run goes on.
     """
+    from .batch import OutputFolder, items_from_folder, run_batch
     from .errors import RunError
-    from .jobs import OutputFolder, RunConfig, items_from_folder, run_batch
     from .methods import get_method
     from .metrics import CONVENTIONS
+
+    base = spec or FusionSpec()
+    task = base.task
 
     if limit is not None and int(limit) < 1:
         raise RunError(f"--limit must be at least 1 (the first N pairs of each dataset), got {limit}")
@@ -437,18 +438,17 @@ def run_bench(
                 f"the bench folder {str(out)!r} is inside the dataset {str(d)!r}; choose a folder outside it"
             )
     runs = []
-    for spec in methods:
-        label, name, mopts = parse_method(spec)
-        m_steps = mopts.pop("steps", steps if get_method(name).needs_prior else None)  # --steps: diffusion methods
-        config = RunConfig(
+    for given in methods:
+        label, name, mopts = parse_method(given)
+        diffusion = get_method(name).needs_prior
+        config = replace(
+            base,
             method=name,
-            options={**(options or {}), **mopts},
-            steps=m_steps,
-            seed=seed,
-            task=task,
-            prior=prior,
-            prior_spec=prior_spec,
-            device=device,
+            options={**base.options, **mopts},
+            steps=mopts.pop("steps", base.steps if diffusion else None),  # --steps: the diffusion methods
+            prior=base.prior if diffusion else None,
+            prior_spec=base.prior_spec if diffusion else None,
+            ext=".png",
             bit_depth=8,
         )
         config.resolve()  # refuse a bad method, option, device or prior before any work
@@ -471,6 +471,7 @@ def run_bench(
             ds = Path(ds_dir).name
             keep = {p.pair_id for p in pairs}
             items = [it for it in items_from_folder(ds_dir) if it.id in keep]
+            by_id = {it.id: it for it in items}
             for label, config in runs:
                 mdir = out / "fused" / ds / _folder_name(label)
                 mdir.parent.mkdir(parents=True, exist_ok=True)
@@ -492,8 +493,8 @@ def run_bench(
                 for pair in _progress(pairs, progress, f"score {ds}/{label}"):
                     if pair.pair_id in failed:
                         continue
-                    side = _sidecar(mdir, pair.pair_id)
-                    fused = mdir / side["output"] if side else None
+                    side = OutputFolder(mdir).sidecar(by_id[pair.pair_id], ".png")
+                    fused = mdir / side.output if side else None
                     if fused is None or not fused.is_file():
                         continue
                     _score_into(rows, errors, cache, fused, pair, ds, label, convention, metrics, log)
@@ -503,12 +504,12 @@ def run_bench(
                             "pair": pair.pair_id,
                             "method": label,
                             "metric": TIME_METRIC,
-                            "value": side["timings"]["wall_s"],
+                            "value": side.timings["wall_s"],
                         }
                     )
                     items_log[f"{ds}/{label}/{pair.pair_id}"] = {
-                        k: side.get(k) for k in ("seed", "task", "steps", "prior", "timings")
-                    } | {"wall_s": side["timings"]["wall_s"], "steps_taken": side.get("steps_taken")}
+                        k: getattr(side, k) for k in ("seed", "task", "steps", "prior", "timings")
+                    } | {"wall_s": side.timings["wall_s"], "steps_taken": side.steps_taken}
                 cache.save()
             for peer in peers:
                 peer = Path(peer)
@@ -536,10 +537,10 @@ def run_bench(
             "metrics": list(metrics or []),
             "methods": list(methods),
             "peers": [str(p) for p in peers],
-            "seed": seed,
-            "steps": steps,
+            "seed": base.seed,
+            "steps": base.steps,
             "task": task,
-            "options": options or {},
+            "options": dict(base.options),
             "datasets": [str(d) for d in datasets],
             "items": items_log,
             "errors": errors,
@@ -567,17 +568,10 @@ def run_bench(
     return written
 
 
-def _sidecar(folder: Path, item_id: str) -> dict | None:
-    try:
-        return json.loads((folder / f"{item_id}.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _score_into(
     rows, errors, cache: ScoreCache, fused: Path, pair: Pair, ds: str, method: str, convention: str, metrics, log
 ) -> None:
-    from .runtime import one_line
+    from .batch import one_line
 
     try:
         values = cache.score(fused, pair, convention, metrics)

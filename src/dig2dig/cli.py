@@ -497,6 +497,27 @@ class AllOrNothing:
         return False
 
 
+def _spec_from_args(args: argparse.Namespace, **extra):
+    """The :class:`~dig2dig.spec.FusionSpec` that ``fuse`` and ``batch`` flags ask for."""
+    from .methods import get_method
+    from .spec import FusionSpec
+
+    diffusion = get_method(args.method).needs_prior
+    return FusionSpec(
+        method=args.method,
+        options=method_options_from_args(args),
+        steps=_steps_arg(args.steps),
+        seed=args.seed,
+        task=args.task,
+        prior=args.prior if diffusion else None,
+        prior_spec=args.prior_config if diffusion else None,
+        device=args.device,
+        resize=args.resize,
+        max_pixels=args.max_pixels,
+        **extra,
+    )
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     from .io import SIXTEEN_BIT_SUFFIXES, WRITE_SUFFIXES, check_output_dir, check_output_file, remove_stale_temps
 
@@ -526,10 +547,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
                         f"{', '.join(FIGURE_FILES[flag])}); choose another folder"
                     )
     remove_stale_temps(out.parent if str(out.parent) else ".")
-    from .api import fuse
+    from .api import run
     from .methods import get_method
 
-    options = method_options_from_args(args)
     if args.save_dig and args.method != "dig2dig":
         raise ValueError("--save-dig needs --method dig2dig")
     regions = _dig_regions(args.dig_region) if args.dig_region else None
@@ -548,21 +568,10 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             f"dig2dig: warning: method {args.method} uses no prior; --prior/--prior-config are not used",
             file=sys.stderr,
         )
-    result = fuse(
-        args.sources,
-        method=args.method,
-        steps=_steps_arg(args.steps),
-        seed=args.seed,
-        task=args.task,
-        prior=args.prior if get_method(args.method).needs_prior else None,
-        prior_spec=args.prior_config if get_method(args.method).needs_prior else None,
-        device=args.device,
-        resize=args.resize,
-        record=bool(args.save_dig),
-        max_pixels=args.max_pixels,
-        progress=not args.quiet,
-        **options,
-    )
+    spec = _spec_from_args(args)
+    result = run(
+        spec.resolve(), [args.sources], seeds=[spec.seed], record=bool(args.save_dig), progress=not args.quiet
+    )[0]
     with AllOrNothing() as written:
         existed = out.exists()
         path = result.save(out, args.bit_depth)
@@ -602,24 +611,11 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .jobs import RunConfig, collect_items, parse_shard, run_batch
+    from .batch import collect_items, parse_shard, run_batch
 
     shard = parse_shard(args.shard)
     items = collect_items(args.inputs)
-    config = RunConfig(
-        method=args.method,
-        options=method_options_from_args(args),
-        steps=_steps_arg(args.steps),
-        seed=args.seed,
-        task=args.task,
-        prior=args.prior,
-        prior_spec=args.prior_config,
-        device=args.device,
-        resize=args.resize,
-        ext=f".{args.format}",
-        bit_depth=args.bit_depth,
-        max_pixels=args.max_pixels,
-    )
+    config = _spec_from_args(args, ext=f".{args.format}", bit_depth=args.bit_depth)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     summary = run_batch(
         items,
@@ -722,6 +718,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
+    from .spec import FusionSpec
 
     _use_lpips_weights(args)
     methods = [m for arg in args.methods for m in ([arg] if ":" in arg else arg.split(",")) if m.strip()]
@@ -732,12 +729,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         peers=args.peers,
         convention=args.convention,
         metrics=_metric_list(args.metrics),
-        steps=_steps_arg(args.steps),
-        seed=args.seed,
-        prior=args.prior,
-        prior_spec=args.prior_config,
-        device=args.device,
-        task=args.task,
+        spec=FusionSpec(
+            steps=_steps_arg(args.steps),
+            seed=args.seed,
+            task=args.task,
+            prior=args.prior,
+            prior_spec=args.prior_config,
+            device=args.device,
+        ),
         limit=args.limit,
         plots=not args.no_plots,
         overwrite=args.overwrite,

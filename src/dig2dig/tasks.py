@@ -119,6 +119,15 @@ def name_hints(names: list[str]) -> list[list | None]:
     return [list(h) if (h := _hint(n)) is not None else None for n in names]
 
 
+def check_task(task, where: str = "") -> str:
+    """``task`` lower-cased if it is ``auto`` or a task name, else a ValueError naming the choices."""
+    name = task.strip().lower() if isinstance(task, str) else task
+    if name != "auto" and name not in TASKS:
+        shown = repr(task if not isinstance(task, str) or len(task) <= 40 else task[:40] + "…")
+        raise ValueError(f"{where}unknown task {shown}; use one of auto, {', '.join(TASKS)}")
+    return name
+
+
 def resolve_task(task: str, images, names: list[str]) -> TaskInfo:
     """Pick the task (if ``auto``) and the role order for ``images`` named ``names``.
 
@@ -137,9 +146,7 @@ def resolve_task(task: str, images, names: list[str]) -> TaskInfo:
         def get():
             return images
 
-    task = task.lower()
-    if task != "auto" and task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; use one of auto, {', '.join(TASKS)}")
+    task = check_task(task)
     hints = [_hint(n) for n in names]
     reason = f"given as {task}"
     if task == "auto":

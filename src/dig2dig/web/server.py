@@ -49,7 +49,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from ..spec import FusionSpec
 
 STATIC = Path(__file__).with_name("static")
 MAX_UPLOAD_MB = 50.0  # per request
@@ -96,15 +97,10 @@ class Busy(Exception):
 @dataclass
 class WebJob:
     id: str
-    method: str
-    steps: Any
-    seed: int
-    task: str
-    resize: bool
+    spec: FusionSpec  # what the request asked for, the prior and device being the server's
     names: list[str]
     sources: list[bytes]  # the uploads as sent (compressed); decoded when the job starts
     pixels: int  # width x height summed over the sources
-    options: dict
     state: str = "queued"
     done: int = 0
     total: int = 0
@@ -128,7 +124,7 @@ class WebJob:
         return {
             "id": self.id,
             "state": self.state,
-            "method": self.method,
+            "method": self.spec.method,
             "queue_position": position,
             "progress": {"done": self.done, "total": self.total, "eta_s": self.eta()},
             "error": self.error,
@@ -273,7 +269,7 @@ class JobQueue:
                     self._forget_old()
 
     def _fuse(self, job: WebJob) -> None:
-        from ..api import fuse
+        from ..api import run
         from ..io import image_from_bytes
 
         def progress(done: int, total: int) -> None:
@@ -286,20 +282,14 @@ class JobQueue:
             for data, name in zip(job.sources, job.names)
         ]
         job.sources = []
-        r = fuse(
-            images,
-            method=job.method,
-            steps=job.steps,
-            seed=job.seed,
-            task=job.task,
-            names=job.names,
-            resize=job.resize,
-            prior=self.prior if needs_prior(job.method) else None,
-            device=self.device,
-            record=job.method == "dig2dig",
+        r = run(
+            job.spec.resolve(),
+            [images],
+            seeds=[job.spec.seed],
+            names=[job.names],
+            record=job.spec.method == "dig2dig",
             progress=progress,
-            **job.options,
-        )
+        )[0]
         job.result["result.png"] = (r.encode(".png"), "image/png")
         report = {"config": r.config, "timings": r.timings}
         job.result["report.json"] = (json.dumps(report, indent=2, default=str).encode(), "application/json")
@@ -325,12 +315,6 @@ class JobQueue:
                 save_selection(r.guidance, tmp)
             for f in sorted(Path(tmp).glob("*.png")):
                 job.result[f.name] = (f.read_bytes(), "image/png")
-
-
-def needs_prior(method: str) -> bool:
-    from ..methods import get_method
-
-    return get_method(method).needs_prior
 
 
 # --------------------------------------------------------------------------------------------
@@ -741,21 +725,21 @@ def create_app(
                 f"option(s) {refused} cannot be set from a web request: the server decides how "
                 f"the prior runs, and nothing imports code named by a request"
             )
-        opts, _ = m.split(options)
-        steps = _steps(text("steps", "").strip())
-        if m.needs_prior:
-            total = len(m.grid(steps if steps is not None else m.default_steps, opts))
-        elif steps is not None:
-            raise ValueError(f"method {m.name!r} is not a diffusion method and takes no steps")
-        else:
-            total = 0
-        seed = _whole_number("seed", text("seed", "0").strip(), 2**63)
-        task = text("task", "auto").strip().lower()
-        if task not in ("auto", *TASKS):
-            raise ValueError(f"unknown task {_shown(task)}; use one of auto, {', '.join(TASKS)}")
-        resize = _flag("resize", text("resize", ""))
+        diffusion = m.needs_prior
+        spec = FusionSpec(
+            method=m.name,
+            options=options,
+            steps=_steps(text("steps", "").strip()),
+            seed=_whole_number("seed", text("seed", "0").strip(), 2**63),
+            task=text("task", "auto")[:100],
+            resize=_flag("resize", text("resize", "")),
+            prior=den if diffusion else None,
+            device=device if diffusion else None,
+            max_pixels=pixels,
+        )
+        resolved = spec.resolve()
         m.check_sources(count)
-        return m, options, steps, seed, task, resize, total
+        return spec, len(resolved.grid)
 
     def decode_all(datas: list[bytes], names: list[str], resize: bool) -> int:
         """Every source decodes and the sizes agree (the arrays are dropped: the job keeps the bytes);
@@ -786,7 +770,7 @@ def create_app(
                 if not all(hasattr(u, "read") for u in uploads_):
                     raise RequestError(422, "each 'files' field must be a file upload")
                 try:
-                    m, options, steps, seed, task, resize, total = settings(form, len(uploads_))
+                    spec, total = settings(form, len(uploads_))
                 except ValueError as e:
                     raise RequestError(422, describe(e, "web")[1]) from None
                 datas, names = [], []
@@ -815,7 +799,7 @@ def create_app(
             jobs.check_room(need)
             async with decoding:
                 try:
-                    need = await run_in_threadpool(decode_all, datas, names, resize)
+                    need = await run_in_threadpool(decode_all, datas, names, spec.resize)
                 except ValueError as e:
                     raise RequestError(422, describe(e, "web")[1]) from None
             if need > budget:  # a header Pillow could not read told too little
@@ -826,9 +810,7 @@ def create_app(
                 )
         finally:
             uploads["now"] -= 1
-        job = WebJob(
-            secrets.token_urlsafe(12), m.name, steps, seed, task, resize, names, datas, need, options, total=total
-        )
+        job = WebJob(secrets.token_urlsafe(12), spec, names, datas, need, total=total)
         position = jobs.submit(job)  # Busy if the queue filled up meanwhile
         return {"id": job.id, "position": position}
 
