@@ -32,6 +32,7 @@ def main() -> int:
 
     from dig2dig.guidance.ccf import CCFGuidance
     from dig2dig.guidance.ccf_conditions import iter_gradients
+    from dig2dig.options import CCFOptions
     from dig2dig.prior import TimedDenoiser, load_prior
     from dig2dig.sampler import ddim
     from dig2dig.schedule import uniform_grid
@@ -45,7 +46,9 @@ def main() -> int:
         srcs = [torch.rand((1, 1, h, w), generator=g) * 2 - 1 for _ in range(2)]
         x_T = torch.randn((1, den.channels, h, w), generator=g)
         grid = uniform_grid(args.steps + 1)
-        ccf = CCFGuidance(srcs, conditions=args.conditions, release_compat=args.release_compat)
+        ccf = CCFGuidance(
+            srcs, CCFOptions.create({"conditions": args.conditions, "release_compat": args.release_compat})
+        )
         prior = TimedDenoiser(den, sync=True)
         per_step = {"prior_s": [], "rectify_s": []}
         mark = [time.perf_counter(), 0.0]

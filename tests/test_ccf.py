@@ -19,6 +19,7 @@ from dig2dig.guidance.ccf import (
     select_topk,
 )
 from dig2dig.guidance.ccf_conditions import CONDITIONS, condition_gradients, haar_dwt, make_condition
+from dig2dig.options import CCFOptions
 from dig2dig.sampler import Step, ddim
 from dig2dig.schedule import uniform_grid
 
@@ -86,7 +87,7 @@ def test_one_release_step_on_fixed_x0(case):
     d = _npz("ccf_conditions_fixed.npz")
     _need_fixture_ties()
     x0 = _t(d[f"{case}_x0"])
-    g = CCFGuidance([_t(d["ir_slot"]), _t(d["vis_slot"])], release_compat=True)
+    g = CCFGuidance([_t(d["ir_slot"]), _t(d["vis_slot"])], CCFOptions(release_compat=True))
     x_new, state = g(x0, _step(x=x0), g.initial_state(x0))
     rec = state.history[0]
     assert rec["selected"][0].tolist() == d[f"{case}_topk"].tolist()
@@ -125,7 +126,7 @@ def test_gate_teacher_forced(name, tiebreak):
 
 def test_adam_first_two_steps_and_zgrad():
     d = _npz("ccf_case1.npz")
-    g = CCFGuidance([_t(d["ir_slot"]), _t(d["vis_slot"])], release_compat=True)
+    g = CCFGuidance([_t(d["ir_slot"]), _t(d["vis_slot"])], CCFOptions(release_compat=True))
     bank = g.bank(3)
     moments = None
     for k in range(2):
@@ -168,7 +169,7 @@ def test_adam_matches_torch_optim():
 def test_release_end_to_end(tiny_adm, name, tiebreak, atol):
     d = _npz(name)
     _need_fixture_ties(tiebreak)
-    g = CCFGuidance([_t(d["ir_slot"]), _t(d["vis_slot"])], release_compat=True, tiebreak=tiebreak)
+    g = CCFGuidance([_t(d["ir_slot"]), _t(d["vis_slot"])], CCFOptions(release_compat=True, tiebreak=tiebreak))
     assert g.recompute_eps is False
     grid = uniform_grid(10)
     assert grid == d["step_t_orig"].tolist()
@@ -278,7 +279,7 @@ def test_paper_ei_has_a_gradient_and_release_ei_none():
 
 def test_mse_anchor_and_tiebreak_per_mode():
     s = [_image(15), _image(16)]
-    paper, release = CCFGuidance(s), CCFGuidance(s, release_compat=True)
+    paper, release = CCFGuidance(s), CCFGuidance(s, CCFOptions(release_compat=True))
     assert paper.tiebreak == "stable" and release.tiebreak == "torch"
     w = torch.ones(1, 8)
     sel = select_topk(w, 3, "stable")
@@ -319,7 +320,9 @@ class _TinyNet(torch.nn.Module):
 def test_feature_condition_pulls_features_together():
     net = _TinyNet().eval()
     ir, vis = _image(17), _image(18)
-    g = CCFGuidance([ir, vis], conditions="feature", topk=1, feature_extractor=net, lr=0.02)
+    g = CCFGuidance(
+        [ir, vis], CCFOptions.create({"conditions": "feature", "topk": 1, "feature_extractor": net, "lr": 0.02})
+    )
     assert g.names == ("feature",)
     cond = g.bank(1)[0]
     x = _image(19)
@@ -333,7 +336,7 @@ def test_feature_condition_pulls_features_together():
     assert after < 0.8 * before
     assert all(p.grad is None for p in net.parameters())  # the extractor's weights are untouched
     # with conditions=None an extractor extends the task preset
-    assert CCFGuidance([ir, vis], feature_extractor=net).names == RELEASE_BANK + ("feature",)
+    assert CCFGuidance([ir, vis], CCFOptions(feature_extractor=net)).names == RELEASE_BANK + ("feature",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,8 +400,10 @@ def test_options_and_presets():
     with pytest.raises(ValueError, match="feature_extractor"):
         parse_conditions(["feature"])
     with pytest.raises(ValueError, match=r"ccf has no option\(s\) \['nope'\]"):
-        build_ccf([_image(1), _image(2)], None, nope=1)
-    g = CCFGuidance([_image(1), _image(2)], conditions=["ssim", "sd"], topk=5)
+        build_ccf([_image(1), _image(2)], None, CCFOptions.create({"nope": 1}))
+    with pytest.raises(TypeError, match="expected CCFOptions"):
+        build_ccf([_image(1), _image(2)], None, {"topk": 1})
+    g = CCFGuidance([_image(1), _image(2)], CCFOptions.create({"conditions": ["ssim", "sd"], "topk": 5}))
     assert g.topk == 2 and len(g.bank(1)) == 3  # topk capped; the MSE anchor is added unselectable
 
 
@@ -426,7 +431,7 @@ class PooledFeatures(torch.nn.Module):
 
 def test_a_registered_condition_is_selected_by_the_gate_and_changes_the_output(tiny_gray_prior):
     import dig2dig
-    from dig2dig.guidance.ccf_conditions import CONDITIONS, register_condition
+    from dig2dig.guidance.ccf_conditions import register_condition, unregister_condition
 
     from .conftest import smooth_image
 
@@ -444,7 +449,7 @@ def test_a_registered_condition_is_selected_by_the_gate_and_changes_the_output(t
         assert np.abs(mine.luminance - plain.luminance).max() > 1e-3
         assert mine.luminance.mean() > plain.luminance.mean()
     finally:
-        del CONDITIONS["brighter"]
+        unregister_condition("brighter")
     with pytest.raises(ValueError, match="unknown CCF condition"):
         dig2dig.fuse(pair, conditions="brighter,mse", **kw)
 

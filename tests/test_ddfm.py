@@ -12,6 +12,7 @@ from dig2dig.guidance.ddfm import (
     release_rgb_to_ycbcr,
     release_ycbcr_to_rgb,
 )
+from dig2dig.options import DDFMOptions
 from dig2dig.prior import load_prior
 from dig2dig.sampler import ddim
 from dig2dig.schedule import uniform_grid
@@ -32,7 +33,7 @@ def _t(a):
 def _release_guidance(z):
     # the release feeds the visible image as I and the infrared one as V; our release mapping
     # takes (intensity = infrared, texture = visible) and swaps them into those slots itself
-    return DDFMGuidance(intensity=_t(z["V_slot"]), texture=_t(z["I_slot"]), mapping="release")
+    return DDFMGuidance(intensity=_t(z["V_slot"]), texture=_t(z["I_slot"]), opts=DDFMOptions(mapping="release"))
 
 
 @pytest.mark.parametrize("name,steps", CASES)
@@ -133,8 +134,8 @@ def test_paper_mapping_moves_toward_the_sources_and_differs_from_release():
     z = _case("ddfm_case1")
     ir, vis = _t(z["V_slot"]), _t(z["I_slot"])
     f_pre = torch.zeros_like(ir)
-    paper = DDFMGuidance(ir, vis, mapping="paper")
-    release = DDFMGuidance(ir, vis, mapping="release")
+    paper = DDFMGuidance(ir, vis, DDFMOptions(mapping="paper"))
+    release = DDFMGuidance(ir, vis, DDFMOptions(mapping="release"))
     Fp, _ = paper.fuse_luma(f_pre, paper.initial_state(f_pre))
     Fr, _ = release.fuse_luma(f_pre, release.initial_state(f_pre))
     lo, hi = torch.minimum(ir, vis), torch.maximum(ir, vis)
@@ -152,6 +153,6 @@ def test_paper_mapping_moves_toward_the_sources_and_differs_from_release():
 def test_ddfm_rejects_bad_arguments():
     a = torch.zeros(1, 1, 8, 8)
     with pytest.raises(ValueError, match="mapping"):
-        DDFMGuidance(a, a, mapping="nope")
+        DDFMGuidance(a, a, DDFMOptions.create({"mapping": "nope"}))
     with pytest.raises(ValueError, match="same|one shape"):
         DDFMGuidance(a, torch.zeros(1, 1, 8, 9))

@@ -6,6 +6,7 @@ import torch
 
 import dig2dig
 from dig2dig.guidance.dig import DIGGuidance, softmax_weights
+from dig2dig.options import DDFMOptions, DIGOptions
 from dig2dig.prior import embedded_available, load_prior
 from dig2dig.sampler import Step
 from dig2dig.schedule import power_grid
@@ -26,7 +27,11 @@ def _run_refreshes(sources, den, interval=2, steps=6, refreshes=2, **kw):
     """The first refreshes (steps 0, S, …): the state then holds that refresh's DIG weights."""
     grid = power_grid(steps, 2.0)
     g = DIGGuidance(
-        [torch.from_numpy(s)[None, None] * 2 - 1 for s in sources], den, grid, interval=interval, noise_seeds=[0], **kw
+        [torch.from_numpy(s)[None, None] * 2 - 1 for s in sources],
+        den,
+        grid,
+        DIGOptions.create({"interval": interval, **kw}),
+        noise_seeds=[0],
     )
     state = g.initial_state(None)
     for k in range(0, refreshes * interval, interval):
@@ -107,8 +112,8 @@ def test_equal_weights_reduce_to_the_release_ddfm_rule(tiny_gray_prior):
     a, b = smooth_image(16, 16, 1), smooth_image(16, 16, 2)
     ta, tb = (torch.from_numpy(x)[None, None] * 2 - 1 for x in (a, b))
     f = torch.zeros_like(ta)
-    dig = DIGGuidance([ta, tb], tiny_gray_prior, [999, 0], weights="equal", blend="pixel", noise_seeds=[0])
-    ddfm = DDFMGuidance(ta, tb, mapping="release", rho=1e-12)
+    dig = DIGGuidance([ta, tb], tiny_gray_prior, [999, 0], DIGOptions(weights="equal", blend="pixel"), noise_seeds=[0])
+    ddfm = DDFMGuidance(ta, tb, DDFMOptions(mapping="release", rho=1e-12))
     fd, _ = dig.fuse_luma(f, dig.initial_state(f))
     fr, _ = ddfm.fuse_luma(f, ddfm.initial_state(f))
     # DDFM caps D at 2C and regularises (r + 1e-6)² instead of r² + 1e-6: compare where the cap
@@ -132,7 +137,7 @@ def test_bad_options_are_errors(tiny_gray_prior):
         ({"accelerate": -1}, "accelerate"),
     ):
         with pytest.raises(ValueError, match=msg):
-            DIGGuidance([a, a], tiny_gray_prior, [999, 0], **kw)
+            DIGGuidance([a, a], tiny_gray_prior, [999, 0], DIGOptions.create(kw))
     with pytest.raises(ValueError, match="two or more"):
         DIGGuidance([a], tiny_gray_prior, [999, 0])
 
@@ -208,14 +213,14 @@ def test_pyramid_options_and_task_records(tiny_gray_prior):
     for task, record in TASK_RECORDS.items():
         g = DIGGuidance([a, b], tiny_gray_prior, [999, 0], task=task, noise_seeds=[0])
         assert g.pyramid and g.base == record.dig_base
-    assert DIGGuidance([a, b], tiny_gray_prior, [999, 0], task="mif", base="select").base == "select"
+    assert DIGGuidance([a, b], tiny_gray_prior, [999, 0], DIGOptions(base="select"), task="mif").base == "select"
     with pytest.raises(ValueError, match="unknown task"):
         task_record("xray")
     with pytest.raises(ValueError, match="distance='ssim'"):
-        DIGGuidance([a, b], tiny_gray_prior, [999, 0], distance="ssim")
-    assert not DIGGuidance([a, b], tiny_gray_prior, [999, 0], distance="ssim", blend="pixel").pyramid
+        DIGGuidance([a, b], tiny_gray_prior, [999, 0], DIGOptions.create({"distance": "ssim"}))
+    assert not DIGGuidance([a, b], tiny_gray_prior, [999, 0], DIGOptions(distance="ssim", blend="pixel")).pyramid
     for preset in ("paper", "soft", "select"):  # the per-pixel rules of earlier releases, one option away
-        assert not DIGGuidance([a, b], tiny_gray_prior, [999, 0], preset=preset).pyramid
+        assert not DIGGuidance([a, b], tiny_gray_prior, [999, 0], DIGOptions.create({"preset": preset})).pyramid
     # one EM step of the pyramid blend before any refresh: the sources' mean detail on a consensus base, between
     # the sources up to the pyramid's ringing
     g = DIGGuidance([a, b], tiny_gray_prior, [999, 0], task="mif", noise_seeds=[0])

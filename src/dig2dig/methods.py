@@ -97,21 +97,19 @@ class Method:
 def _build_ddfm(ctx: BuildContext, opts: DDFMOptions):
     from .guidance.ddfm import DDFMGuidance
 
-    return DDFMGuidance(ctx.sources[0], ctx.sources[1], **opts.values())
+    return DDFMGuidance(ctx.sources[0], ctx.sources[1], opts)
 
 
 def _build_dig(ctx: BuildContext, opts: DIGOptions):
     from .guidance.dig import DIGGuidance
 
-    return DIGGuidance(
-        ctx.sources, ctx.prior, ctx.grid, noise_seeds=ctx.seeds, record=ctx.record, task=ctx.task, **opts.values()
-    )
+    return DIGGuidance(ctx.sources, ctx.prior, ctx.grid, opts, noise_seeds=ctx.seeds, record=ctx.record, task=ctx.task)
 
 
 def _build_ccf(ctx: BuildContext, opts: CCFOptions):
     from .guidance.ccf import build_ccf
 
-    return build_ccf(ctx.sources, ctx.prior, task=ctx.task, **opts.values())
+    return build_ccf(ctx.sources, ctx.prior, opts, task=ctx.task)
 
 
 def _dig_grid(steps, opts: DIGOptions) -> list[int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -207,6 +207,15 @@ class Options:
             given = {**cls.presets[preset.strip().lower()], **given}
         return cls(**given)
 
+    @classmethod
+    def ensure(cls, opts: Options | None) -> Options:
+        """``opts`` if it is this record (validated when made), the defaults if None; else a TypeError."""
+        if opts is None:
+            return cls.create()
+        if not isinstance(opts, cls):
+            raise TypeError(f"expected {cls.__name__} (e.g. {cls.__name__}.create({{...}})), got {type(opts).__name__}")
+        return opts
+
     def values(self) -> dict[str, Any]:
         """The options as given to the method (callables stay callables)."""
         return {i.name: getattr(self, i.name) for i in self.infos()}
@@ -373,6 +382,29 @@ def _extractor(value):
     raise TypeError("need a torch callable or 'module:attr'")
 
 
+# CCF's condition names: declared here, where its options are checked; what each condition computes is
+# registered beside its code (dig2dig.guidance.ccf_conditions.register_condition adds names here too).
+CCF_CONDITIONS: dict[str, bool] = {  # name -> needs a feature extractor
+    **dict.fromkeys(
+        ("mse", "lowfreq", "highfreq", "edge", "ssim", "sd", "sf", "ei", "cc", "scd", "vif", "msssim"), False
+    ),
+    "feature": True,
+}
+
+
+def check_condition_names(names: Sequence[str], feature_extractor=None) -> None:
+    """Every name registered, and the extractor given where a condition needs one."""
+    unknown = [c for c in names if c not in CCF_CONDITIONS]
+    if unknown:
+        raise ValueError(f"unknown CCF condition(s) {unknown}; available: {', '.join(CCF_CONDITIONS)}")
+    needy = [c for c in names if CCF_CONDITIONS[c]]
+    if needy and feature_extractor is None:
+        raise ValueError(
+            f"the {', '.join(repr(c) for c in needy)} condition needs feature_extractor= "
+            f"(--feature-extractor MODULE:ATTR)"
+        )
+
+
 @dataclass(frozen=True)
 class CCFOptions(Options):
     """CCF (:mod:`dig2dig.guidance.ccf`)."""
@@ -407,8 +439,6 @@ class CCFOptions(Options):
 
     def check(self) -> None:
         if self.conditions is not None:  # names against the condition registry, before any work
-            from .guidance.ccf_conditions import check_condition_names
-
             try:
                 check_condition_names(self.conditions, self.feature_extractor)
             except ValueError as e:

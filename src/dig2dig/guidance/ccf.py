@@ -122,9 +122,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..options import CCFOptions
+from ..options import CCFOptions, check_condition_names
 from ..sampler import Rectifier
-from .ccf_conditions import check_condition_names, iter_gradients, make_condition
+from .ccf_conditions import iter_gradients, make_condition
 
 RELEASE_BANK = ("ssim", "mse", "edge", "lowfreq", "highfreq", "sf", "ei", "sd")
 BASIC_BANK = ("mse", "edge", "lowfreq", "highfreq")
@@ -285,17 +285,15 @@ class CCFGuidance(Rectifier):
     name = "ccf"
     recompute_eps = False  # ε of the un-rectified x̂0 drives the DDIM update (as released)
 
-    def __init__(self, sources: Sequence[torch.Tensor], *, task: str | None = None, **options):
-        self.opts = o = CCFOptions.create(options)
+    def __init__(self, sources: Sequence[torch.Tensor], opts: CCFOptions | None = None, *, task: str | None = None):
+        self.opts = o = CCFOptions.ensure(opts)
         sources = list(sources)
         if not sources or any(s.ndim != 4 for s in sources) or len({tuple(s.shape) for s in sources}) != 1:
             raise ValueError("sources must be one or more (B, C, H, W) tensors of one shape")
-        self.release_compat = o.release_compat
-        self.tiebreak = o.tiebreak or ("torch" if self.release_compat else "stable")
+        self.tiebreak = o.tiebreak or ("torch" if o.release_compat else "stable")
         self.feature_extractor = resolve_extractor(o.feature_extractor)
         self.names = parse_conditions(o.conditions, task, self.feature_extractor)
         self.topk = min(o.topk, len(self.names))
-        self.lr, self.alpha = o.lr, o.alpha
         self.sources = sources
         self._bank: list | None = None  # built for x̂0's channel count on first use
         self._channels: int | None = None
@@ -314,7 +312,9 @@ class CCFGuidance(Rectifier):
                     raise ValueError(f"sources have {s.shape[1]} channels, x̂0 has {channels}")
             names = list(self.names) + ([ANCHOR] if ANCHOR not in self.names else [])
             self._bank = [
-                make_condition(n, srcs, release_compat=self.release_compat, feature_extractor=self.feature_extractor)
+                make_condition(
+                    n, srcs, release_compat=self.opts.release_compat, feature_extractor=self.feature_extractor
+                )
                 for n in names
             ]
             self._channels = channels
@@ -328,7 +328,7 @@ class CCFGuidance(Rectifier):
         c = torch.zeros((w.shape[0], n_all), dtype=w.dtype, device=w.device)
         c.scatter_(1, selected, w.gather(1, selected))
         anchor = self.names.index(ANCHOR) if ANCHOR in self.names else n_all - 1
-        c[:, anchor] += selected.shape[1] if self.release_compat else 1
+        c[:, anchor] += selected.shape[1] if self.opts.release_compat else 1
         return c
 
     # --- one step ----------------------------------------------------------------------------
@@ -349,8 +349,8 @@ class CCFGuidance(Rectifier):
         losses = torch.stack([v.detach() for v in per_condition], dim=1)
         if state.first is None:
             state.first = losses[:, :n].clone()
-        gate = gradnorm_update(state.w, losses[:, :n], state.first, norms[:, :n], self.alpha)
-        x0_new, state.adam = adam_step(x0_hat.detach(), zgrad, state.adam, self.lr)
+        gate = gradnorm_update(state.w, losses[:, :n], state.first, norms[:, :n], self.opts.alpha)
+        x0_new, state.adam = adam_step(x0_hat.detach(), zgrad, state.adam, self.opts.lr)
         state.history.append(
             {
                 # kept on the device: copying to the host here would stall a GPU at every step
@@ -393,20 +393,20 @@ class CCFGuidance(Rectifier):
             "method": "ccf",
             "conditions": list(self.names),
             "topk": self.topk,
-            "alpha": self.alpha,
-            "lr": self.lr,
-            "release_compat": self.release_compat,
+            "alpha": self.opts.alpha,
+            "lr": self.opts.lr,
+            "release_compat": self.opts.release_compat,
             "tiebreak": self.tiebreak,
             "first_losses": state.first[b].tolist() if state.first is not None else None,
             "steps": steps,
         }
 
 
-def build_ccf(sources, prior, *, task: str | None = None, **options) -> CCFGuidance:
+def build_ccf(sources, prior, opts: CCFOptions | None = None, *, task: str | None = None) -> CCFGuidance:
     """CCF for the pipeline: ``sources`` are (B, 1, H, W) luminance tensors, replicated to the prior's
     channels; the bank is built now, so source-side targets are computed once.  CCF is deterministic
     given x_T: it needs no grid or seeds."""
-    guidance = CCFGuidance(sources, task=task, **options)
+    guidance = CCFGuidance(sources, opts, task=task)
     if prior is not None:
         guidance.bank(prior.channels)
     return guidance

@@ -78,6 +78,7 @@ from ..functional import (
     ssim_terms,
     to_unit,
 )
+from ..options import CCF_CONDITIONS, check_condition_names
 
 _INV_SQRT2 = float(torch.tensor(1.0 / math.sqrt(2.0), dtype=torch.float32))  # pytorch_wavelets' haar taps
 
@@ -504,7 +505,15 @@ def register_condition(
     if not callable(factory):
         raise ValueError(f"the factory for condition {key!r} must be callable, got {factory!r}")
     CONDITIONS[key] = entry = ConditionEntry(key, factory, group, needs_extractor)
+    CCF_CONDITIONS[key] = needs_extractor  # the name, where the ccf options are checked
     return entry
+
+
+def unregister_condition(name: str) -> None:
+    """Remove a condition added with :func:`register_condition` (its name too)."""
+    key = str(name).strip().lower()
+    CONDITIONS.pop(key, None)
+    CCF_CONDITIONS.pop(key, None)
 
 
 for _cls in (
@@ -523,19 +532,7 @@ for _cls in (
 ):
     register_condition(_cls.name, _cls, group=_cls.group)
 register_condition(FeatureMatch.name, FeatureMatch, group=FeatureMatch.group, needs_extractor=True)
-
-
-def check_condition_names(names: Sequence[str], feature_extractor=None) -> None:
-    """Every name registered, and the extractor given where a condition needs one."""
-    unknown = [c for c in names if c not in CONDITIONS]
-    if unknown:
-        raise ValueError(f"unknown CCF condition(s) {unknown}; available: {', '.join(CONDITIONS)}")
-    needy = [c for c in names if CONDITIONS[c].needs_extractor]
-    if needy and feature_extractor is None:
-        raise ValueError(
-            f"the {', '.join(repr(c) for c in needy)} condition needs feature_extractor= "
-            f"(--feature-extractor MODULE:ATTR)"
-        )
+assert list(CONDITIONS) == list(CCF_CONDITIONS)[: len(CONDITIONS)], "the options' built-in names and the bank agree"
 
 
 def make_condition(

@@ -197,14 +197,13 @@ class DDFMGuidance(Rectifier):
 
     name = "ddfm"
 
-    def __init__(self, intensity: torch.Tensor, texture: torch.Tensor, **options):
-        self.opts = o = DDFMOptions.create(options)
+    def __init__(self, intensity: torch.Tensor, texture: torch.Tensor, opts: DDFMOptions | None = None):
+        self.opts = o = DDFMOptions.ensure(opts)
         if intensity.shape != texture.shape or intensity.ndim != 4 or intensity.shape[1] != 1:
             raise ValueError(
                 f"sources must be two (B, 1, H, W) tensors of one shape, got "
                 f"{tuple(intensity.shape)} and {tuple(texture.shape)}"
             )
-        self.mapping, self.lamb, self.rho = o.mapping, o.lamb, o.rho
         self.I, self.V = (intensity, texture) if o.mapping == "paper" else (texture, intensity)
         self.otf = DifferenceOTF(intensity.shape[-2], intensity.shape[-1], intensity.device)
 
@@ -212,11 +211,11 @@ class DDFMGuidance(Rectifier):
         return em_initial(self.I)
 
     def fuse_luma(self, f_pre: torch.Tensor, state: EMState) -> tuple[torch.Tensor, EMState]:
-        X, state = em_step(f_pre, self.I, self.V, state, self.otf, self.lamb, self.rho)
-        return (X + self.V if self.mapping == "paper" else self.I - X), state
+        X, state = em_step(f_pre, self.I, self.V, state, self.otf, self.opts.lamb, self.opts.rho)
+        return (X + self.V if self.opts.mapping == "paper" else self.I - X), state
 
     def __call__(self, x0_hat: torch.Tensor, step, state: EMState):
-        if self.mapping == "release" and x0_hat.shape[1] == 3:
+        if self.opts.mapping == "release" and x0_hat.shape[1] == 3:
             ycc = release_rgb_to_ycbcr(x0_hat)
             F, state = self.fuse_luma(ycc[:, :1], state)
             return release_ycbcr_to_rgb(torch.cat([F, ycc[:, 1:]], dim=1)), state

@@ -315,22 +315,19 @@ class DIGGuidance(Rectifier):
         sources: list[torch.Tensor],
         prior,
         grid: list[int],
+        opts: DIGOptions | None = None,
         *,
         noise_seeds: list[int] | None = None,
         record: bool = False,
         task: str | None = None,
-        **options,
     ):
         if len(sources) < 2:
             raise ValueError(f"Dig2DIG fuses two or more sources, got {len(sources)}")
         if len({tuple(s.shape) for s in sources}) != 1 or sources[0].ndim != 4 or sources[0].shape[1] != 1:
             raise ValueError("sources must be (B, 1, H, W) tensors of one shape")
-        self.opts = o = DIGOptions.create(options)
+        self.opts = o = DIGOptions.ensure(opts)
         self.src = torch.stack(sources)  # (N, B, 1, H, W)
         self.prior, self.grid, self.record = prior, list(grid), record
-        self.interval, self.distance, self.temperature = o.interval, o.distance, o.temperature
-        self.weighting, self.mixing, self.smooth, self.dig_scale = o.weights, o.mixing, o.smooth, o.dig_scale
-        self.window, self.accelerate = o.window, o.accelerate
         n, b, _, h, w = self.src.shape
         self.pyramid = o.blend == "pyramid"
         m = prior.spatial_multiple
@@ -383,10 +380,12 @@ class DIGGuidance(Rectifier):
                 if self.pyramid:
                     state.levels[t] = self._band_distances(x0)
                     continue
-                if self.distance == "none":
+                if self.opts.distance == "none":
                     d = x0
                 else:
-                    d = gaussian_blur(distance_map(x0, self.src_small, self.distance), self.smooth * self.dig_scale)
+                    d = gaussian_blur(
+                        distance_map(x0, self.src_small, self.opts.distance), self.opts.smooth * self.opts.dig_scale
+                    )
                 state.levels[t] = d.reshape(n, b, 1, *self.small)
         return [state.levels[t] for t in ts]
 
@@ -396,14 +395,15 @@ class DIGGuidance(Rectifier):
         denoised bands and intensity themselves)."""
         bands, _ = laplacian_pyramid(x0, self.small_bands)
         whole = [x0] if self.base == "select" else []
-        if self.distance == "none":
+        if self.opts.distance == "none":
             return bands + whole
         out = [
-            gaussian_blur(distance_map(x, ref, self.distance), self.opts.band_smooth)
+            gaussian_blur(distance_map(x, ref, self.opts.distance), self.opts.band_smooth)
             for x, ref in zip(bands, self.src_small_bands)
         ]
         return out + [
-            gaussian_blur(distance_map(x, self.src_small, self.distance), self.smooth * self.dig_scale) for x in whole
+            gaussian_blur(distance_map(x, self.src_small, self.opts.distance), self.opts.smooth * self.opts.dig_scale)
+            for x in whole
         ]
 
     def _band_gains(self, d_from: list, d_to: list) -> list[torch.Tensor]:
@@ -411,8 +411,8 @@ class DIGGuidance(Rectifier):
         n, b = self.src.shape[:2]
         out = []
         for k, (f, t) in enumerate(zip(d_from, d_to)):
-            sigma = self.opts.band_smooth if k < self.small_bands else self.smooth * self.dig_scale
-            g = gaussian_blur((t - f) ** 2, sigma) if self.distance == "none" else f - t
+            sigma = self.opts.band_smooth if k < self.small_bands else self.opts.smooth * self.opts.dig_scale
+            g = gaussian_blur((t - f) ** 2, sigma) if self.opts.distance == "none" else f - t
             out.append(g.reshape(n, b, 1, *g.shape[-2:]))
         return out
 
@@ -424,19 +424,19 @@ class DIGGuidance(Rectifier):
     def _gain(self, d_from: torch.Tensor, d_to: torch.Tensor) -> torch.Tensor:
         """DIG_i between a noisier level (``d_from``) and a less noisy one (``d_to``): (N, B, 1, h, w)."""
         n, b = self.src.shape[:2]
-        if self.distance == "none":
+        if self.opts.distance == "none":
             return gaussian_blur(
-                ((d_to - d_from) ** 2).reshape(n * b, 1, *self.small), self.smooth * self.dig_scale
+                ((d_to - d_from) ** 2).reshape(n * b, 1, *self.small), self.opts.smooth * self.opts.dig_scale
             ).reshape(n, b, 1, *self.small)
         return d_from - d_to
 
     def refresh(self, state: DIGState, step) -> DIGState:
         """Recompute the weights at this step: DIG over the window, softmax, hold until the next refresh."""
         n, b, _, h, w = self.src.shape
-        state.next_refresh = step.index + self.interval
-        if self.window == "forward":
+        state.next_refresh = step.index + self.opts.interval
+        if self.opts.window == "forward":
             # the gain the prior achieves over the coming stretch, step.t -> the grid point S steps on
-            t_from, t_to = step.t, self.grid[min(step.index + self.interval, len(self.grid) - 1)]
+            t_from, t_to = step.t, self.grid[min(step.index + self.opts.interval, len(self.grid) - 1)]
         else:
             # the gain over the stretch just traversed, the last refresh's level -> step.t
             t_from, t_to = state.last_t, step.t
@@ -449,17 +449,17 @@ class DIGGuidance(Rectifier):
                 dig = self._gain(d_from, d_to)
                 cur = dig_scale_of(dig)
                 state.scale = cur if state.scale is None else torch.maximum(state.scale, cur)
-                w_small = softmax_weights(dig, self.temperature, state.scale, self.opts.limit)
+                w_small = softmax_weights(dig, self.opts.temperature, state.scale, self.opts.limit)
                 weights = F.interpolate(
                     w_small.reshape(n * b, 1, *self.small), size=(h, w), mode="bilinear", align_corners=False
                 ).reshape(n, b, 1, h, w)
                 state.weights = weights / weights.sum(0, keepdim=True)
             gain = dig.mean(dim=(0, 2, 3, 4))  # total gain per item, (B,)
             state.gain_max = gain if state.gain_max is None else torch.maximum(state.gain_max, gain)
-            if self.accelerate > 0:
+            if self.opts.accelerate > 0:
                 # merge pairs of steps up to the next refresh when every item's gain in this window is a
                 # small share of its largest so far: the sources have little left to add there
-                small = bool((gain < self.accelerate * state.gain_max.clamp_min(1e-12)).all())
+                small = bool((gain < self.opts.accelerate * state.gain_max.clamp_min(1e-12)).all())
                 state.stride = 2 if small else 1
             # kept on the device (a copy to the host would stall a GPU); item_records converts them
             rec.update(
@@ -488,7 +488,9 @@ class DIGGuidance(Rectifier):
         state.band_scale = (
             scales if state.band_scale is None else [torch.maximum(s, c) for s, c in zip(state.band_scale, scales)]
         )
-        w_small = [softmax_weights(g, self.temperature, s, self.opts.limit) for g, s in zip(gains, state.band_scale)]
+        w_small = [
+            softmax_weights(g, self.opts.temperature, s, self.opts.limit) for g, s in zip(gains, state.band_scale)
+        ]
         # salience: |detail| of every band, weighted by that band's DIG weights, summed at full resolution
         # (the image's band l takes the DIG maps' band max(l - 1, 0): at dig_scale 0.5 DIG band k is image band k + 1)
         salience = 0
@@ -496,7 +498,7 @@ class DIGGuidance(Rectifier):
             wk = w_small[min(max(lvl - 1, 0), self.small_bands - 1)]
             gain = pyr_up(wk.reshape(n * b, 1, *wk.shape[-2:]), size)
             salience = salience + pyr_up(gain * self.src_bands[lvl].abs().reshape(n * b, 1, *size), (h, w))
-        salience = gaussian_blur(salience, self.smooth).reshape(self.src.shape)
+        salience = gaussian_blur(salience, self.opts.smooth).reshape(self.src.shape)
         # every pixel's detail from the most salient source, blended across scales through the Gaussian
         # pyramid of the choice (Burt & Adelson), so that transitions are as wide as each band's structures
         # (ties, e.g. where no source has detail, are shared equally)
@@ -516,7 +518,7 @@ class DIGGuidance(Rectifier):
 
     def advance(self, step, state: DIGState) -> int:
         """Grid points the sampler moves on from this step (the :func:`~dig2dig.sampler.ddim` hook)."""
-        if self.accelerate <= 0 or state is None:
+        if self.opts.accelerate <= 0 or state is None:
             return 1
         # merged steps never jump over the next refresh nor past the end of the grid
         return max(1, min(state.stride, state.next_refresh - step.index))
@@ -555,7 +557,7 @@ class DIGGuidance(Rectifier):
             "refresh_forwards": self.refresh_forwards,
             "sources": int(self.src.shape[0]),
         }
-        if self.record and self.distance != "none":
+        if self.record and self.opts.distance != "none":
             if self._curve is None:
                 self._curve = self.gain_curve()
             out["curve"] = {"t": self._curve["t"], "dist": self._curve["dist"][:, :, b].float().numpy()}
@@ -575,7 +577,7 @@ class DIGGuidance(Rectifier):
         state.tau = (1.0 / (P + 1e-10) + state.tau / 2).mean(dim=(2, 3, 4), keepdim=True)
         if self.pyramid:
             return self._fuse_pyramid(P, state), state
-        a = state.weights / P if self.mixing == "complementary" else state.weights * P
+        a = state.weights / P if self.opts.mixing == "complementary" else state.weights * P
         return (a * self.src).sum(0) / a.sum(0), state
 
     def _fuse_pyramid(self, P: torch.Tensor, state: DIGState) -> torch.Tensor:
@@ -596,7 +598,7 @@ class DIGGuidance(Rectifier):
         return state.detail + base
 
     def __call__(self, x0_hat: torch.Tensor, step, state: DIGState):
-        if self.weighting == "dig" and step.index >= state.next_refresh:
+        if self.opts.weights == "dig" and step.index >= state.next_refresh:
             state = self.refresh(state, step)
         f, state = self.fuse_luma(luma(x0_hat), state)
         return with_luma(x0_hat, f), state

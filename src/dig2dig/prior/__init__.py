@@ -1,6 +1,6 @@
-"""Diffusion priors: the :class:`Denoiser` interface, its timing wrapper, and the offline loaders."""
+"""Diffusion priors: the :class:`Prior` protocol, :class:`Denoiser` and its wrappers, and the offline loaders."""
 
-from .base import Denoiser, PriorSpec, TimedDenoiser
+from .base import Denoiser, Prior, PriorSpec, TimedDenoiser, WrappedPrior
 from .embedded import embedded_available
 from .loaders import (
     load_adm_checkpoint,
@@ -13,8 +13,10 @@ from .loaders import (
 
 __all__ = [
     "Denoiser",
+    "Prior",
     "PriorSpec",
     "TimedDenoiser",
+    "WrappedPrior",
     "embedded_available",
     "load_adm_checkpoint",
     "load_diffusers_folder",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -45,6 +45,46 @@ class PriorSpec:
         d = asdict(self)
         d["data_range"] = list(self.data_range)
         return d
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """What the sampler and the guidance use of a prior: :class:`Denoiser` and every wrapper of it
+    (:class:`TimedDenoiser`, :class:`~dig2dig.prior.execution.ExecutedDenoiser`) implement it."""
+
+    spec: PriorSpec
+    alphas_cumprod: np.ndarray
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def spatial_multiple(self) -> int: ...
+
+    @property
+    def num_timesteps(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor: ...
+
+    def x0_from_eps(self, x: torch.Tensor, eps: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor: ...
+
+    def x0(self, x: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor: ...
+
+
+def timestep_batch(t: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """Timesteps as the network takes them: int64, shape (batch,)."""
+    t = torch.as_tensor(t, dtype=torch.int64, device=device)
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"timesteps must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+    return t
 
 
 class Denoiser:
@@ -101,14 +141,6 @@ class Denoiser:
         return self
 
     # --- prediction ---------------------------------------------------------------------
-    def _timesteps(self, t: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.int64, device=device)
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"timesteps must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-        return t
-
     @torch.no_grad()
     def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """Predicted noise, same shape and dtype as ``x`` (float32 in, float32 out)."""
@@ -117,7 +149,7 @@ class Denoiser:
         m = self.spatial_multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"H and W must be multiples of {m} for this prior, got {tuple(x.shape[-2:])}; pad first")
-        t = self._timesteps(t, x.shape[0], x.device)
+        t = timestep_batch(t, x.shape[0], x.device)
         return self.net(x.to(self.dtype), t)[:, : self.channels].to(x.dtype)
 
     def x0_from_eps(self, x: torch.Tensor, eps: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor:
@@ -132,16 +164,54 @@ class Denoiser:
         return f"Denoiser({s.format}:{s.name or s.source}, channels={s.channels}, multiple={s.spatial_multiple})"
 
 
-class TimedDenoiser:
-    """A :class:`Denoiser` that counts and times its forwards: the one place dig2dig measures the prior.
+class WrappedPrior:
+    """A :class:`Prior` that changes how ``eps`` runs and takes everything else from the one it wraps."""
 
-    Everything else is the wrapped denoiser's.  ``sync=True`` waits for the device after each
-    forward so that the times are exact on a GPU; by default nothing synchronises (on a CPU the
-    times are exact anyway), so sampling on a GPU is never stalled for a number nobody asked for.
+    def __init__(self, den: Prior):
+        self.den = den
+        self.spec = den.spec
+        self.alphas_cumprod = den.alphas_cumprod
+
+    @property
+    def channels(self) -> int:
+        return self.den.channels
+
+    @property
+    def spatial_multiple(self) -> int:
+        return self.den.spatial_multiple
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.den.num_timesteps
+
+    @property
+    def device(self) -> torch.device:
+        return self.den.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.den.dtype
+
+    def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        return self.den.eps(x, t)
+
+    def x0_from_eps(self, x: torch.Tensor, eps: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor:
+        return self.den.x0_from_eps(x, eps, t, clip)
+
+    def x0(self, x: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor:
+        return self.x0_from_eps(x, self.eps(x, t), t, clip)
+
+
+class TimedDenoiser(WrappedPrior):
+    """A :class:`Prior` that counts and times its forwards: the one place dig2dig measures the prior.
+
+    ``sync=True`` waits for the device after each forward so that the times are exact on a GPU; by
+    default nothing synchronises (on a CPU the times are exact anyway), so sampling on a GPU is never
+    stalled for a number nobody asked for.
     """
 
-    def __init__(self, den: Denoiser, sync: bool = False):
-        self.den = den
+    def __init__(self, den: Prior, sync: bool = False):
+        super().__init__(den)
         self.sync = sync
         self.calls = 0  # batched network calls
         self.images = 0  # images passed through the network
@@ -156,12 +226,6 @@ class TimedDenoiser:
         self.calls += 1
         self.images += x.shape[0]
         return out
-
-    def x0(self, x: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor:
-        return self.x0_from_eps(x, self.eps(x, t), t, clip)
-
-    def __getattr__(self, name: str):
-        return getattr(self.den, name)
 
     def __repr__(self) -> str:
         return f"TimedDenoiser({self.den!r})"

@@ -27,6 +27,7 @@ import math
 import torch
 
 from . import memory
+from .base import WrappedPrior, timestep_batch
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _COMPILED: dict[int, object] = {}
@@ -82,7 +83,7 @@ def tiled_eps(forward, x: torch.Tensor, t, tile: int, overlap: int, tile_batch: 
     return (acc / wsum).to(x.dtype)
 
 
-class ExecutedDenoiser:
+class ExecutedDenoiser(WrappedPrior):
     """A denoiser run with the given precision, tiles and compilation; everything else is the wrapped one's."""
 
     def __init__(
@@ -95,7 +96,7 @@ class ExecutedDenoiser:
         tile_batch: int = 4,
         compile: bool = False,
     ):
-        self.den = den
+        super().__init__(den)
         self.precision = precision
         if tile is not None:
             tile = smallest_tile(den, tile)
@@ -119,7 +120,7 @@ class ExecutedDenoiser:
         den = self.den
         if x.ndim != 4 or x.shape[1] != den.channels:
             raise ValueError(f"expected a (B, {den.channels}, H, W) batch, got {tuple(x.shape)}")
-        t = den._timesteps(t, x.shape[0], x.device)
+        t = timestep_batch(t, x.shape[0], x.device)
         xin = x.to(den.dtype)
         if self.gpu:
             xin = xin.contiguous(memory_format=torch.channels_last)
@@ -133,9 +134,6 @@ class ExecutedDenoiser:
             return tiled_eps(self._forward, x, t, self.tile, self.overlap, self.tile_batch)
         return self._forward(x, t)
 
-    def x0(self, x: torch.Tensor, t: int, clip: bool = True) -> torch.Tensor:
-        return self.den.x0_from_eps(x, self.eps(x, t), t, clip)
-
     def describe(self) -> dict:
         return {
             "precision": self.precision,
@@ -144,9 +142,6 @@ class ExecutedDenoiser:
             "tile_batch": self.tile_batch if self.tile else None,
             "compiled": self.net is not self.den.net,
         }
-
-    def __getattr__(self, name: str):
-        return getattr(self.den, name)
 
 
 def smallest_tile(den, size: int) -> int:
