@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
@@ -20,7 +20,11 @@ from .spec import FusionSpec, ResolvedSpec
 
 __all__ = ["FusionResult", "FusionSpec", "derive_seed", "fuse", "fuse_batch", "run"]
 
-SourceLike = str | os.PathLike | np.ndarray
+if TYPE_CHECKING:
+    from .io import Image
+
+# a path, an array, or an image decoded already (an upload)
+SourceLike: TypeAlias = "str | os.PathLike | np.ndarray | Image"
 
 
 @dataclass
@@ -141,7 +145,8 @@ def _prepare(sources, names, task, resize, multiple, seed, max_pixels=None) -> _
     images = [images[i] for i in info.order]
     names = [names[i] for i in info.order]
     lum = [color.luminance(im) for im in images]
-    pad = geometry.padding_for(*images[0].shape[:2], multiple)
+    height, width = images[0].shape[:2]
+    pad = geometry.padding_for(height, width, multiple)
     return _Item(images, names, lum, info, pad, int(seed), depth, notes)
 
 
@@ -304,10 +309,10 @@ def run(
         m.check_sources(len(it.images))
     t_prep = time.perf_counter() - t_start
 
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple[tuple[int, int], int, str], list[int]] = {}  # (padded shape, sources, task) -> items
     for k, it in enumerate(items):
         groups.setdefault((it.padding.shape, len(it.images), it.task.name), []).append(k)
-    tiles: dict[tuple, int | None] = {}
+    tiles: dict[tuple[int, int], int | None] = {}
     if den is not None:  # tiles and memory decided for every size before any sampling starts
         from .prior.execution import choose_tile
 
@@ -506,6 +511,8 @@ def _prior_summary(den) -> dict:
 def _document_options() -> None:
     from .methods import options_markdown
 
+    if fuse.__doc__ is None:  # docstrings stripped (python -OO)
+        return
     table = options_markdown().replace("\n", "\n    ")
     fuse.__doc__ = fuse.__doc__.replace("{options}", table.rstrip())
 

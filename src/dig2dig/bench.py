@@ -55,6 +55,7 @@ def list_pairs(dataset_dir: str | Path, task: str = "auto") -> list[Pair]:
         files = list_images(d)
         if len(files) < 2:
             continue
+        order: Sequence[int]
         try:
             info = resolve_task(task, lambda files=files: [read_image(f).data for f in files], [str(f) for f in files])
             order, name = info.order, info.name
@@ -139,7 +140,9 @@ def evaluate_folder(
     check_metrics(convention, metrics)
     pairs = list_pairs(sources_dir)
     method = method or fused_dir.name
-    rows, missing, errors = [], [], []
+    rows: list[dict] = []
+    missing: list[str] = []
+    errors: list[dict] = []
     for pair in _progress(pairs, progress, f"eval {method}"):
         try:
             f = find_fused(fused_dir, pair.pair_id)
@@ -157,6 +160,11 @@ def evaluate_folder(
     if not rows and not errors:
         raise FileNotFoundError(f"no fused image in {fused_dir} matches a pair of {sources_dir}")
     return Evaluation(rows, missing, errors, len(pairs))
+
+
+def _prefixed(log: Callable[[str], None], prefix: str) -> Callable[[str], None]:
+    """``log`` with every message led by ``prefix: ``."""
+    return lambda message: log(f"{prefix}: {message}")
 
 
 def _progress(items, enabled: bool, desc: str):
@@ -423,12 +431,13 @@ def run_bench(
         raise RunError(f"folder(s) not found: {', '.join(missing)}")
     if not methods and not peers:
         raise RunError("nothing to benchmark: give --methods and/or --peers")
-    for what, given in (
+    listed: tuple[tuple[str, Sequence[object]], ...] = (
         ("dataset", [Path(d).resolve() for d in datasets]),
         ("method", list(methods)),
         ("peer", [Path(p).resolve() for p in peers]),
-    ):
-        twice = sorted({str(g) for g in given if given.count(g) > 1})
+    )
+    for what, entries in listed:
+        twice = sorted({str(g) for g in entries if entries.count(g) > 1})
         if twice:
             raise RunError(f"{what} {twice[0]!r} is listed twice; list each once")
     out_dir = Path(out).resolve()
@@ -482,7 +491,7 @@ def run_bench(
                     overwrite=overwrite,
                     progress=progress,
                     inputs=[ds_dir],
-                    log=lambda m, ds=ds, label=label: log(f"{ds}/{label}: {m}"),
+                    log=_prefixed(log, f"{ds}/{label}"),
                 )
                 if summary.interrupted:
                     raise KeyboardInterrupt
@@ -494,9 +503,9 @@ def run_bench(
                     if pair.pair_id in failed:
                         continue
                     side = OutputFolder(mdir).sidecar(by_id[pair.pair_id], ".png")
-                    fused = mdir / side.output if side else None
-                    if fused is None or not fused.is_file():
+                    if side is None or not (mdir / side.output).is_file():
                         continue
+                    fused = mdir / side.output
                     _score_into(rows, errors, cache, fused, pair, ds, label, convention, metrics, log)
                     rows.append(
                         {
@@ -513,17 +522,17 @@ def run_bench(
                 cache.save()
             for peer in peers:
                 peer = Path(peer)
-                absent = []
+                absent: list[str] = []
                 for pair in _progress(pairs, progress, f"score {ds}/{peer.name}"):
                     try:
-                        f = find_fused(peer, pair.pair_id)
+                        found = find_fused(peer, pair.pair_id)
                     except ValueError as e:
                         errors.append({"item": f"{ds}/{peer.name}/{pair.pair_id}", "error": str(e)})
                         continue
-                    if f is None:
+                    if found is None:
                         absent.append(pair.pair_id)
                         continue
-                    _score_into(rows, errors, cache, f, pair, ds, peer.name, convention, metrics, log)
+                    _score_into(rows, errors, cache, found, pair, ds, peer.name, convention, metrics, log)
                 if absent:
                     absent_all.append({"dataset": ds, "peer": peer.name, "pairs": absent})
                     log(

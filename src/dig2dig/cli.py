@@ -8,8 +8,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._version import __version__
+from .seeds import SEED_LIMIT
+
+if TYPE_CHECKING:
+    from .options import Options
 
 TASK_CHOICES = ("auto", "vif", "mif", "mef", "mff")
 
@@ -33,7 +38,7 @@ def _add_prior_args(p: argparse.ArgumentParser) -> None:
 _ARG_TYPES = {"int": int, "float": float, "str": str, "any": str}
 
 
-def _option_records() -> list[tuple[str, str, type]]:
+def _option_records() -> list[tuple[str, str, type[Options]]]:
     """(group title, description, record) for every option record the fusing commands expose."""
     from .methods import METHODS
     from .options import PriorOptions
@@ -434,7 +439,7 @@ def _int_in(low: int, high: int | None = None):
 
 _positive_int = _int_in(1)
 _port = _int_in(1, 65535)
-_seed = _int_in(0, 2**63 - 1)
+_seed = _int_in(0, SEED_LIMIT - 1)
 
 
 def _positive_float(text: str) -> float:
@@ -813,6 +818,7 @@ def cmd_prior_info(args: argparse.Namespace) -> int:
 
     den = load_prior(args.prior, spec=args.prior_config, device=args.device or "cpu")
     spec = den.spec.to_dict()
+    assert den.module is not None  # loaded priors are nn.Modules
     spec["parameters"] = sum(p.numel() for p in den.module.parameters())
     stored = Path(spec.get("source") or "") / "spec.json"
     if stored.is_file():  # a dig2dig prior folder: how its weights are stored

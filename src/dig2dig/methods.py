@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -46,16 +46,19 @@ class BuildContext:
     record: bool = False  # keep what the method's figures need (Dig2DIG's DIG maps)
 
 
+OptionsT = TypeVar("OptionsT", bound=Options)  # a method's option record
+
+
 @dataclass(frozen=True)
-class Method:
+class Method(Generic[OptionsT]):
     name: str
     description: str
-    options: type[Options]
+    options: type[OptionsT]
     default_steps: int = 0
     min_sources: int = 2
     max_sources: int | None = None
-    build: Callable[[BuildContext, Options], Any] | None = None  # diffusion: -> Rectifier
-    grid: Callable[[Any, Options], list[int]] = lambda steps, opts: make_grid(steps)
+    build: Callable[[BuildContext, OptionsT], Any] | None = None  # diffusion: -> Rectifier
+    grid: Callable[[Any, OptionsT], list[int]] = lambda steps, opts: make_grid(steps)
     classical: Callable[..., Any] | None = None  # classical: (luminances, **options) -> luminance
 
     @property
@@ -66,11 +69,11 @@ class Method:
     def defaults(self) -> dict[str, Any]:
         return {i.name: i.default for i in self.options.infos()}
 
-    def configure(self, given: dict[str, Any] | None = None) -> Options:
+    def configure(self, given: dict[str, Any] | None = None) -> OptionsT:
         """Validated options (defaults filled in), or a ValueError naming the bad value and the fix."""
         return self.options.create(given)
 
-    def split(self, given: dict[str, Any] | None) -> tuple[Options, PriorOptions]:
+    def split(self, given: dict[str, Any] | None) -> tuple[OptionsT, PriorOptions]:
         """Keyword options as the method's and the prior's (:class:`~dig2dig.options.PriorOptions`), validated."""
         given = dict(given or {})
         prior_names = {i.name for i in PriorOptions.infos()}

@@ -14,7 +14,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 KINDS = ("int", "float", "bool", "str", "any")
 
@@ -167,6 +167,8 @@ def option(
 class Options:
     """Base of the per-method option records (frozen dataclasses whose fields are declared with :func:`option`)."""
 
+    # every concrete record is a dataclass (so :func:`dataclasses.fields` applies to it)
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
     owner: ClassVar[str] = "method"  # named in error messages, e.g. "dig2dig"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # preset name -> other defaults (option ``preset``)
 
@@ -195,7 +197,7 @@ class Options:
         ]
 
     @classmethod
-    def create(cls, given: dict[str, Any] | None = None) -> Options:
+    def create(cls, given: dict[str, Any] | None = None) -> Self:
         """Validated options from keyword values; unknown names are an error that lists the known ones."""
         given = dict(given or {})
         names = [i.name for i in cls.infos()]
@@ -208,7 +210,7 @@ class Options:
         return cls(**given)
 
     @classmethod
-    def ensure(cls, opts: Options | None) -> Options:
+    def ensure(cls, opts: Options | None) -> Self:
         """``opts`` if it is this record (validated when made), the defaults if None; else a TypeError."""
         if opts is None:
             return cls.create()

@@ -58,8 +58,8 @@ def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int
         size = size_per + (1 if i < extra else 0)
         if count < 1 or size < count:
             raise ValueError(f"cannot divide a section of {size} timesteps into {count} steps")
-        stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
-        steps += [start + round(k * stride) for k in range(count)]
+        spacing = 1.0 if count <= 1 else (size - 1) / (count - 1)
+        steps += [start + round(k * spacing) for k in range(count)]
         start += size
     return sorted(set(steps))
 

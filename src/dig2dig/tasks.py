@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .color import is_gray, luminance
 
 
@@ -135,7 +137,8 @@ def resolve_task(task: str, images, names: list[str]) -> TaskInfo:
     consulted when the names do not settle the task and roles.
     """
     if callable(images):
-        loader, cache = images, []
+        loader = images
+        cache: list[np.ndarray] = []
 
         def get():
             if not cache:
@@ -175,7 +178,9 @@ def resolve_task(task: str, images, names: list[str]) -> TaskInfo:
             gray = [is_gray(im) for im in get()]
             first = 0 if task == "vif" else 1  # VIF: gray = infrared; MIF: gray = MRI beside a colour PET/SPECT
             role = [0, 1] if gray[0] == gray[1] else [first if g else 1 - first for g in gray]
-        order = sorted(order, key=lambda i: role[i])
+        rank = [r for r in role if r is not None]  # every role is settled by now
+        assert len(rank) == len(role)
+        order = sorted(order, key=lambda i: rank[i])
     labels: tuple[str, ...] = ()
     if task == "mif" and len(names) == 2:
         modality = next((_MODALITIES[t] for t in _tokens(names[order[0]]) if t in _MODALITIES), None)

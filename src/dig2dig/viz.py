@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 
 
-def _structure_regions(sources: list[np.ndarray], size: tuple[int, int], top: float = 0.15) -> dict[str, np.ndarray]:
-    """For each source, the pixels (at DIG resolution) where its local contrast most exceeds the others'."""
+def _structure_regions(sources: list[np.ndarray], size: tuple[int, int], top: float = 0.15) -> dict[int, np.ndarray]:
+    """For each source (by index), the pixels (at DIG resolution) where its local contrast most exceeds the others'."""
     import cv2
 
-    stds = []
+    maps = []
     for s in sources:
         s = cv2.resize(s.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
         mu = cv2.blur(s, (7, 7))
-        stds.append(np.sqrt(np.maximum(cv2.blur(s * s, (7, 7)) - mu * mu, 0)))
-    stds = np.stack(stds)
+        maps.append(np.sqrt(np.maximum(cv2.blur(s * s, (7, 7)) - mu * mu, 0)))
+    stds = np.stack(maps)
     regions = {}
     for i in range(len(sources)):
         others = np.delete(stds, i, axis=0).max(axis=0)

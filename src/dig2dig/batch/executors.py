@@ -189,7 +189,8 @@ class LocalExecutor:
         from concurrent.futures.process import BrokenProcessPool
 
         ctx = multiprocessing.get_context("spawn")  # no forked torch state
-        queue, deaths = list(jobs), {}
+        queue = list(jobs)
+        deaths: dict[str, int] = {}  # job id -> worker deaths while it was in flight
         while queue:
             pool = ProcessPoolExecutor(
                 max_workers=min(self.workers, len(queue)), mp_context=ctx, initializer=_init_process, initargs=(spec,)

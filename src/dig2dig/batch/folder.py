@@ -216,7 +216,7 @@ class OutputFolder:
 
 def read_log(path: str | Path) -> list[dict]:
     """The run log's records; a torn last line (a kill mid-write) is skipped."""
-    out = []
+    out: list[dict] = []
     p = Path(path)
     if not p.is_file():
         return out

@@ -15,7 +15,7 @@ import csv
 import glob
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,14 +42,14 @@ class Item:
     error: str | None = None  # known before any work (a manifest row with one source): fails, the run goes on
 
 
-def _check_id(item_id: str, where: str) -> str:
-    item_id = str(item_id).strip()
-    if not item_id or item_id in (".", "..") or item_id.startswith(".") or any(c in item_id for c in "/\\\0"):
+def _check_id(item_id: str | int, where: str) -> str:
+    name = str(item_id).strip()
+    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
         raise RunError(
-            f"{where}: item id {item_id!r} cannot name a file; ids must be non-empty, not start with '.', "
+            f"{where}: item id {name!r} cannot name a file; ids must be non-empty, not start with '.', "
             f"and contain no '/' or '\\'"
         )
-    return item_id
+    return name
 
 
 def items_from_folder(folder: str | Path) -> list[Item]:
@@ -202,26 +202,26 @@ def items_from_globs(patterns: Sequence[str]) -> list[Item]:
 
 def collect_items(inputs: Sequence[str | Path]) -> list[Item]:
     """Items from the command line's inputs: one dataset folder, one manifest, or glob patterns."""
-    inputs = [str(i) for i in inputs]
-    if not inputs:
+    given = [str(i) for i in inputs]
+    if not given:
         raise RunError("give a dataset folder, a manifest (.csv/.jsonl) or glob patterns")
-    if len(inputs) > 1:
-        odd = [i for i in inputs if Path(i).is_dir() or Path(i).suffix.lower() in MANIFEST_SUFFIXES]
+    if len(given) > 1:
+        odd = [i for i in given if Path(i).is_dir() or Path(i).suffix.lower() in MANIFEST_SUFFIXES]
         if odd:
             raise RunError(
                 f"{odd[0]!r} is a folder or a manifest: give one dataset folder, one manifest, or glob "
                 f"patterns (one per source), not a mix"
             )
-    if len(inputs) == 1 and Path(inputs[0]).is_dir():
-        items = items_from_folder(inputs[0])
-    elif len(inputs) == 1 and Path(inputs[0]).suffix.lower() in MANIFEST_SUFFIXES:
-        if not Path(inputs[0]).is_file():
-            raise RunError(f"manifest {inputs[0]!r} does not exist")
-        items = items_from_manifest(inputs[0])
-    elif len(inputs) == 1 and not glob.has_magic(inputs[0]):
-        raise RunError(f"input {inputs[0]!r} is neither a folder nor a manifest (.csv/.jsonl) that exists")
+    if len(given) == 1 and Path(given[0]).is_dir():
+        items = items_from_folder(given[0])
+    elif len(given) == 1 and Path(given[0]).suffix.lower() in MANIFEST_SUFFIXES:
+        if not Path(given[0]).is_file():
+            raise RunError(f"manifest {given[0]!r} does not exist")
+        items = items_from_manifest(given[0])
+    elif len(given) == 1 and not glob.has_magic(given[0]):
+        raise RunError(f"input {given[0]!r} is neither a folder nor a manifest (.csv/.jsonl) that exists")
     else:
-        items = items_from_globs(inputs)
+        items = items_from_globs(given)
     seen: dict[str, Item] = {}
     for it in items:
         if it.id in seen:
@@ -234,7 +234,7 @@ def collect_items(inputs: Sequence[str | Path]) -> list[Item]:
 # shards
 
 
-def parse_shard(spec: str | None, env: dict | None = None) -> tuple[int, int]:
+def parse_shard(spec: str | None, env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """``"I/N"`` -> (I, N) with 0 <= I < N; by default from RANK/WORLD_SIZE, then the SLURM array
     ((SLURM_ARRAY_TASK_ID - MIN) / STEP of SLURM_ARRAY_TASK_COUNT; an array that is not evenly spaced,
     such as ``--array=1,3,7``, is refused), else (0, 1)."""
@@ -263,9 +263,9 @@ def parse_shard(spec: str | None, env: dict | None = None) -> tuple[int, int]:
                 spec = f"{(tid - first) // step}/{count}"
         else:
             return 0, 1
-    i, sep, n = str(spec).partition("/")
+    first_text, sep, count_text = str(spec).partition("/")
     try:
-        i, n = int(i), int(n)
+        i, n = int(first_text), int(count_text)
     except ValueError:
         raise RunError(f"{where} {spec!r}: write I/N, e.g. 0/4 for the first of four shards") from None
     if not sep or n < 1 or not 0 <= i < n:

@@ -429,7 +429,7 @@ def selection_matrix(records: dict) -> tuple[list[str], list[int], Any]:
     return names, [s["t"] for s in records["steps"]], ranks
 
 
-def save_selection(records: dict, out_dir: str | Path, stem: str = "ccf_selection") -> list[Path]:
+def save_selection(records: dict[str, Any] | None, out_dir: str | Path, stem: str = "ccf_selection") -> list[Path]:
     """Write ``<stem>.png`` (which conditions were selected at each step, and the gate weights)
     and ``<stem>.json`` (the history) for one image's CCF records (``FusionResult.guidance``)."""
     import numpy as np

@@ -353,7 +353,8 @@ class VIF(Condition):
         self.refs = [self._pyramid((luma(s) + 1) * 127.5) for s in self.sources]  # [source][scale]
         self.mu, self.var, self.den = [], [], []
         for levels in self.refs:
-            mus, vars_, den = [], [], 0.0
+            mus, vars_ = [], []
+            den: torch.Tensor | float = 0.0
             for img, g in zip(levels, self.taps):
                 f = separable_filter(torch.cat([img, img * img], dim=1), g)
                 mu, var = f[:, :1], (f[:, 1:] - f[:, :1] ** 2).clamp_min(0)
@@ -363,6 +364,7 @@ class VIF(Condition):
                 den = den + torch.log10(1 + var / VIF_SIGMA_NSQ).flatten(1).sum(1)
             self.mu.append(mus)
             self.var.append(vars_)
+            assert isinstance(den, torch.Tensor)  # at least one scale (checked above)
             self.den.append(den.clamp_min(VIF_EPS))
 
     def _pyramid(self, img: torch.Tensor) -> list[torch.Tensor]:
@@ -374,7 +376,7 @@ class VIF(Condition):
     def __call__(self, x):
         ys = self._pyramid((luma(x) + 1) * 127.5)
         n_src = len(self.refs)
-        num = [0.0] * n_src
+        num: list[torch.Tensor | float] = [0.0] * n_src
         for k, (y, g) in enumerate(zip(ys, self.taps)):
             f = separable_filter(torch.cat([y, y * y] + [levels[k] * y for levels in self.refs], dim=1), g)
             mu2 = f[:, :1]
@@ -460,7 +462,7 @@ class FeatureMatch(Condition):
 
     def __call__(self, x):
         feats = _as_tensors(self.extractor(x))
-        total = 0.0
+        total: torch.Tensor | float = 0.0
         for target in self.targets:
             if len(target) != len(feats):
                 raise ValueError("the feature extractor returned a different number of maps for x̂0 and a source")

@@ -235,6 +235,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -258,11 +259,15 @@ from ..sampler import Rectifier
 NOISE_SALT = 0x5D1A  # the shared ε's stream, apart from the item's initial noise
 
 
+# one noise level's DIG input: a distance map (N, B, 1, h, w), or with the pyramid blend one per band
+Level = torch.Tensor | list[torch.Tensor]
+
+
 @dataclass
 class DIGState:
     tau: torch.Tensor  # (N, B, 1, 1, 1) EM scale per source
     weights: torch.Tensor  # (N, B, 1, H, W), partition of unity over N
-    levels: dict = field(default_factory=dict)  # t -> (N, B, 1, h, w) distance maps (x̂0 for "none")
+    levels: dict[int, Level] = field(default_factory=dict)  # t -> (N, B, 1, h, w) distance maps (x̂0 for "none")
     last_t: int | None = None  # timestep of the last refresh
     next_refresh: int = 0  # grid index of the next refresh
     scale: torch.Tensor | None = None  # running max of mean|DIG - mean_j DIG_j| over the refreshes so far
@@ -343,7 +348,7 @@ class DIGGuidance(Rectifier):
         eps = item_noise((1, hs, ws), seeds, self.src.device, self.src.dtype, salt=NOISE_SALT)
         self.eps = eps.repeat(n, 1, 1, 1)  # the same ε for every source of an item
         self.refresh_forwards = 0
-        self._curve = None  # record mode: d_i at every grid level, computed once after sampling
+        self._curve: dict[str, Any] | None = None  # record mode: d_i at every grid level, computed once after sampling
         if self.pyramid:
             self._init_pyramid(task)
 
@@ -364,7 +369,7 @@ class DIGGuidance(Rectifier):
         self.base = task_record(task).dig_base if o.base == "auto" else o.base
 
     # --- DIG -----------------------------------------------------------------------------
-    def _levels(self, state: DIGState, ts: list[int]) -> list[torch.Tensor]:
+    def _levels(self, state: DIGState, ts: list[int]) -> list[Level]:
         """Distance maps (x̂0 for ``none``) at timesteps ``ts``; the missing ones in one batched forward."""
         n, b = self.src.shape[:2]
         todo = [t for t in dict.fromkeys(ts) if t not in state.levels]
@@ -406,7 +411,7 @@ class DIGGuidance(Rectifier):
             for x in whole
         ]
 
-    def _band_gains(self, d_from: list, d_to: list) -> list[torch.Tensor]:
+    def _band_gains(self, d_from: list[torch.Tensor], d_to: list[torch.Tensor]) -> list[torch.Tensor]:
         """DIG_i of every band (and of the intensity, with ``base="select"``), (N, B, 1, h_k, w_k) each."""
         n, b = self.src.shape[:2]
         out = []
@@ -419,7 +424,9 @@ class DIGGuidance(Rectifier):
     def _total(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Pyramid blend: the band maps summed at the DIG resolution, (N, B, 1, h, w) (for records and curves)."""
         flat = [m.reshape(-1, 1, *m.shape[-2:]) for m in maps[: self.small_bands]]
-        return sum(pyr_up(m, self.small) for m in flat).reshape(*self.src.shape[:2], 1, *self.small)
+        total = sum(pyr_up(m, self.small) for m in flat)
+        assert isinstance(total, torch.Tensor)  # small_bands >= 1
+        return total.reshape(*self.src.shape[:2], 1, *self.small)
 
     def _gain(self, d_from: torch.Tensor, d_to: torch.Tensor) -> torch.Tensor:
         """DIG_i between a noisier level (``d_from``) and a less noisy one (``d_to``): (N, B, 1, h, w)."""
@@ -444,8 +451,10 @@ class DIGGuidance(Rectifier):
         if t_from is not None and t_from != t_to:
             d_from, d_to = self._levels(state, [t_from, t_to])
             if self.pyramid:
+                assert isinstance(d_from, list) and isinstance(d_to, list)  # per band
                 dig = self._refresh_bands(state, self._band_gains(d_from, d_to))
             else:
+                assert isinstance(d_from, torch.Tensor) and isinstance(d_to, torch.Tensor)
                 dig = self._gain(d_from, d_to)
                 cur = dig_scale_of(dig)
                 state.scale = cur if state.scale is None else torch.maximum(state.scale, cur)
@@ -493,11 +502,12 @@ class DIGGuidance(Rectifier):
         ]
         # salience: |detail| of every band, weighted by that band's DIG weights, summed at full resolution
         # (the image's band l takes the DIG maps' band max(l - 1, 0): at dig_scale 0.5 DIG band k is image band k + 1)
-        salience = 0
+        salience: torch.Tensor | int = 0
         for lvl, size in enumerate(self.band_sizes):
             wk = w_small[min(max(lvl - 1, 0), self.small_bands - 1)]
             gain = pyr_up(wk.reshape(n * b, 1, *wk.shape[-2:]), size)
             salience = salience + pyr_up(gain * self.src_bands[lvl].abs().reshape(n * b, 1, *size), (h, w))
+        assert isinstance(salience, torch.Tensor)  # at least one band
         salience = gaussian_blur(salience, self.opts.smooth).reshape(self.src.shape)
         # every pixel's detail from the most salient source, blended across scales through the Gaussian
         # pyramid of the choice (Burt & Adelson), so that transitions are as wide as each band's structures
@@ -523,7 +533,7 @@ class DIGGuidance(Rectifier):
         # merged steps never jump over the next refresh nor past the end of the grid
         return max(1, min(state.stride, state.next_refresh - step.index))
 
-    def gain_curve(self, chunk: int = 4) -> dict:
+    def gain_curve(self, chunk: int = 4) -> dict[str, Any]:
         """d_i at every grid timestep (record mode, after sampling): the data of the cumulative-DIG figure.
 
         DIG depends on the sources, the prior and the shared ε only -- not on the fused trajectory --
@@ -534,7 +544,8 @@ class DIGGuidance(Rectifier):
         maps = []
         for lo in range(0, len(self.grid), chunk):
             ts = self.grid[lo : lo + chunk]
-            maps += [(self._total(d) if self.pyramid else d).cpu() for d in self._levels(scratch, ts)]
+            # a level is a list of band maps exactly with the pyramid blend
+            maps += [(self._total(d) if isinstance(d, list) else d).cpu() for d in self._levels(scratch, ts)]
             scratch.levels.clear()
         return {"t": list(self.grid), "dist": torch.stack(maps)[:, :, :, 0]}
 

@@ -57,6 +57,9 @@ class LPIPSAlex(nn.Module):
     """LPIPS v0.1 with the AlexNet trunk.  ``forward(x0, x1)`` takes N x 3 x H x W in [-1, 1] and
     returns the N distances."""
 
+    shift: torch.Tensor  # buffers, registered in __init__
+    scale: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
@@ -71,8 +74,9 @@ class LPIPSAlex(nn.Module):
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         f0 = self.net((x0 - self.shift) / self.scale)
         f1 = self.net((x1 - self.shift) / self.scale)
-        total = 0.0
+        total: torch.Tensor | float = 0.0
         for lin, a, b in zip(self.lins, f0, f1):
             d = (self._unit(a) - self._unit(b)) ** 2
             total = total + lin(d).mean(dim=(2, 3), keepdim=False)
+        assert isinstance(total, torch.Tensor)  # five stages were summed
         return total.view(-1)

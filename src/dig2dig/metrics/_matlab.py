@@ -102,7 +102,7 @@ def _gaussian_kernel(rows: int, cols: int, sigma: float) -> np.ndarray:
 
 def fspecial_gaussian(size: int | tuple[int, int], sigma: float) -> np.ndarray:
     """MATLAB ``fspecial('gaussian', size, sigma)``: truncated (< eps*max -> 0) and sum-normalised."""
-    rows, cols = (size, size) if np.isscalar(size) else size
+    rows, cols = size if isinstance(size, (tuple, list)) else (size, size)
     return _gaussian_kernel(int(rows), int(cols), float(sigma)).copy()
 
 

@@ -298,7 +298,7 @@ def _rows(a: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
     return a if ids is None else a[ids]
 
 
-def _fmi_joint_entropy(fcdf, fpdf, xcdf, xpdf, c, degenerate, sd_prod, h_f, h_x, lower: bool) -> np.ndarray:
+def _fmi_joint_entropy(fcdf, fpdf, xcdf, xpdf, c, degenerate, sd_prod, h_f, h_x, *, lower: bool) -> np.ndarray:
     """Joint entropy (bits) of Nelsen's pdf  w * cells + (1 - w) * u_i v_j  for windows of one sign of c.
 
     ``cells`` are the masses of the Frechet bound of the joint cdf -- comonotone min(F_i, X_j)
@@ -378,7 +378,7 @@ def _fmi_pass(xw: np.ndarray, fpdf: np.ndarray, fcdf: np.ndarray, fsd: np.ndarra
             continue
         sub = None if ids.size == n else ids
         h_joint[ids] = _fmi_joint_entropy(
-            *(_rows(a, sub) for a in (fcdf, fpdf, xcdf, xpdf, c, degenerate, fsd * xsd, h_f, h_x)), is_lower
+            *(_rows(a, sub) for a in (fcdf, fpdf, xcdf, xpdf, c, degenerate, fsd * xsd, h_f, h_x)), lower=is_lower
         )
 
     mi = h_x + h_f - h_joint

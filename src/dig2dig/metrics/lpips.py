@@ -46,6 +46,7 @@ class LPIPSWeightsError(MetricInputError):
 
 
 def _resolve_paths(weights) -> tuple[str, ...]:
+    items: list[str | os.PathLike]
     if weights is None:
         env = os.environ.get(ENV_VAR, "").strip()
         if not env:

@@ -213,8 +213,8 @@ def qcv(fused, a, b, *, window: int = 16, alpha: float = 5.0) -> float:
     u, v = freqspace((m, n))
     r = np.sqrt((u * (n / 8)) ** 2 + (v * (m / 8)) ** 2)
     csf = _half_spectrum(2.6 * (0.0192 + 0.144 * r) * np.exp(-((0.144 * r) ** 1.1)))
-    num = 0.0
-    den = 0.0
+    num: np.ndarray | float = 0.0
+    den: np.ndarray | float = 0.0
     for x in (a, b):
         gx, gy = filter2(_SOBEL_X, x, "same"), filter2(_SOBEL_Y, x, "same")
         mag = np.sqrt(gx * gx + gy * gy)

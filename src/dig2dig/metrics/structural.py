@@ -39,6 +39,9 @@ __all__ = [
 # local statistics with a symmetric separable window, MATLAB filter2 'valid'
 
 
+_Stats = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # means, variances, covariance
+
+
 class _LocalMoments:
     """Local (window-weighted) means, variances and covariances of a few named images.
 
@@ -77,17 +80,19 @@ class _LocalMoments:
 
         return self._get(("cov", k1, k2), make)
 
-    def stats(self, k1: str, k2: str):
+    def stats(self, k1: str, k2: str) -> _Stats:
         """(mean1, mean2, var1, var2, cov12)"""
         return self.mean(k1), self.mean(k2), self.cov(k1, k1), self.cov(k2, k2), self.cov(k1, k2)
 
 
-def _stats(x: np.ndarray, y: np.ndarray, g: np.ndarray):
+def _stats(x: np.ndarray, y: np.ndarray, g: np.ndarray) -> _Stats:
     """Local means, variances and covariance of two images (see :class:`_LocalMoments`)."""
     return _LocalMoments(g, x=x, y=y).stats("x", "y")
 
 
-def _ssim_map(mx, my, sxx, syy, sxy, c1, c2) -> np.ndarray:
+def _ssim_map(
+    mx: np.ndarray, my: np.ndarray, sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, c1: float, c2: float
+) -> np.ndarray:
     """((2 mx my + C1)(2 sxy + C2)) / ((mx^2 + my^2 + C1)(sxx + syy + C2)), with few temporaries."""
     num = mx * my
     num *= 2
@@ -106,8 +111,15 @@ def _ssim_map(mx, my, sxx, syy, sxy, c1, c2) -> np.ndarray:
     return num
 
 
+def _gaussian_window(size: int) -> np.ndarray:
+    """The 1-D factor of the ``size`` x ``size`` Gaussian (sigma 1.5); separable for the sizes used here."""
+    g = gaussian_1d(size, 1.5)
+    assert g is not None, f"the {size}x{size} Gaussian (sigma 1.5) is not separable"
+    return g
+
+
 def _wang_window() -> np.ndarray:
-    return gaussian_1d(11, 1.5)
+    return _gaussian_window(11)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +200,7 @@ def ssim_matlab(x, y, *, dynamic_range: float = 1.0) -> float:
     constants are tiny.  Not validated against MATLAB itself (see the metric spec, section 3.13).
     """
     x, y = as_planes(x, y)
-    g = gaussian_1d(11, 1.5)
+    g = _wang_window()
 
     def blur(v):
         return cv2.sepFilter2D(np.ascontiguousarray(v), cv2.CV_64F, g, g, borderType=cv2.BORDER_REPLICATE)
@@ -257,7 +269,7 @@ def _mef_ssim_scale(seq: list[np.ndarray], f: np.ndarray, k_const: float = 0.03)
     """One scale of ``mef_ssim.m``, vectorised: every 11x11 patch statistic from filtered products."""
     eps = np.finfo(np.float64).eps
     wsize, npix = 11, 121
-    gauss = gaussian_1d(11, 1.5)
+    gauss = _wang_window()
     box = np.full(wsize, 1.0 / wsize)
     n_src = len(seq)
 
@@ -361,7 +373,7 @@ def qc(fused, a, b) -> float:
     """
     f, a, b = as_planes(fused, a, b)
     require_min_size(f, 11, "Qc")
-    mom = _LocalMoments(gaussian_1d(7, 1.5), a=a, b=b, f=f)
+    mom = _LocalMoments(_gaussian_window(7), a=a, b=b, f=f)
     s_af, _, _, cov_af = _ssim_yang(mom, "a", "f")
     s_bf, _, _, cov_bf = _ssim_yang(mom, "b", "f")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -382,7 +394,7 @@ def qy(fused, a, b) -> float:
     """
     f, a, b = as_planes(fused, a, b)
     require_min_size(f, 11, "Qy")
-    mom = _LocalMoments(gaussian_1d(7, 1.5), a=a, b=b, f=f)
+    mom = _LocalMoments(_gaussian_window(7), a=a, b=b, f=f)
     s_ab, var_a, var_b, _ = _ssim_yang(mom, "a", "b")
     s_af = _ssim_yang(mom, "a", "f")[0]
     s_bf = _ssim_yang(mom, "b", "f")[0]
@@ -419,7 +431,7 @@ def _piella_core(f: np.ndarray, a: np.ndarray, b: np.ndarray, weighted: bool) ->
     return float(np.sum(cw / np.sum(cw) * q))
 
 
-def _piella_inputs(fused, a, b, metric):
+def _piella_inputs(fused, a, b, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     f, a, b = as_planes(fused, a, b)
     require_min_size(f, 11, metric)
     return f, a, b

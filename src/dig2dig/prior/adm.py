@@ -203,6 +203,8 @@ class ResBlock(nn.Module):
         self.scale_shift = scale_shift
         self.in_layers = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, out_ch, 3, padding=1))
         self.updown = up or down
+        self.h_upd: nn.Module
+        self.x_upd: nn.Module
         if up:
             self.h_upd, self.x_upd = Upsample(ch, False), Upsample(ch, False)
         elif down:

@@ -73,6 +73,13 @@ class CompactConfig:
         return cfg
 
 
+def _zero_init(conv: nn.Conv2d) -> None:
+    """Weights and bias to zero (a branch that starts out adding nothing)."""
+    assert conv.bias is not None  # every convolution here has a bias
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+
+
 class _Res(nn.Module):
     def __init__(self, cin: int, cout: int, emb: int, groups: int):
         super().__init__()
@@ -82,8 +89,7 @@ class _Res(nn.Module):
         self.norm2 = nn.GroupNorm(min(groups, cout), cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        _zero_init(self.conv2)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -99,8 +105,7 @@ class _Attn(nn.Module):
         self.norm = nn.GroupNorm(min(groups, ch), ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        _zero_init(self.proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -143,14 +148,14 @@ class CompactUNet(nn.Module):
             )
         self.out_norm = nn.GroupNorm(min(cfg.groups, chans[0]), chans[0])
         self.out = nn.Conv2d(chans[0], fold_ch, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        _zero_init(self.out)
+        self.head_in: nn.Conv2d | None
+        self.head_out: nn.Conv2d | None
         if cfg.head:
             feats = chans[0] // cfg.fold**2
             self.head_in = nn.Conv2d(2 * cfg.in_channels + feats, cfg.head, 3, padding=1)
             self.head_out = nn.Conv2d(cfg.head, cfg.in_channels, 3, padding=1)
-            nn.init.zeros_(self.head_out.weight)
-            nn.init.zeros_(self.head_out.bias)
+            _zero_init(self.head_out)
         else:
             self.head_in = self.head_out = None
 
@@ -163,6 +168,7 @@ class CompactUNet(nn.Module):
         h = self.inp(u)
         skips = []
         for i, blocks in enumerate(self.down_blocks):
+            assert isinstance(blocks, nn.ModuleList)
             for blk in blocks:
                 h = blk(h, emb)
             skips.append(h)
@@ -176,11 +182,12 @@ class CompactUNet(nn.Module):
             if j > 0:
                 h = self.ups[j - 1](F.interpolate(h, scale_factor=2, mode="nearest"))
             h = torch.cat([h, skips.pop()], dim=1)
+            assert isinstance(blocks, nn.ModuleList)
             for blk in blocks:
                 h = blk(h, emb)
         h = F.silu(self.out_norm(h))
         eps = F.pixel_shuffle(self.out(h), fold)
-        if self.head_in is None:
+        if self.head_in is None or self.head_out is None:  # set together: both or neither
             return eps
         feats = F.pixel_shuffle(h[:, : (h.shape[1] // fold**2) * fold**2], fold)
         return eps + self.head_out(F.silu(self.head_in(torch.cat([x, eps, feats], dim=1))))

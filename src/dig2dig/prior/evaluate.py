@@ -70,7 +70,8 @@ def denoise_scores(den, images: dict[str, np.ndarray], sigmas=(15, 25, 50), seed
         for k, (name, x) in enumerate(images.items()):
             rng = np.random.default_rng([seed, int(round(sigma * 1000)), k])
             y = (x + sigma * rng.standard_normal(x.shape)) / 127.5 - 1.0
-            p = padding_for(*x.shape, den.spatial_multiple)
+            height, width = x.shape
+            p = padding_for(height, width, den.spatial_multiple)
             xt = torch.from_numpy(pad(y, p).astype(np.float32) * np.float32(math.sqrt(ab)))[None, None]
             xt = xt.to(den.device).repeat(1, den.channels, 1, 1)
             x0 = luma(den.x0(xt, t))

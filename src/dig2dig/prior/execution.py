@@ -23,14 +23,15 @@ With ``fp32``, no tiles and the CPU, ``eps`` is exactly the wrapped denoiser's (
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from . import memory
-from .base import WrappedPrior, timestep_batch
+from .base import Denoiser, WrappedPrior, timestep_batch
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-_COMPILED: dict[int, object] = {}
+_COMPILED: dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
 
 
 def tile_positions(size: int, tile: int, overlap: int) -> list[int]:
@@ -86,9 +87,11 @@ def tiled_eps(forward, x: torch.Tensor, t, tile: int, overlap: int, tile_batch: 
 class ExecutedDenoiser(WrappedPrior):
     """A denoiser run with the given precision, tiles and compilation; everything else is the wrapped one's."""
 
+    den: Denoiser  # its network is what runs here
+
     def __init__(
         self,
-        den,
+        den: Denoiser,
         *,
         precision: str = "fp32",
         tile: int | None = None,
@@ -111,7 +114,8 @@ class ExecutedDenoiser(WrappedPrior):
                 _COMPILED[key] = torch.compile(den.net, dynamic=False)  # one graph per shape (full, half, tile)
             self.net = _COMPILED[key]
         if self.gpu and den.module is not None:
-            den.module.to(memory_format=torch.channels_last)
+            # torch documents Module.to(memory_format=...), but its typed overloads leave that form out
+            den.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.exact = precision == "fp32" and not compile and not self.gpu  # the wrapped eps, byte for byte
 
     def _forward(self, x: torch.Tensor, t) -> torch.Tensor:

@@ -31,11 +31,15 @@ from .base import LINEAR_SCHEDULE, Denoiser, PriorSpec, strict_load
 
 # Head layouts of published ADM checkpoints that the weights alone cannot reveal, keyed by
 # (model_channels, channel_mult, attention_ds).
-_KNOWN_ADM_HEADS = {
+_AdmKey = tuple[int, tuple[float, ...], tuple[int, ...]]
+_KNOWN_ADM_HEADS: dict[_AdmKey, dict[str, int]] = {
     (256, (1, 1, 2, 2, 4, 4), (8, 16, 32)): {"num_heads": 4, "num_head_channels": 64},  # 256x256 uncond
     (256, (0.5, 1, 1, 2, 2, 4, 4), (8, 16, 32)): {"num_heads": 4, "num_head_channels": 64},
 }
-_KNOWN_ADM_SIZES = {(256, (1, 1, 2, 2, 4, 4), (8, 16, 32)): 256, (256, (0.5, 1, 1, 2, 2, 4, 4), (8, 16, 32)): 512}
+_KNOWN_ADM_SIZES: dict[_AdmKey, int] = {
+    (256, (1, 1, 2, 2, 4, 4), (8, 16, 32)): 256,
+    (256, (0.5, 1, 1, 2, 2, 4, 4), (8, 16, 32)): 512,
+}
 
 
 def load_prior(
@@ -54,6 +58,7 @@ def load_prior(
                 "prior has its own spec, so leave it out or give --prior"
             )
         return load_embedded(device=device, dtype=dtype)
+    assert source is not None  # None names the embedded prior
     path = Path(source).expanduser()
     if not path.exists():
         raise PriorNotAvailableError(f"prior {str(path)!r} does not exist; give a checkpoint file or a model folder")
@@ -64,6 +69,7 @@ def load_prior(
             den = load_diffusers_folder(path)
     else:
         den = load_adm_checkpoint(path, spec=spec)
+    assert den.module is not None  # every loader builds an nn.Module
     den.module.eval()
     return den.to(device=device, dtype=dtype)
 
@@ -73,6 +79,7 @@ def load_embedded(device: str | torch.device = "cpu", dtype: torch.dtype = torch
     if not embedded.embedded_available():
         raise PriorNotAvailableError(embedded.NO_EMBEDDED_MESSAGE)
     den = load_dig2dig_folder(embedded.EMBEDDED_DIR)
+    assert den.module is not None  # every loader builds an nn.Module
     den.module.eval()
     return den.to(device=device, dtype=dtype)
 
@@ -124,6 +131,7 @@ def resolve_prior(prior=None, *, prior_spec=None, device=None) -> Denoiser:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    state: object  # whatever the file holds, until checked below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

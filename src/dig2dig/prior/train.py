@@ -188,7 +188,7 @@ class LumaCrops:
             img = pool[rng.integers(len(pool))]
             y, x = rng.integers(img.shape[0] - c + 1), rng.integers(img.shape[1] - c + 1)
             patch = img[y : y + c, x : x + c]
-            patch = np.rot90(patch, rng.integers(4))
+            patch = np.rot90(patch, int(rng.integers(4)))
             if rng.random() < 0.5:
                 patch = patch[:, ::-1]
             out[i, 0] = patch
@@ -314,6 +314,7 @@ class Trainer:
         from .loaders import load_dig2dig_folder
 
         src = load_dig2dig_folder(init)
+        assert src.module is not None  # the loader builds an nn.Module
         if CompactConfig.from_dict(src.spec.architecture) == self.arch:
             self.net.load_state_dict(src.module.state_dict())
         else:

@@ -47,9 +47,11 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..seeds import SEED_LIMIT
 from ..spec import FusionSpec
 
 STATIC = Path(__file__).with_name("static")
@@ -184,7 +186,8 @@ class JobQueue:
                 self.retry_after(),
             )
 
-    def submit(self, job: WebJob) -> int:
+    def submit(self, job: WebJob) -> int | None:
+        """Queue ``job``; its :meth:`position` (None if a worker has taken it up already), or Busy."""
         with self.lock:
             active = [j for j in self.jobs.values() if j.active]
             if len(active) >= self.max_queue or sum(j.pixels for j in active) + job.pixels > self.max_pixels:
@@ -346,7 +349,7 @@ class Guard:
     * every answer carries :data:`SECURITY_HEADERS`.
     """
 
-    def __init__(self, app, *, hosts: set[str] | None, token: str | None, limit_bytes: int, limit_text: str):
+    def __init__(self, app, *, hosts: AbstractSet[str] | None, token: str | None, limit_bytes: int, limit_text: str):
         self.app, self.hosts, self.token = app, hosts, token
         self.limit_bytes, self.limit_text = limit_bytes, limit_text
 
@@ -440,6 +443,7 @@ class Guard:
         return None
 
     def _match(self, given: str) -> bool:
+        assert self.token is not None  # asked only when the server has a token
         return secrets.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
 
 
@@ -730,7 +734,7 @@ def create_app(
             method=m.name,
             options=options,
             steps=_steps(text("steps", "").strip()),
-            seed=_whole_number("seed", text("seed", "0").strip(), 2**63),
+            seed=_whole_number("seed", text("seed", "0").strip(), SEED_LIMIT),
             task=text("task", "auto")[:100],
             resize=_flag("resize", text("resize", "")),
             prior=den if diffusion else None,
