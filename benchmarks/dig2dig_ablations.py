@@ -36,6 +36,8 @@ import os
 import sys
 from pathlib import Path
 
+from _command import command_line
+
 SHARED = Path(os.environ.get("DIG2DIG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FUSION = SHARED / "data" / "fusion"
 DATASETS = {
@@ -166,6 +168,7 @@ def report(args, chosen: dict, out: Path, prior: str) -> str:
     rows = _results(out, DATASETS)
     text = [
         "# Dig2DIG on the dev data\n",
+        f"Written by `{command_line('dig2dig_ablations.py', sys.argv[1:], ('--out',))}`. "
         f"cddfuse convention; seed {args.seed}; one fixed prior for every run (`{prior}`, sha256 in "
         "each dataset folder's manifest.json). Mean ± std over pairs; `time_s` is the wall time per pair "
         "of the run that fused it (runs on this 2-core CPU, one torch thread each, two at a time: "

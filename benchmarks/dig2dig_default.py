@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from _command import command_line
+
 SHARED = Path(os.environ.get("DIG2DIG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 DATASETS = {
     "vifb": ("data/fusion/vif/vifb", None),
@@ -88,7 +90,8 @@ def main() -> int:
     lines = [
         "# Dig2DIG default configuration: candidates on the dev sets",
         "",
-        "`python benchmarks/dig2dig_default.py` (cddfuse convention; prior pinned in the run folder). "
+        f"Written by `{command_line('dig2dig_default.py', sys.argv[1:], ('--out',))}` (cddfuse convention; prior "
+        "pinned in the run folder). "
         "Higher is better for Qabf, VIF, SF, SD, MI, SSIM, CC; lower for MSE and Nabf. **Bold**: on the "
         "dataset's Pareto front among the candidates.",
         "",

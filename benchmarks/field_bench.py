@@ -21,6 +21,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from _command import command_line
+
 SHARED = Path(os.environ.get("DIG2DIG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 METHODS = ["dig2dig", "ddfm:steps=100", "average", "maxabs", "laplacian", "guided"]
 DATASETS = {  # name: (pairs, peers, convention)
@@ -71,8 +73,8 @@ def main() -> int:
         f"Prior: `{spec['name']}` sha256 `{spec['sha256'][:16]}…` "
         f"({spec.get('extra', {}).get('trained_steps', '?')} training steps). Methods run here: "
         f"{', '.join(f'`{m}`' for m in methods)}; the other {len(peers)} rows are the published peers' outputs "
-        f"scored with the same code ({convention} convention). Seed {args.seed}; "
-        f"`python benchmarks/field_bench.py --dataset {args.dataset}` reproduces it.\n\n"
+        f"scored with the same code ({convention} convention). Seed {args.seed}; written by "
+        f"`{command_line('field_bench.py', sys.argv[1:], ('--out',))}`.\n\n"
     )
     header += _resolved(methods)
     md = md.replace("\n", "\n\n" + header, 1) if md.startswith("#") else header + md

@@ -1,13 +1,13 @@
 """The GPU check, in one go: wall time and peak memory of the three methods on a GPU.
 
-    python benchmarks/gpu_check.py [--device cuda] [--out benchmarks/results/gpu.md] [--budget-s 480]
+    python benchmarks/gpu_check.py [--device cuda] [--out benchmarks/results/gpu.md] [--budget-s 480] [--prior PATH]
     python benchmarks/gpu_check.py --smoke          # the same code path on the CPU with tiny sizes (a test runs it)
 
 What it measures (each after a warm-up run of the same configuration; times synchronised):
 
 1. 640×480, Dig2DIG-25, DDFM-100 and CCF-200 with the ADM-256 architecture (random weights: the
    time does not depend on them; tiles of 256, as the prior was trained, and without tiles) and with
-   the embedded compact prior, in fp32;
+   the embedded compact prior (or ``--prior``), in fp32;
 2. Dig2DIG-25 in fp32, bf16 and fp16 with both priors;
 3. a batch of 8 pairs (``fuse_batch(max_batch=8)``) against the same 8 one by one;
 4. a 3840×2160 pair, Dig2DIG-25, tiled, with both priors;
@@ -16,6 +16,10 @@ What it measures (each after a warm-up run of the same configuration; times sync
 It writes a Markdown table (and the JSON behind it).  A time budget (``--budget-s``) skips what is
 left once it is spent, and says so in the table, so one run fits a short GPU lease.  Sources: the
 first MSRS pair from ``$DIG2DIG_SHARED`` (default ``../shared``), else synthetic images.
+
+``--smoke`` runs every part on the CPU in seconds: 24×16 sources (48×32 for the tiled part), three
+steps, a two-level ADM of 32 channels and the given prior (default: the embedded one).  The half
+precisions take the slow reference convolutions on most CPUs, which is why the sizes are this small.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _command import command_line
 
 SHARED = Path(os.environ.get("DIG2DIG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 ADM256 = {
@@ -43,12 +48,12 @@ ADM256 = {
     "in_channels": 3,
     "out_channels": 6,
 }
-TINY = {
-    "image_size": 32,
+TINY = {  # the smallest ADM the code builds (GroupNorm needs 32 channels): two levels, attention at the lower
+    "image_size": 16,
     "num_channels": 32,
     "num_res_blocks": 1,
-    "channel_mult": "1,1,1,1",
-    "attention_resolutions": "8",
+    "channel_mult": "1,1",
+    "attention_resolutions": "2",
     "num_head_channels": 8,
     "learn_sigma": True,
     "use_scale_shift_norm": True,
@@ -149,6 +154,7 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=480.0, help="stop measuring after this many seconds")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and a tiny ADM on the CPU: checks the script")
     ap.add_argument("--only", default="", help="comma list of parts to run: methods,precision,batch,4k")
+    ap.add_argument("--prior", help="the second prior, beside ADM-256 (default: the embedded prior)")
     args = ap.parse_args()
 
     import torch
@@ -158,16 +164,17 @@ def main() -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke:
-        size, big, steps, tile_adm, n_batch = (48, 64), (96, 128), {"dig2dig": 3, "ddfm": 3, "ccf": 3}, 32, 2
+        size, big, steps, tile_adm, n_batch = (16, 24), (32, 48), {"dig2dig": 3, "ddfm": 3, "ccf": 3}, 16, 2
         adm_flags = TINY
     else:
         size, big, steps, tile_adm, n_batch = (480, 640), (2160, 3840), {"dig2dig": 25, "ddfm": 100, "ccf": 200}, 256, 8
         adm_flags = ADM256
     parts = set(filter(None, args.only.split(","))) or {"methods", "precision", "batch", "4k"}
     b = Bench(device, args.budget_s)
+    second = load_prior(args.prior, device=device)
     priors = {
         "adm256" if not args.smoke else "adm-tiny": adm_prior(adm_flags, device),
-        "embedded": load_prior(None, device=device),
+        "embedded" if not args.prior else second.spec.name or Path(args.prior).name: second,
     }
     src = sources(*size)
 
@@ -181,7 +188,7 @@ def main() -> int:
 
     if "methods" in parts:
         for pname, den in priors.items():
-            tiles = ["auto", "off"] if pname != "embedded" else ["auto"]
+            tiles = ["auto", "off"] if den is not second else ["auto"]
             for method, n in steps.items():
                 for tile in tiles:
                     b.run(
@@ -233,14 +240,14 @@ def main() -> int:
         big_src = sources(*big)
         for pname, den in priors.items():
 
-            def big_run(n, den=den, pname=pname):
+            def big_run(n, den=den):
                 r = dig2dig.fuse(
                     big_src,
                     steps=n,
                     prior=den,
                     task="vif",
                     device=device,
-                    tile=tile_adm if pname != "embedded" else 512 if not args.smoke else 32,
+                    tile=tile_adm if den is not second else 512 if not args.smoke else 32,
                     precision="bf16" if device.startswith("cuda") else "fp32",
                 )
                 return {"tile": r.config["prior_run"]["tile"], "per_step_ms": round(1000 * r.timings["per_step_s"], 1)}
@@ -257,7 +264,7 @@ def main() -> int:
     lines = [
         f"# GPU check ({'smoke run on the CPU' if args.smoke else name})",
         "",
-        f"`python benchmarks/gpu_check.py{' --smoke' if args.smoke else ''}` on {name}, torch {torch.__version__}, "
+        f"`{command_line('gpu_check.py', sys.argv[1:])}` on {name}, torch {torch.__version__}, "
         f"dig2dig {dig2dig.__version__}; times are wall seconds after a warm-up run, synchronised; peak = "
         f"`torch.cuda.max_memory_allocated`. ADM-256 has random weights (time and memory do not depend on them).",
         "",

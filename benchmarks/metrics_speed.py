@@ -6,9 +6,10 @@ default metric set ``--repeat`` times and prints per-metric times (best run) and
 (best and median), then the same for every registered metric on the gray pair (FMI included,
 LPIPS excluded: it needs local weights).
 
-    python benchmarks/metrics_speed.py [--repeat 3]
+    python benchmarks/metrics_speed.py [--repeat 3] [--skip-registry] [--out benchmarks/results/metrics_speed.txt]
 
-The budget is 2 s per convention suite on a 2-core CPU.
+The budget is 2 s per convention suite on a 2-core CPU.  Writes ``results/metrics_speed.txt``
+(``--out``), whose first line names the command that made it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+from _command import command_line
 
 from dig2dig.metrics import CONVENTIONS, REGISTRY, score
 
@@ -95,27 +98,46 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-registry", action="store_true", help="only time the convention suites")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "metrics_speed.txt"))
     args = ap.parse_args()
+    import dig2dig
+
+    lines: list[str] = []
+
+    def emit(text: str) -> None:  # printed, and kept for --out
+        lines.append(text)
+        print(text, flush=True)
+
+    load_before = os.getloadavg()[0]
     ir, vis, fused, what = load_pair()
-    print(f"images: {what}; cv2 threads {cv2.getNumThreads()}, {os.cpu_count()} CPUs; best of {args.repeat}")
+    emit(f"images: {what}; cv2 threads {cv2.getNumThreads()}, {os.cpu_count()} CPUs; best of {args.repeat}")
     for conv in CONVENTIONS:
         totals, per = time_suite(conv, fused, [ir, vis], args.repeat)
         detail = ", ".join(f"{k} {v * 1000:.0f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
         verdict = "within" if min(totals) <= BUDGET_S else "OVER"
-        print(
+        emit(
             f"\n[{conv}] {len(per)} metrics on RGB uint8: best {min(totals):.3f} s, median "
             f"{statistics.median(totals):.3f} s ({verdict} the {BUDGET_S:.0f} s budget)"
         )
-        print(f"  per metric (ms): {detail}")
+        emit(f"  per metric (ms): {detail}")
     if not args.skip_registry:
         g = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float64) for x in (fused, ir, vis)]
         totals, per = time_registry(g[0], g[1], g[2], args.repeat)
         detail = ", ".join(f"{k} {v * 1000:.0f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
-        print(
+        emit(
             f"\n[all registered variants, gray float64] {len(per)} functions: best {min(totals):.3f} s, "
             f"median {statistics.median(totals):.3f} s"
         )
-        print(f"  per function (ms): {detail}")
+        emit(f"  per function (ms): {detail}")
+    cmd = command_line("metrics_speed.py", sys.argv[1:])
+    head = (
+        f"# Written by `{cmd}` (dig2dig {dig2dig.__version__}); load average "
+        f"{load_before:.2f} before the run, {os.getloadavg()[0]:.2f} at its end (which includes the run), "
+        f"{os.cpu_count()} CPUs"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join([head, *lines]) + "\n")
 
 
 if __name__ == "__main__":

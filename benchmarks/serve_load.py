@@ -32,6 +32,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _command import command_line
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -247,7 +248,7 @@ def table(r: dict) -> str:
     lines = [
         "# `dig2dig serve` under a bounded load",
         "",
-        "Written by `python benchmarks/serve_load.py`.  "
+        f"Written by `{r['command']}`.  "
         f"{r['requests']} requests from {r['clients']} clients within {r['window_s']:g} s (sent in "
         f"{r['sent_in_s']} s) against 127.0.0.1; server started with `--max-queue 4 --max-upload-mb 8`.",
         "",
@@ -285,6 +286,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the raw numbers here")
     a = ap.parse_args(argv)
     r = run(a.requests, a.clients, a.seconds, a.prior, a.rss_bound_mb)
+    r["command"] = command_line("serve_load.py", sys.argv[1:] if argv is None else list(argv))
     text = table(r)
     if a.out:
         Path(a.out).write_text(text)

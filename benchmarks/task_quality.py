@@ -25,6 +25,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from _command import command_line
+
 SHARED = Path(os.environ.get("DIG2DIG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 DEFAULT = "dig2dig"
 DDFM = "ddfm:steps=100"
@@ -125,11 +127,8 @@ def main() -> int:
     lines = [
         "# Task quality: the default against the classical baselines, per task",
         "",
-        "`python benchmarks/task_quality.py"
-        + (" --ddfm" if args.ddfm else "")
-        + (f" --ddfm-limit {args.ddfm_limit}" if args.ddfm_limit else "")
-        + (f" --limit {args.limit}" if args.limit else "")
-        + "` (embedded prior pinned in the run folder, seed 0; cddfuse convention, MEF-SSIM in the mefb "
+        f"Written by `{command_line('task_quality.py', sys.argv[1:], ('--out',))}` (embedded prior pinned in "
+        "the run folder, seed 0; cddfuse convention, MEF-SSIM in the mefb "
         "convention). Means over pairs. `SSIM_min` = min(SSIM(F, A), SSIM(F, B)): the source whose structure "
         "is kept least. ↑ higher is better, ↓ lower.",
         "",

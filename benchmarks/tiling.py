@@ -13,7 +13,10 @@ time of a 2-step Dig2DIG fusion with the embedded prior, whole and in tiles of 5
 the scaling; and for the ADM-256 architecture (random weights) tiled at 256, the peak after the first
 three chunks of tiles of the first forward (every chunk has the same size, so the peak does not grow
 with the number of chunks; a whole 4K forward of ADM-256 on a CPU takes over an hour per step) and the
-time per tile.  Writes ``results/tiling.md``.
+time per tile.
+
+Each part writes its section of ``results/tiling.md`` (``--out``; the other part's section is kept),
+under a line naming the command that made it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from _command import command_line
 
 SHARED = Path(os.environ.get("DIG2DIG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 RESULTS = Path(__file__).parent / "results"
@@ -212,6 +216,9 @@ def main() -> int:
     args = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
     lines = part_mad(args) if args.part == "mad" else part_memory(args)
+    import dig2dig
+
+    lines[1:1] = ["", f"Written by `{command_line('tiling.py', sys.argv[1:])}` (dig2dig {dig2dig.__version__})."]
     out = Path(args.out)
     old = out.read_text() if out.is_file() else "# Tiled denoising\n\n"
     head = lines[0]

@@ -9,7 +9,8 @@ checks |ours - stored| <= half a unit in the 5th significant digit of the stored
     python benchmarks/vifb_calibration.py --limit 40 # a quick look
 
 Prints, per metric, the number of values checked, the max absolute and relative error, the worst
-(pair, method), and pass/fail; exits non-zero if any value is outside its printed precision.
+(pair, method), and pass/fail; exits non-zero if any value is outside its printed precision.  Writes
+the same to ``results/vifb_calibration.txt`` (``--out``), under a line naming the command.
 
 Two methods, SwinFusion and YDTR (42 images), are reported separately: their stored values do not
 belong to the shipped JPEGs.  Even F-only metrics (EN, SD, SF, AG, EI) are off by up to ~1e-3
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _command import command_line
 
 from dig2dig.metrics import list_metrics, score
 
@@ -78,7 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=0, help="check only the first N (pair, method) images")
     ap.add_argument("--eps", type=float, default=0.0, help="extra absolute tolerance (default 0)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "vifb_calibration.txt"))
     args = ap.parse_args(argv)
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:  # printed, and kept for --out
+        lines.append(text)
+        print(text, flush=True)
+
+    load_before = os.getloadavg()[0]
     if not CSV.exists():
         print(f"{CSV} not found; set DIG2DIG_SHARED", file=sys.stderr)
         return 2
@@ -105,17 +115,29 @@ def main(argv: list[str] | None = None) -> int:
             if not err <= half_unit(stored) + args.eps:
                 st["fail"] += 1
                 if method not in INCONSISTENT_METHODS:
-                    print(f"  outside precision: {pair}/{method} {name}: stored {stored:.6g}, ours {ours[name]:.8g}")
+                    say(f"  outside precision: {pair}/{method} {name}: stored {stored:.6g}, ours {ours[name]:.8g}")
         if n % 25 == 0:
             print(f"  {n}/{len(keys)} images, {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"\nVIFB calibration: {len(keys)} fused images, {time.perf_counter() - t0:.0f} s")
-    bad = _report("checked methods", groups["checked"])
+    seconds = time.perf_counter() - t0
+    print(f"\nVIFB calibration: {len(keys)} fused images, {seconds:.0f} s")
+    bad = _report("checked methods", groups["checked"], say)
     if groups["inconsistent"]:
         _report(
             f"excluded, stored values inconsistent with the shipped files: {', '.join(INCONSISTENT_METHODS)}",
             groups["inconsistent"],
+            say,
         )
-    print("\nall checked values within printed precision" if bad == 0 else f"\n{bad} values outside printed precision")
+    say("\nall checked values within printed precision" if bad == 0 else f"\n{bad} values outside printed precision")
+    import dig2dig
+
+    cmd = command_line("vifb_calibration.py", sys.argv[1:] if argv is None else list(argv), ("--out",))
+    head = [
+        f"# Written by `{cmd}` (dig2dig {dig2dig.__version__})",
+        f"# {len(keys)} fused images checked in {seconds:.0f} s (cv2 threads {cv2.getNumThreads()}, "
+        f"{os.cpu_count()} CPUs, load average {load_before:.2f} before the run, {os.getloadavg()[0]:.2f} at its end)",
+    ]
+    if args.out:
+        Path(args.out).write_text("\n".join(head + lines) + "\n")
     return 0 if bad == 0 else 1
 
 
@@ -123,10 +145,10 @@ def _new_stat() -> dict:
     return {"n": 0, "fail": 0, "abs": 0.0, "rel": 0.0, "worst": None}
 
 
-def _report(title: str, stats: dict) -> int:
-    print(f"\n[{title}]")
+def _report(title: str, stats: dict, say) -> int:
+    say(f"\n[{title}]")
     header = f"{'metric':6s} {'n':>4s} {'max abs err':>12s} {'max rel err':>12s}  result"
-    print(f"{header}      worst (pair/method: stored vs ours)")
+    say(f"{header}      worst (pair/method: stored vs ours)")
     bad = 0
     for m in list_metrics("vifb"):
         st = stats.get(m.name)
@@ -136,7 +158,7 @@ def _report(title: str, stats: dict) -> int:
         w = st["worst"]
         worst = f"{w[0]}/{w[1]}: {w[2]:.6g} vs {w[3]:.8g}" if w else "-"
         verdict = "pass" if st["fail"] == 0 else f"FAIL ({st['fail']})"
-        print(f"{m.name:6s} {st['n']:4d} {st['abs']:12.3g} {st['rel']:12.3g}  {verdict:10s}  {worst}")
+        say(f"{m.name:6s} {st['n']:4d} {st['abs']:12.3g} {st['rel']:12.3g}  {verdict:10s}  {worst}")
     return bad
 
 

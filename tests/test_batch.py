@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -329,17 +330,39 @@ def test_outputs_of_two_items_may_not_collide(tmp_path):
         run_batch(collect_items([m]), tmp_path / "out", FusionSpec(method="average"), **QUIET)
 
 
-def test_unwritable_output_folder(tmp_path):
+def test_unwritable_output_folder(tmp_path, monkeypatch, capsys):
+    """Refused before any work, as a resource problem (exit 3, like `fuse`), naming the folder."""
+    import errno
+    import tempfile
+
+    from dig2dig.cli import main
+    from dig2dig.errors import EXIT_RESOURCE
+
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
+    real = tempfile.mkstemp
+    tried = []
+
+    def denied(*a, dir=None, **k):  # what a folder without write permission answers, for root as well
+        if dir is not None and Path(dir) == ro:
+            tried.append(dir)
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    if os.access(ro, os.W_OK):  # root writes anywhere: the refusal is injected
+        monkeypatch.setattr(tempfile, "mkstemp", denied)
+    ds = make_dataset(tmp_path / "ds", n=1)
+    message = f"cannot write the output folder in '{ro}' (Permission denied); choose a folder you can write to"
     try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as a user who can write anywhere")
-        with pytest.raises(RunError, match="cannot write"):
-            run_batch(collect_items([make_dataset(tmp_path / "ds", n=1)]), ro, FusionSpec(method="average"), **QUIET)
+        with pytest.raises(PermissionError, match=re.escape(message)):
+            run_batch(collect_items([ds]), ro, FusionSpec(method="average"), **QUIET)
+        assert main(["batch", str(ds), "-o", str(ro), "--method", "average", "-q"]) == EXIT_RESOURCE
+        assert message in capsys.readouterr().err
+        assert os.access(ro, os.W_OK) == bool(tried)
     finally:
         ro.chmod(0o700)
+    assert list(ro.iterdir()) == []  # no image, sidecar, log or lock
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,7 +408,11 @@ def test_worker_processes_give_the_same_bytes(tmp_path, tiny_gray_prior_path):
     s = run_batch(items, tmp_path / "two", _diffusion(tiny_gray_prior_path), workers=2, threads=1, **QUIET)
     assert s.done == 3 and files_of(tmp_path / "two") == files_of(tmp_path / "one")
     start = next(r for r in read_log(tmp_path / "two" / "log.jsonl") if r["event"] == "start")
-    assert start["executor"]["workers"] == 2 and start["executor"]["threads"] >= 1
+    assert start["executor"]["workers"] == 2 and start["executor"]["threads"] == 1
+    for run in ("one", "two"):  # the thread count is part of every item's configuration
+        assert {
+            json.loads((tmp_path / run / f"{it.id}.json").read_text())["config"]["compute"]["threads"] for it in items
+        } == {1}
 
 
 def test_kill_9_mid_run_then_rerun(tmp_path, tiny_gray_prior_path):
@@ -420,7 +447,7 @@ def test_kill_9_mid_run_then_rerun(tmp_path, tiny_gray_prior_path):
     assert again.returncode == 0, again.stderr
     assert files_of(out) == files_of(ref)
     assert not list(out.rglob("*.part"))
-    assert f"{len(done_before)} already done" in again.stderr or len(done_before) == 0
+    assert f"{len(done_before)} already done" in again.stderr, again.stderr
 
 
 def test_cli_batch_exit_codes_and_messages(tmp_path, capsys):

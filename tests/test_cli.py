@@ -281,3 +281,55 @@ def test_dig_region_errors(pair, tmp_path, capsys, tiny_gray_prior_path):
         capsys,
         "needs --save-dig",
     )
+
+
+def test_fuse_tile_reaches_the_prior_and_the_report(pair, tmp_path, tiny_gray_prior_path):
+    def fuse(name, *flags):
+        out, report = tmp_path / f"{name}.png", tmp_path / f"{name}.json"
+        args = ["fuse", *map(str, pair), "-o", str(out), "--method", "ddfm", "--steps", "2", "-q"]
+        assert main([*args, "--prior", str(tiny_gray_prior_path), "--report", str(report), *flags]) == 0
+        return cv2.imread(str(out), cv2.IMREAD_UNCHANGED), json.loads(report.read_text())["config"]["prior_run"]
+
+    whole, run = fuse("whole", "--tile", "off")
+    assert run["tile"] is None
+    tiled, run = fuse("tiled", "--tile", "16")
+    assert (run["tile"], run["tile_overlap"]) == (16, 4)  # the overlap defaults to a quarter of the tile
+    assert tiled.shape == whole.shape == (37, 53, 3) and not np.array_equal(tiled, whole)  # tiles were run
+    _, run = fuse("overlap", "--tile", "24", "--tile-overlap", "6", "--tile-batch", "2")
+    assert (run["tile"], run["tile_overlap"], run["tile_batch"]) == (24, 6, 2)
+
+
+def test_fuse_refuses_a_bad_tile(pair, tmp_path, capsys, tiny_gray_prior_path):
+    for tile, message in (("4", "8 to 65536"), ("big", "use auto, off or a tile size")):
+        _fails([*map(str, pair), "--prior", str(tiny_gray_prior_path), "--tile", tile], tmp_path, capsys, message)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_passes_its_limits_to_the_server(monkeypatch, capsys, tiny_gray_prior_path):
+    pytest.importorskip("fastapi")
+    import dig2dig.web.server as web
+
+    calls = []
+    monkeypatch.setattr(web, "serve", lambda **kw: calls.append(kw))
+    port = str(_free_port())
+    args = ["serve", "--port", port, "--prior", str(tiny_gray_prior_path)]
+    assert main([*args, "--max-upload-mb", "2.5", "--max-pixels", "123456"]) == 0
+    assert main(args) == 0
+    limits, defaults = calls
+    assert (limits["max_upload_mb"], limits["max_pixels"]) == (2.5, 123456)
+    assert (defaults["max_upload_mb"], defaults["max_pixels"]) == (web.MAX_UPLOAD_MB, None)
+    assert (
+        limits["port"] == int(port) and limits["host"] == "127.0.0.1" and limits["prior"] == str(tiny_gray_prior_path)
+    )
+    assert f"http://127.0.0.1:{port}/" in capsys.readouterr().err
+    for flag, value in (("--max-upload-mb", "0"), ("--max-upload-mb", "lots"), ("--max-pixels", "-5")):
+        assert main([*args, flag, value]) == 2
+        assert f"argument {flag}" in capsys.readouterr().err
+    assert len(calls) == 2  # a refused limit starts no server

@@ -53,6 +53,21 @@ def test_tiles_of_a_pointwise_network_are_seamless_and_exact():
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
 
 
+def _border_to_interior(diff: np.ndarray, tile: int, overlap: int, band: int = 2) -> float:
+    """Mean of ``diff`` within ``band`` pixels of the tile edges inside the image, over its mean elsewhere."""
+    near = []
+    for size in diff.shape:
+        pos = tile_positions(size, tile, overlap)
+        edges = {p for p in pos if p > 0} | {p + tile for p in pos if p + tile < size}
+        m = np.zeros(size, bool)
+        for e in edges:
+            m[max(0, e - band) : e + band] = True
+        near.append(m)
+    border = near[0][:, None] | near[1][None, :]
+    assert border.any() and not border.all()
+    return float(diff[border].mean() / diff[~border].mean())
+
+
 def test_tiled_fusion_stays_close_and_has_no_seams(tiny_gray_prior):
     pair = [smooth_image(64, 64, 1), smooth_image(64, 64, 2)]
     whole = dig2dig.fuse(pair, steps=4, prior=tiny_gray_prior, tile="off")
@@ -60,6 +75,19 @@ def test_tiled_fusion_stays_close_and_has_no_seams(tiny_gray_prior):
     assert tiled.config["prior_run"]["tile"] == 32 and whole.config["prior_run"]["tile"] is None
     diff = np.abs(tiled.luminance - whole.luminance)
     assert 0 < diff.mean() < 0.1  # a random tiny prior: tiles change the output, not the picture
+    # Seams: DDFM's output is the prior's x̂0 (Dig2DIG's output weighs the sources with smoothed weights,
+    # so tiles barely reach it), and two steps leave little time to blur an edge.  A seam is a larger
+    # difference from the whole-image run along the tile edges than inside the tiles.
+    ddfm = {
+        tile: dig2dig.fuse(pair, method="ddfm", steps=2, prior=tiny_gray_prior, tile=tile, tile_overlap=8)
+        for tile in ("off", 32)
+    }
+    blended = np.abs(ddfm[32].luminance - ddfm["off"].luminance)
+    assert 0 < blended.mean() < 0.1
+    assert _border_to_interior(blended, 32, 8) < 1.75  # 1.4 here; 2.1 with the overlaps averaged, unramped
+    # the same measure sees the seam of tiles put side by side without an overlap to blend them in
+    hard = dig2dig.fuse(pair, method="ddfm", steps=2, prior=tiny_gray_prior, tile=32, tile_overlap=0)
+    assert _border_to_interior(np.abs(hard.luminance - ddfm["off"].luminance), 32, 0) > 3.0
 
 
 def test_auto_tiles_fixed_size_priors_and_images_too_big_for_memory(tiny_gray_prior, monkeypatch):
@@ -89,27 +117,41 @@ def test_fp32_on_the_cpu_is_the_plain_forward_and_half_precision_runs(tiny_gray_
         assert (out - ref).abs().max() < 0.1 and not torch.equal(out, ref)
 
 
-def test_the_gpu_check_runs_end_to_end_in_its_smoke_mode(tmp_path):
+def _gpu_check(tmp_path, *args) -> str:
     out = tmp_path / "gpu.md"
     p = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out), *args],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert p.returncode == 0, p.stderr[-2000:]
-    table = out.read_text()
+    assert out.with_suffix(".json").is_file()
+    return out.read_text()
+
+
+def test_the_gpu_check_runs_end_to_end_in_its_smoke_mode(tmp_path):
+    table = _gpu_check(tmp_path)
     for needle in (
-        "dig2dig-3 | adm-tiny",
+        "dig2dig-3 | adm-tiny | 24x16 | fp32 | 16 |",  # the ADM tiled at its trained size ...
+        "dig2dig-3 | adm-tiny | 24x16 | fp32 | None |",  # ... and not
         "ddfm-3 | embedded",
-        "ccf-3",
-        "| bf16 |",
-        "| fp16 |",
-        "max_batch 2",
-        "tiled | embedded | 128x96",
+        "ccf-3 | adm-tiny",
+        "dig2dig-3 | embedded | 24x16 | bf16 |",
+        "dig2dig-3 | adm-tiny | 24x16 | fp16 |",
+        "max_batch 2 | embedded",
+        "tiled | embedded | 48x32 |  | 32 |",
+        "tiled | adm-tiny | 48x32 |  | 16 |",
     ):
         assert needle in table, needle
-    assert out.with_suffix(".json").is_file()
+    assert "`python benchmarks/gpu_check.py --smoke`" in table
+
+
+def test_the_gpu_check_measures_another_prior(tmp_path, tiny_gray_prior_path):
+    table = _gpu_check(tmp_path, "--only", "4k", "--prior", str(tiny_gray_prior_path))
+    assert f"`python benchmarks/gpu_check.py --smoke --only 4k --prior {tiny_gray_prior_path}`" in table
+    rows = [line for line in table.splitlines() if line.startswith("| dig2dig")]
+    assert len(rows) == 2 and "| adm-tiny | 48x32 |" in rows[0] and "| tiny_gray | 48x32 |  | 32 |" in rows[1], rows
 
 
 def test_compile_builds_one_static_graph_per_shape(tiny_gray_prior, monkeypatch):

@@ -302,7 +302,7 @@ LOWER_IS_BETTER = {"MSE", "RMSE", "CE", "Nabf", "Nabf1", "Labf", "Qcv", "LPIPS"}
 def test_registry_directions_follow_the_spec():
     for (name, variant), spec in M.REGISTRY.items():
         assert spec.higher_is_better is (name not in LOWER_IS_BETTER), (name, variant)
-        assert spec.units and spec.reference and spec.func.__doc__ or isinstance(spec.func, partial)
+        assert spec.units and spec.reference and (spec.func.__doc__ or isinstance(spec.func, partial)), (name, variant)
 
 
 def test_registry_names_cover_the_brief():

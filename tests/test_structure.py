@@ -237,3 +237,24 @@ def test_the_shared_image_math_is_defined_once():
     assert set(homes) == SHARED_MATH, f"no definition found for {sorted(SHARED_MATH - set(homes))}"
     again = {k: v for k, v in homes.items() if v != ["functional.py"]}
     assert not again, f"defined outside functional.py: {again}"
+
+
+def test_every_result_file_names_the_script_that_writes_it():
+    """Each table under benchmarks/results/ says which command wrote it, and that script writes that file."""
+    import re
+
+    results = REPO / "benchmarks" / "results"
+    tables = sorted([*results.glob("*.md"), *results.glob("*.txt")])
+    assert tables
+    for table in tables:
+        head = "\n".join(table.read_text().splitlines()[:6])
+        m = re.search(r"[Ww]ritten by `python benchmarks/(\w+\.py)", head)
+        assert m, f"{table.name}: no 'Written by `python benchmarks/...`' in its first lines"
+        script = REPO / "benchmarks" / m.group(1)
+        assert script.is_file(), f"{table.name} names {m.group(1)}, which does not exist"
+        source = script.read_text()
+        names = [  # the file names the script writes, f-string fields as wildcards
+            re.sub(r"\\\{[^}]*\\\}", r"\\w+", re.escape(n)) for n in re.findall(r"[\w{}.]+\.(?:md|txt)\b", source)
+        ]
+        assert any(re.fullmatch(n, table.name) for n in names), f"{m.group(1)} does not write {table.name}"
+        assert "command_line(" in source, f"{m.group(1)} does not put its command line in the header"

@@ -164,7 +164,7 @@ SF 11.1 vs 10.4). A small τ with a wide limit turns the weights into a smooth *
 source's structure is finished by the prior first, that source's data term takes the pixel, and the
 σ-wide transitions between regions keep the seams invisible. Chosen on the dev sets (VIFB 21, MSRS
 10, MFFW 13 pairs; cddfuse convention; ``benchmarks/dig2dig_default.py``, table in
-``benchmarks/results/dig2dig_default.md``) among the rules the paper allows; ``preset="paper"`` is
+``benchmarks/records/dig2dig_default.md``) among the rules the paper allows; ``preset="paper"`` is
 the paper read literally (a per-pixel blend, the paper's attractive mixing, no limit, no smoothing,
 τ = 1). Means over pairs, 0.2's selection vs 0.1's soft weights vs the plain average:
 
@@ -214,7 +214,7 @@ Everything is per batch item (τ means are per image), so a batch equals its ite
 
 5. What the ablations measured
 ------------------------------
-(``benchmarks/results/dig2dig_ablations.md``: embedded prior, cddfuse convention, MSRS/LLVIP; made
+(``benchmarks/records/dig2dig_ablations.md``: embedded prior, cddfuse convention, MSRS/LLVIP; made
 with the soft weights of dig2dig 0.1, ``preset="soft"``, before the defaults of section 2.)
 Against DDFM-100 on the first 10 MSRS + 2 LLVIP pairs, Dig2DIG-25 wins SSIM, Nabf, PSNR and Qabf
 and loses MSE and CC by < 0.3 % -- the two metrics a plain average of the sources maximises.
