@@ -1,6 +1,6 @@
 """Clean timings: the prior's forward, whole fusions, and how close the prior runs to this machine's limit.
 
-    python benchmarks/step_time.py [--methods dig2dig,ddfm,ccf] [--pair DIR ...] [--threads 2]
+    python benchmarks/step_time.py [--methods dig2dig,ddfm,ccf] [--pair DIR ...] [--threads 2] [--precisions fp32,int8]
                                    [--prior PATH] [--repeat 5] [--no-ccf-split]
                                    [--out benchmarks/results/step_time.md] [--json FILE]
 
@@ -134,15 +134,25 @@ def fusion(den, files, spec: str, flops_of) -> dict:
     steps = opts.pop("steps", None)
     dig2dig.fuse(files, method=method, steps=2, prior=den, **opts)  # warm-up
     log = ShapeLog(den.module)
+    from dig2dig.prior import int8
+
+    run_int8 = int8.eps
+
+    def logged(sess, x, t):  # the ONNX Runtime forwards do not pass the torch module's hook
+        log.shapes.append(tuple(x.shape))
+        return run_int8(sess, x, t)
+
+    int8.eps = logged
     try:
         t0 = time.perf_counter()
         r = dig2dig.fuse(files, method=method, steps=steps, prior=den, **opts)
         wall = time.perf_counter() - t0
     finally:
         log.close()
+        int8.eps = run_int8
     t = r.timings
     taken = r.config.get("steps_taken") or r.config["steps"]
-    flops = sum(flops_of(s) for s in log.shapes) if log.handle is not None else None
+    flops = sum(flops_of(s) for s in log.shapes) if log.shapes else None
     return {
         "method": spec,
         "steps": taken,
@@ -188,16 +198,17 @@ def report(res: dict) -> str:
         "",
         f"## The prior's forward ({w}×{h}, padded to {res['forward']['padded'][1]}×{res['forward']['padded'][0]})",
         "",
-        "| batch | best | median | per image | GFLOP per image | GFLOP/s | of the peak |",
-        "|---|---|---|---|---|---|---|",
+        "| precision | batch | best | median | per image | GFLOP per image | GFLOP/s | of the peak |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in res["forward"]["rows"]:
         rate = r["gflop"] * r["batch"] / r["best_s"]
         lines.append(
-            f"| {r['batch']} | {_s(r['best_s'])} | {_s(r['median_s'])} | {_s(r['best_s'] / r['batch'])} | "
+            f"| {r.get('precision', 'fp32')} | {r['batch']} | {_s(r['best_s'])} | {_s(r['median_s'])} | "
+            f"{_s(r['best_s'] / r['batch'])} | "
             f"{r['gflop']:.1f} | {rate:.1f} | {100 * rate / peak:.0f} % |"
         )
-    one = next((r for r in res["forward"]["rows"] if r["batch"] == 1), None)
+    one = next((r for r in res["forward"]["rows"] if r["batch"] == 1 and r.get("precision", "fp32") == "fp32"), None)
     if one is not None and (h, w) == (480, 640):
         met = "met" if one["best_s"] <= FORWARD_BUDGET_S else "NOT met"
         lines += ["", f"Bar: one forward at 640×480 in ≤ {FORWARD_BUDGET_S} s — {met} ({one['best_s']:.3f} s)."]
@@ -267,6 +278,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5, help="timed forwards per batch size (best and median)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 2], help="batch sizes of the forward timing")
+    ap.add_argument(
+        "--precisions",
+        default="fp32",
+        help="comma list of prior precisions for the forward timing (fp32, int8, ...); int8's GFLOP/s counts "
+        "the fp32 network's FLOPs",
+    )
     ap.add_argument("--peak-size", type=int, default=2048, help="side of the matmuls that measure the peak")
     ap.add_argument("--no-ccf-split", action="store_true", help="leave out CCF's per-step split")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_time.md"))
@@ -297,19 +314,24 @@ def main() -> int:
     files0 = list_images(pairs[0])
     h, w = read_image(files0[0]).data.shape[:2]
     pad = padding_for(h, w, den.spatial_multiple)
+    from dig2dig.prior.execution import ExecutedDenoiser
+
     rows = []
-    for b in args.batch:
-        shape = (b, den.channels, pad.shape[0], pad.shape[1])
-        times = time_forward(den, shape, args.repeat)
-        rows.append(
-            {
-                "batch": b,
-                "best_s": min(times),
-                "median_s": statistics.median(times),
-                "gflop": flops_of(shape) / b / 1e9,
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+    for precision in args.precisions.split(","):
+        run = den if precision == "fp32" else ExecutedDenoiser(den, precision=precision)
+        for b in args.batch:
+            shape = (b, den.channels, pad.shape[0], pad.shape[1])
+            times = time_forward(run, shape, args.repeat)
+            rows.append(
+                {
+                    "precision": precision,
+                    "batch": b,
+                    "best_s": min(times),
+                    "median_s": statistics.median(times),
+                    "gflop": flops_of(shape) / b / 1e9,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
     res = {
         "command": command_line("step_time.py", sys.argv[1:]),
         "dig2dig": dig2dig.__version__,

@@ -519,8 +519,10 @@ class PriorOptions(Options):
     tile_batch: int = option(4, "tiles passed through the network together", low=1, high=4096)
     precision: str = option(
         "fp32",
-        "precision of the prior's forward (autocast; the guidance math stays fp32)",
-        choices=("fp32", "fp16", "bf16"),
+        "precision of the prior's forward; the guidance math stays fp32. fp16/bf16: torch autocast "
+        "(GPU); int8: the convolutions quantised, run by ONNX Runtime on the CPU (the int8 extra; "
+        "built once per prior and cached)",
+        choices=("fp32", "fp16", "bf16", "int8"),
     )
     compile: bool = option(
         False,
@@ -530,6 +532,11 @@ class PriorOptions(Options):
     )
 
     def check(self) -> None:
+        if self.precision == "int8" and self.compile:
+            raise ValueError(
+                "prior options precision=int8 and compile=True do not go together: int8 runs in ONNX "
+                "Runtime, compile applies to the torch network; choose one"
+            )
         if isinstance(self.tile, int) and self.tile_overlap is not None and 2 * self.tile_overlap >= self.tile:
             raise ValueError(
                 f"prior option tile_overlap={self.tile_overlap} must be less than half the tile ({self.tile})"

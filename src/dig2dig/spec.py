@@ -68,6 +68,10 @@ class FusionSpec:
                 self.prior, prior_spec=self.prior_spec, device=self.device if prior_device == "run" else prior_device
             )
             prior = describe_prior(den)
+            if popts.precision == "int8":
+                from .prior import int8
+
+                int8.session(den)  # the runtime and the device checked, the model built once, before any work
         else:
             if self.steps is not None:
                 raise ValueError(f"method {m.name!r} is not a diffusion method and takes no steps")

@@ -13,7 +13,8 @@ it; the sampler and the guidance see the whole image as before.  What it changes
   images, else the largest tile whose forward fits in free memory when the whole image does not,
   else none.
 * **Precision** (``fp16``/``bf16``): the network runs under ``torch.autocast`` and its ε comes
-  back as float32; everything outside the network stays float32.
+  back as float32; everything outside the network stays float32.  ``int8``: the network's
+  convolutions quantised and run by ONNX Runtime on the CPU (:mod:`dig2dig.prior.int8`).
 * **Layout**: on a GPU the network and its input are channels-last (faster convolutions).
 * **Compilation** (``compile=True``): ``torch.compile`` of the network, once per process.
 
@@ -116,6 +117,11 @@ class ExecutedDenoiser(WrappedPrior):
         if self.gpu and den.module is not None:
             # torch documents Module.to(memory_format=...), but its typed overloads leave that form out
             den.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.session = None
+        if precision == "int8":
+            from . import int8
+
+            self.session = int8.session(den)
         self.exact = precision == "fp32" and not compile and not self.gpu  # the wrapped eps, byte for byte
 
     def _forward(self, x: torch.Tensor, t) -> torch.Tensor:
@@ -125,6 +131,10 @@ class ExecutedDenoiser(WrappedPrior):
         if x.ndim != 4 or x.shape[1] != den.channels:
             raise ValueError(f"expected a (B, {den.channels}, H, W) batch, got {tuple(x.shape)}")
         t = timestep_batch(t, x.shape[0], x.device)
+        if self.session is not None:
+            from . import int8
+
+            return int8.eps(self.session, x, t)[:, : den.channels].to(x.dtype)
         xin = x.to(den.dtype)
         if self.gpu:
             xin = xin.contiguous(memory_format=torch.channels_last)
