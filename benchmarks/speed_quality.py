@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from _command import command_line
-from task_quality import DEFAULT, SHARED, SHOWN, TASKS, UP, _cap, _fmt, _mean, _scores
+from task_quality import DEFAULT, SHARED, SHOWN, TASKS, UP, _cap, _fmt, _mean, dataset_scores, table_head
 
 BAR = 0.01
 
@@ -57,23 +57,15 @@ def main() -> int:
     summary = {c: [] for c in cands}
     for task in args.tasks.split(","):
         datasets, _, keys = TASKS[task]
-        metrics = [m for m in dict.fromkeys(keys + SHOWN) if m != "MEF_SSIM"]
         for name, folder, first in datasets:
             if args.datasets and name not in args.datasets.split(","):
                 continue
             limit = _cap(first, args.limit)
             methods = [DEFAULT, *cands]
-            v = _scores(out / name, SHARED / folder, methods, "cddfuse", metrics, prior, limit)
-            if "MEF_SSIM" in keys:
-                v.update(_scores(out / name, SHARED / folder, methods, "mefb", ["MEF_SSIM"], prior, limit))
+            v = dataset_scores(out / name, SHARED / folder, methods, keys, prior, limit)
             cols = [k for k in dict.fromkeys(keys + SHOWN)]
             n = len(v.get((DEFAULT, cols[0]), []))
-            lines += [
-                f"## {task.upper()} · {name} ({n} pairs)",
-                "",
-                "| method | " + " | ".join(f"{c} {'↑' if c in UP else '↓'}" for c in cols) + " | s/pair |",
-                "|---|" + "---|" * (len(cols) + 1),
-            ]
+            lines += [f"## {task.upper()} · {name} ({n} pairs)", "", *table_head(cols)]
             base = {c: _mean(v.get((DEFAULT, c), [])) for c in cols}
             lines.append(
                 "| default | " + " | ".join(_fmt(base[c]) for c in cols) + f" | {_fmt(_mean(v[(DEFAULT, 'time_s')]))} |"

@@ -86,6 +86,23 @@ def _scores(
     return values
 
 
+def dataset_scores(out: Path, folder: Path, methods: list[str], keys: list[str], prior: Path, limit: int | None):
+    """:func:`_scores` of a dataset's key metrics and the shown ones, MEF-SSIM in the mefb convention."""
+    metrics = [m for m in dict.fromkeys(keys + SHOWN) if m != "MEF_SSIM"]
+    v = _scores(out, folder, methods, "cddfuse", metrics, prior, limit)
+    if "MEF_SSIM" in keys:  # the same fused images (the run folder resumes), scored in the mefb convention
+        v.update(_scores(out, folder, methods, "mefb", ["MEF_SSIM"], prior, limit))
+    return v
+
+
+def table_head(cols: list[str]) -> list[str]:
+    """The header rows of a table of methods × ``cols`` with a time column."""
+    return [
+        "| method | " + " | ".join(f"{c} {'↑' if c in UP else '↓'}" for c in cols) + " | s/pair |",
+        "|---|" + "---|" * (len(cols) + 1),
+    ]
+
+
 def _cap(*limits: int | None) -> int | None:
     """The smallest of the pair limits given (None: all pairs)."""
     given = [x for x in limits if x]
@@ -137,22 +154,14 @@ def main() -> int:
     for task in args.tasks.split(","):
         datasets, bar_from, keys = TASKS[task]
         methods = [DEFAULT, "guided", "laplacian", *(["mertens"] if "mertens" in bar_from else []), "average"]
-        metrics = [m for m in dict.fromkeys(keys + SHOWN) if m != "MEF_SSIM"]
         per_task: dict = {}
         lines += [f"## {task.upper()}", ""]
         for name, folder, first in datasets:
             limit = _cap(first, args.limit)
-            v = _scores(out / name, SHARED / folder, methods, "cddfuse", metrics, prior, limit)
-            if "MEF_SSIM" in keys:  # the same fused images (the run folder resumes), scored in the mefb convention
-                v.update(_scores(out / name, SHARED / folder, methods, "mefb", ["MEF_SSIM"], prior, limit))
+            v = dataset_scores(out / name, SHARED / folder, methods, keys, prior, limit)
             cols = [k for k in dict.fromkeys(keys + [m for m in SHOWN if m not in keys])]
             n_pairs = len(v.get((DEFAULT, keys[0]), []))
-            lines += [
-                f"### {name} ({n_pairs} pairs)",
-                "",
-                "| method | " + " | ".join(f"{c} {'↑' if c in UP else '↓'}" for c in cols) + " | s/pair |",
-                "|---|" + "---|" * (len(cols) + 1),
-            ]
+            lines += [f"### {name} ({n_pairs} pairs)", "", *table_head(cols)]
             for m in methods:
                 cells = [_fmt(_mean(v.get((m, c), []))) for c in cols]
                 label = "**default**" if m == DEFAULT else m
