@@ -168,7 +168,7 @@ def test_steps_apply_to_the_diffusion_methods_of_a_run(tmp_path, tiny_gray_prior
     ds = _dataset(tmp_path / "ds", n=1)
     written = run_bench(
         [ds],
-        ["dig2dig", "average", "guided"],
+        ["dig2dig", "average", "guided", "ddfm:steps=3,lamb=0.25"],  # a spec's own steps win over the run's
         tmp_path / "b",
         spec=FusionSpec(steps=2, prior=str(tiny_gray_prior_path)),
         convention="cddfuse",
@@ -182,9 +182,12 @@ def test_steps_apply_to_the_diffusion_methods_of_a_run(tmp_path, tiny_gray_prior
         "dig2dig",
         "average",
         "guided",
+        "ddfm:steps=3,lamb=0.25",
     }
     side = json.loads(next((tmp_path / "b" / "fused" / "ds" / "dig2dig").glob("p0*.json")).read_text())
     assert side["steps"] == 2
+    side = json.loads(next((tmp_path / "b" / "fused" / "ds" / "ddfm_steps_3_lamb_0.25").glob("p0*.json")).read_text())
+    assert side["steps"] == 3 and side["options"]["lamb"] == 0.25
 
 
 def test_bench_never_reuses_results_made_with_other_settings(tmp_path):

@@ -450,11 +450,12 @@ def run_bench(
     for given in methods:
         label, name, mopts = parse_method(given)
         diffusion = get_method(name).needs_prior
+        steps = mopts.pop("steps", base.steps if diffusion else None)  # --steps: the diffusion methods
         config = replace(
             base,
             method=name,
             options={**base.options, **mopts},
-            steps=mopts.pop("steps", base.steps if diffusion else None),  # --steps: the diffusion methods
+            steps=steps,
             prior=base.prior if diffusion else None,
             prior_spec=base.prior_spec if diffusion else None,
             ext=".png",
