@@ -5,13 +5,14 @@
                                        [--results benchmarks/results]
 
 Fuses the dev sets of ``task_quality.py`` (the same datasets, pair limits, seeds and pinned prior) with
-the default ``dig2dig`` and
-each candidate spec (as ``dig2dig bench`` reads them, e.g. ``dig2dig:precision=int8`` or
-``dig2dig:steps=18,interval=7``), scores both with the same metrics (cddfuse convention; MEF-SSIM in
-the mefb convention) and writes ``speed_quality.md``: per dataset, each metric's mean for the default and
-the candidate and the relative change (signed so that positive is better), the largest loss over all
-metrics, and the wall time per pair from the batch sidecars (timings are only comparable when nothing
-else ran meanwhile).  The bar: no metric of any dataset more than 1 % worse than the default.
+the default ``dig2dig`` and each candidate spec (as ``dig2dig bench`` reads them, e.g.
+``dig2dig:precision=int8`` or ``dig2dig:steps=18,interval=7``), scores both with the same metrics
+(cddfuse convention; MEF-SSIM in the mefb convention) and writes ``speed_quality.md``: per dataset,
+each metric's mean for the default and the candidate and the relative change (signed so that
+positive is better; the absolute change where the default's mean is not positive, as SSIM_min can
+be), the largest loss over all metrics, and the wall time per pair from the batch sidecars (timings
+are only comparable when nothing else ran meanwhile).  The bar: no metric of any dataset more than
+1 % worse than the default.
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ def main() -> int:
                 cells, worst = [], (0.0, "")
                 for c in cols:
                     mine = _mean(v.get((cand, c), []))
-                    change = (mine - base[c]) / abs(base[c]) * (1 if c in UP else -1) if base[c] else 0.0
+                    sign = 1 if c in UP else -1
+                    if base[c] <= 0:  # a signed measure near zero (SSIM_min): a ratio means nothing there
+                        cells.append(f"{_fmt(mine)} (Δ {sign * (mine - base[c]):+.4f})")
+                        continue
+                    change = (mine - base[c]) / base[c] * sign
                     worst = min(worst, (change, c))
                     cells.append(f"{_fmt(mine)} ({100 * change:+.2f} %)")
                 summary[cand].append((task, name, worst, _mean(v[(cand, "time_s")]) / _mean(v[(DEFAULT, "time_s")])))
