@@ -46,10 +46,13 @@ _LOCK = threading.Lock()
 _SESSIONS: dict[tuple[str, int], Any] = {}
 
 
-def _require():
+def _require(build: bool = False):
+    """ONNX Runtime; with ``build``, also onnx, which the quantiser needs (1.5 s to import: only then)."""
     try:
-        import onnx  # noqa: F401  (the quantiser needs it)
         import onnxruntime
+
+        if build:
+            import onnx  # noqa: F401
     except ImportError as e:
         raise ValueError(
             f"precision int8 runs the prior with ONNX Runtime, which is not installed ({e.name}); "
@@ -123,7 +126,7 @@ def build(den, out: Path, *, all_ops: bool = False, reduce_range: bool = True, f
     """Export ``den``'s network, quantise its convolutions, write the model to ``out`` atomically.
 
     The keywords are the recipe's choices (its defaults); ``benchmarks/int8_error.py`` measures the others."""
-    _require()
+    _require(build=True)
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
