@@ -31,6 +31,8 @@ import hashlib
 import os
 import tempfile
 import threading
+import weakref
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +43,9 @@ RECIPE = "conv-qdq-u8s7-perchannel-minmax-io-float-v2"  # change when anything b
 CALIBRATION_T = (20, 100, 200, 300, 400, 500, 600, 700, 800, 900, 980)
 CALIBRATION_IMAGES = 8
 CALIBRATION_SIZE = (128, 160)
-SPIN = False
 _LOCK = threading.Lock()
 _SESSIONS: dict[tuple[str, int], Any] = {}
+_DIGESTS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def _require(build: bool = False):
@@ -108,12 +110,15 @@ def calibration_batches(alphas_cumprod, channels: int) -> list[dict[str, np.ndar
 
 
 def weights_digest(den) -> str:
-    """sha256 of the network's weights (its state dict, in order)."""
-    h = hashlib.sha256()
-    for k, v in den.module.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """sha256 of the network's weights (its state dict, in order); hashed once per loaded network."""
+    module = den.module
+    if module not in _DIGESTS:
+        h = hashlib.sha256()
+        for k, v in module.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        _DIGESTS[module] = h.hexdigest()
+    return _DIGESTS[module]
 
 
 def model_path(den) -> Path:
@@ -173,24 +178,21 @@ def build(den, out: Path, *, all_ops: bool = False, reduce_range: bool = True, f
     return out
 
 
-class _quiet:
+@contextmanager
+def _quiet():
     """Silence the exporter's and the quantiser's warnings (they are about their own internals)."""
+    import logging
+    import warnings
 
-    def __enter__(self):
-        import logging
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
+    root = logging.getLogger()
+    level = root.level
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        self._level = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        import logging
-
-        logging.getLogger().setLevel(self._level)
-        return self._w.__exit__(*exc)
+        root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            root.setLevel(level)
 
 
 def session(den, threads: int | None = None):
@@ -209,8 +211,8 @@ def session(den, threads: int | None = None):
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
             so.log_severity_level = 3
-            if not SPIN:  # idle runtime threads would spin through the guidance math between forwards
-                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # idle runtime threads would otherwise spin through the guidance math between forwards
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             _SESSIONS[key] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         return _SESSIONS[key]
 
