@@ -103,3 +103,21 @@ def test_int8_from_the_command_line(tmp_path, cache, tiny_gray_prior_path):
     args = [str(a), str(b), "-o", str(out), "--steps", "2", "--prior", str(tiny_gray_prior_path), "-q"]
     assert main(["fuse", *args, "--precision", "int8"]) == 0 and out.is_file()
     assert main(["fuse", *args, "--precision", "int4"]) == 2
+
+
+def test_a_killed_build_leaves_no_scratch_for_long(tiny_gray_prior, cache):
+    import os
+    import time
+
+    from dig2dig.prior import int8
+
+    folder = int8.model_path(tiny_gray_prior).parent
+    stale, live = folder / "dig2dig-int8-killed", folder / "dig2dig-int8-running"
+    for d in (stale, live):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "float.onnx").write_bytes(b"part")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    int8._SESSIONS.clear()
+    int8.session(tiny_gray_prior)
+    assert not stale.exists() and live.exists()  # a build in another process may still be writing there

@@ -21,7 +21,8 @@ the scales cover every noise level the samplers visit and need no data beside th
 result is a pure function of the weights, the recipe and the ONNX Runtime version: it is built once
 and kept in the cache folder (``$DIG2DIG_CACHE``, else ``$XDG_CACHE_HOME/dig2dig``, else
 ``~/.cache/dig2dig``) under a name made of the three, written atomically, so runs in parallel or
-after a kill never see half a model.  Integer arithmetic is exact, so the same model gives the same
+after a kill never see half a model (a killed build's scratch folder is removed by the first
+int8 run an hour later).  Integer arithmetic is exact, so the same model gives the same
 ε for any thread count.
 """
 
@@ -195,6 +196,19 @@ def _quiet():
             root.setLevel(level)
 
 
+def _sweep(folder: Path, older_than_s: float = 3600.0) -> None:
+    """Remove the scratch folders of builds killed part way (a live build is never an hour old)."""
+    import shutil
+    import time
+
+    for scratch in folder.glob("dig2dig-int8-*"):
+        try:
+            if time.time() - scratch.stat().st_mtime > older_than_s:
+                shutil.rmtree(scratch, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def session(den, threads: int | None = None):
     """An ONNX Runtime session of ``den``'s int8 network (built and cached on first use)."""
     ort = _require()
@@ -205,6 +219,7 @@ def session(den, threads: int | None = None):
     with _LOCK:
         key = (str(path), threads)
         if key not in _SESSIONS:
+            _sweep(path.parent)
             if not path.is_file():
                 build(den, path)
             so = ort.SessionOptions()
