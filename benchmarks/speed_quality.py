@@ -34,6 +34,11 @@ def main() -> int:
     ap.add_argument("--datasets", help="comma list: only these of the tasks' datasets (default: all)")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--limit", type=int, help="only the first N pairs of each dataset")
+    ap.add_argument(
+        "--seed-noise",
+        action="store_true",
+        help="also the default with seed 1: how far a change of seed alone moves each metric (the floor under the bar)",
+    )
     ap.add_argument("--results", help="write speed_quality.md into this folder")
     args = ap.parse_args()
 
@@ -46,6 +51,7 @@ def main() -> int:
     if not (prior / "spec.json").is_file():
         shutil.copytree(EMBEDDED_DIR, prior, dirs_exist_ok=True)
     cands = _split(args.candidates)
+    seeded = "default, seed 1"
     lines = [
         "# Speed settings against the default: the quality of every task",
         "",
@@ -55,7 +61,8 @@ def main() -> int:
         f"(for ↓ metrics the sign is flipped). Bar: no change below −{100 * BAR:g} %.",
         "",
     ]
-    summary = {c: [] for c in cands}
+    rows = [*cands, seeded] if args.seed_noise else cands
+    summary: dict[str, list] = {c: [] for c in rows}
     for task in args.tasks.split(","):
         datasets, _, keys = TASKS[task]
         for name, folder, first in datasets:
@@ -64,6 +71,10 @@ def main() -> int:
             limit = _cap(first, args.limit)
             methods = [DEFAULT, *cands]
             v = dataset_scores(out / name, SHARED / folder, methods, keys, prior, limit)
+            if args.seed_noise:  # the same default, another seed: its own run folder
+                (out / "seed1").mkdir(parents=True, exist_ok=True)
+                other = dataset_scores(out / "seed1" / name, SHARED / folder, [DEFAULT], keys, prior, limit, seed=1)
+                v.update({(seeded, c): x for (_, c), x in other.items()})
             cols = [k for k in dict.fromkeys(keys + SHOWN)]
             n = len(v.get((DEFAULT, cols[0]), []))
             lines += [f"## {task.upper()} · {name} ({n} pairs)", "", *table_head(cols)]
@@ -71,7 +82,7 @@ def main() -> int:
             lines.append(
                 "| default | " + " | ".join(_fmt(base[c]) for c in cols) + f" | {_fmt(_mean(v[(DEFAULT, 'time_s')]))} |"
             )
-            for cand in cands:
+            for cand in rows:
                 cells, worst = [], (0.0, "")
                 for c in cols:
                     mine = _mean(v.get((cand, c), []))
@@ -83,7 +94,8 @@ def main() -> int:
                     worst = min(worst, (change, c))
                     cells.append(f"{_fmt(mine)} ({100 * change:+.2f} %)")
                 summary[cand].append((task, name, worst, _mean(v[(cand, "time_s")]) / _mean(v[(DEFAULT, "time_s")])))
-                lines.append(f"| `{cand}` | " + " | ".join(cells) + f" | {_fmt(_mean(v[(cand, 'time_s')]))} |")
+                label = cand if cand == seeded else f"`{cand}`"
+                lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(_mean(v[(cand, 'time_s')]))} |")
             lines.append("")
     lines += [
         "## Summary",
@@ -95,7 +107,7 @@ def main() -> int:
         for task, name, (change, metric), ratio in rows:
             flag = "" if change >= -BAR else " **over the bar**"
             lines.append(
-                f"| `{cand}` | {task} · {name} | {100 * change:+.2f} %{flag} | {metric or '–'} | {ratio:.2f} |"
+                f"| {cand if cand == seeded else f'`{cand}`'} | {task} · {name} | {100 * change:+.2f} %{flag} | {metric or '–'} | {ratio:.2f} |"
             )
     text = "\n".join(lines) + "\n"
     (out / "speed_quality.md").write_text(text)

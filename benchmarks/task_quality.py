@@ -63,7 +63,14 @@ DDFM_SETS = {"msrs": ("data/fusion/vif/msrs", None), "mri_ct": ("data/fusion/mif
 
 
 def _scores(
-    out: Path, folder: Path, methods: list[str], convention: str, metrics: list[str], prior: Path, limit: int | None
+    out: Path,
+    folder: Path,
+    methods: list[str],
+    convention: str,
+    metrics: list[str],
+    prior: Path,
+    limit: int | None,
+    seed: int = 0,
 ) -> dict:
     """{(method, metric): [values per pair]} and {method: [seconds per pair]} from one resumable bench folder."""
     from dig2dig.bench import read_csv, run_bench
@@ -75,7 +82,7 @@ def _scores(
         out,
         convention=convention,
         metrics=metrics,
-        spec=FusionSpec(prior=str(prior)),
+        spec=FusionSpec(prior=str(prior), seed=seed),
         limit=limit,
         plots=False,
         log=lambda m: print(m, file=sys.stderr),
@@ -86,12 +93,14 @@ def _scores(
     return values
 
 
-def dataset_scores(out: Path, folder: Path, methods: list[str], keys: list[str], prior: Path, limit: int | None):
+def dataset_scores(
+    out: Path, folder: Path, methods: list[str], keys: list[str], prior: Path, limit: int | None, seed: int = 0
+):
     """:func:`_scores` of a dataset's key metrics and the shown ones, MEF-SSIM in the mefb convention."""
     metrics = [m for m in dict.fromkeys(keys + SHOWN) if m != "MEF_SSIM"]
-    v = _scores(out, folder, methods, "cddfuse", metrics, prior, limit)
+    v = _scores(out, folder, methods, "cddfuse", metrics, prior, limit, seed)
     if "MEF_SSIM" in keys:  # the same fused images (the run folder resumes), scored in the mefb convention
-        v.update(_scores(out, folder, methods, "mefb", ["MEF_SSIM"], prior, limit))
+        v.update(_scores(out, folder, methods, "mefb", ["MEF_SSIM"], prior, limit, seed))
     return v
 
 

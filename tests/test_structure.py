@@ -93,6 +93,7 @@ LAYERS = [
         "seeds",
         "color",
         "geometry",
+        "registration",
         "schedule",
         "options",
         "tasks",

@@ -72,6 +72,7 @@ class _Item:
     seed: int
     bit_depth: int
     notes: list[str] = field(default_factory=list)
+    registration: dict | None = None  # what --register did (registration.Aligned.summary)
 
 
 def check_memory(den, images: float, height: int, width: int, tiled: bool = False) -> None:
@@ -119,8 +120,8 @@ def _load(
     return images, out_names, depth
 
 
-def _prepare(sources, names, task, resize, multiple, seed, max_pixels=None) -> _Item:
-    from . import color, geometry, tasks
+def _prepare(sources, names, task, resize, multiple, seed, max_pixels=None, register="off") -> _Item:
+    from . import color, geometry, registration, tasks
 
     images, names, depth = _load(sources, names, max_pixels)
     notes = []
@@ -140,6 +141,22 @@ def _prepare(sources, names, task, resize, multiple, seed, max_pixels=None) -> _
             if images[i].shape[:2] != (h, w):
                 notes.append(f"{names[i]} resized from {images[i].shape[1]}x{images[i].shape[0]} to {w}x{h}")
                 images[i] = geometry.resize_to(images[i], h, w)
+    summary = None
+    if register != "off":
+        aligned = registration.align(images, names, register)
+        images, summary = aligned.images, aligned.summary()
+        for r in aligned.records:
+            notes.append(
+                f"{r.source} registered to {r.reference} ({r.mode}): structural similarity "
+                f"{r.similarity_before:.3f} -> {r.similarity_after:.3f}, covers {100 * r.covered:.1f} % "
+                f"of it, {r.seconds:.2f} s"
+            )
+        if summary.get("valid_fraction", 1.0) < 1.0:
+            x0, y0, x1, y1 = summary["valid_box"]
+            notes.append(
+                f"every source covers {100 * summary['valid_fraction']:.1f} % of the output (x {x0}-{x1}, "
+                f"y {y0}-{y1}); elsewhere the reference's pixels stand in for the sources that do not"
+            )
     geometry.check_same_size(images, names)
     info = tasks.resolve_task(task, images, names)
     images = [images[i] for i in info.order]
@@ -147,7 +164,7 @@ def _prepare(sources, names, task, resize, multiple, seed, max_pixels=None) -> _
     lum = [color.luminance(im) for im in images]
     height, width = images[0].shape[:2]
     pad = geometry.padding_for(height, width, multiple)
-    return _Item(images, names, lum, info, pad, int(seed), depth, notes)
+    return _Item(images, names, lum, info, pad, int(seed), depth, notes, summary)
 
 
 def fuse(
@@ -161,6 +178,7 @@ def fuse(
     prior_spec=None,
     device=None,
     resize: bool = False,
+    register: str = "off",
     names: Sequence[str] | None = None,
     history: bool = False,
     record: bool = False,
@@ -183,6 +201,9 @@ def fuse(
     that ``timings`` are exact on a GPU; ``max_pixels`` (default 200 million) refuses larger source
     files before decoding them.  Everything is checked before the sampling starts -- options, device,
     image sizes, and the memory the prior's forward will need against what the device has free.
+    ``register`` (``"rigid"``, ``"affine"`` or ``"homography"``; default ``"off"``) aligns every
+    source to the first before fusing (:mod:`dig2dig.registration`; sources may then differ in size,
+    the output has the first one's); the estimated transforms are in ``config["registration"]``.
     Extra keyword arguments are the method's options:
 
     {options}
@@ -197,6 +218,7 @@ def fuse(
         prior_spec=prior_spec,
         device=device,
         resize=resize,
+        register=register,
         names=[names] if names else None,
         history=history,
         record=record,
@@ -219,6 +241,7 @@ def fuse_batch(
     prior_spec=None,
     device=None,
     resize: bool = False,
+    register: str = "off",
     names: Sequence[Sequence[str] | None] | None = None,
     history: bool = False,
     record: bool = False,
@@ -248,6 +271,7 @@ def fuse_batch(
         prior_spec=prior_spec,
         device=device,
         resize=resize,
+        register=register,
         max_pixels=max_pixels,
     )
     return run(
@@ -300,9 +324,9 @@ def run(
     for src in batch:  # the count before any image is read
         if isinstance(src, (list, tuple)):
             m.check_sources(len(src))
-    max_pixels, resize = resolved.spec.max_pixels, resolved.spec.resize
+    s = resolved.spec
     items = [
-        _prepare(src, names[k] if names else None, item_tasks[k], resize, multiple, seeds[k], max_pixels)
+        _prepare(src, names[k] if names else None, item_tasks[k], s.resize, multiple, seeds[k], s.max_pixels, s.register)
         for k, src in enumerate(batch)
     ]
     for it in items:
@@ -488,6 +512,7 @@ def _result(it: _Item, m, opts, y: np.ndarray, extra: dict, timings: dict, run_s
         "size": [pad.height, pad.width],
         "padded_size": list(pad.shape),
         "notes": it.notes,
+        "registration": it.registration,
     }
     timings = {**timings, "finish_s": time.perf_counter() - t1, "run_s": run_s}
     return FusionResult(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._version import __version__
+from .registration import MODES as REGISTER_MODES
 from .seeds import SEED_LIMIT
 
 if TYPE_CHECKING:
@@ -98,6 +99,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
     _add_prior_args(p)
     p.add_argument("--resize", action="store_true", help="resample sources of other sizes to the first source's size")
+    p.add_argument(
+        "--register",
+        default="off",
+        choices=REGISTER_MODES,
+        help="align every source to the first before fusing (sources may then differ in size; the output has "
+        "the first one's size): rigid (rotation, shift), affine (also scale, shear), homography (also tilt); "
+        "default off",
+    )
     p.add_argument(
         "--max-pixels",
         type=_positive_int,
@@ -518,6 +527,7 @@ def _spec_from_args(args: argparse.Namespace, **extra):
         prior_spec=args.prior_config if diffusion else None,
         device=args.device,
         resize=args.resize,
+        register=args.register,
         max_pixels=args.max_pixels,
         **extra,
     )

@@ -20,6 +20,10 @@ class SizeMismatchError(ImageError):
     """Sources of different sizes were given without ``resize``."""
 
 
+class RegistrationError(ImageError):
+    """Sources that could not be aligned, or whose estimated alignment is implausible."""
+
+
 class ResourceError(Dig2DigError, RuntimeError):
     """The machine lacks what a run needs (memory, a device); the message says how much and what to do."""
 

@@ -54,11 +54,16 @@ def check_same_size(images: list[np.ndarray], names: list[str]) -> None:
     sizes = [im.shape[:2] for im in images]
     if len(set(sizes)) > 1:
         desc = ", ".join(f"{n} is {w}x{h}" for n, (h, w) in zip(names, sizes))
-        head = f"sources must be registered images of one size, but {desc}; register them first, or "
-        e = SizeMismatchError(f"{head}pass resize=True to resample every source to the first one's size")
+        head = f"sources must be registered images of one size, but {desc}; "
+        e = SizeMismatchError(
+            f"{head}align them to the first with register='affine' (or 'rigid', 'homography'), or pass "
+            "resize=True to resample every source to the first one's size"
+        )
         e.spelled = {
-            "cli": f"{head}pass --resize to resample every source to the first one's size",
-            "web": f"{head}tick 'Resize every source to the first one's size'",
+            "cli": f"{head}align them to the first with --register affine (or rigid, homography), or pass "
+            "--resize to resample every source to the first one's size",
+            "web": f"{head}choose Register: affine (or rigid, homography) to align them to the first, or tick "
+            "'Resize every source to the first one's size'",
         }
         raise e
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .io import SIXTEEN_BIT_SUFFIXES, WRITE_SUFFIXES
+from .registration import check_mode
 from .seeds import check_seed
 
 
@@ -34,6 +35,7 @@ class FusionSpec:
     prior_spec: str | None = None  # a spec file for a bare checkpoint
     device: str | None = None
     resize: bool = False  # resample every source to the first one's size
+    register: str = "off"  # align every source to the first: off, rigid, affine or homography
     max_pixels: int | None = None  # None: dig2dig.io.MAX_PIXELS
     ext: str = ".png"  # output format of a batch run
     bit_depth: int | None = None  # None: 16 if a source is 16-bit and the format allows, else 8
@@ -52,6 +54,12 @@ class FusionSpec:
         check_seed(self.seed)
         if not isinstance(self.resize, bool):
             raise ValueError(f"resize={self.resize!r} must be True or False")
+        check_mode(self.register)
+        if self.resize and self.register != "off":
+            raise ValueError(
+                f"resize and register={self.register!r} both change the sources' geometry: registration "
+                "handles sources of other sizes itself, so leave resize off"
+            )
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or int(self.max_pixels) < 1):
             raise ValueError(f"max_pixels must be at least 1, got {self.max_pixels}")
         ext = (self.ext if self.ext.startswith(".") else f".{self.ext}").lower()
@@ -90,6 +98,7 @@ class FusionSpec:
             "prior": getattr(prior, "name", prior),
             "device": self.device,
             "resize": self.resize,
+            "register": self.register,
             "format": self.ext,
             "bit_depth": self.bit_depth,
         }
@@ -133,6 +142,8 @@ class ResolvedSpec:
             "bit_depth": self.spec.bit_depth,
             "dig2dig": __version__,
         }
+        if self.spec.register != "off":  # only then: folders made before registration existed keep their keys
+            out["register"] = self.spec.register
         if self.prior:  # classical methods run the same NumPy/OpenCV code on any machine
             out["compute"] = dict(self.compute)
         return out
@@ -150,6 +161,7 @@ class ResolvedSpec:
             "prior": self.prior,
             "device": s.device,
             "resize": s.resize,
+            "register": s.register,
             "format": self.ext,
             "bit_depth": s.bit_depth,
         }

@@ -118,6 +118,7 @@ class FuseWorker:
                 dig2dig=__version__,
                 timings={**r.timings, "wall_s": wall},
                 notes=c["notes"],
+                registration=c.get("registration"),
                 host=socket.gethostname(),
                 pid=os.getpid(),
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -52,6 +52,7 @@ class Sidecar:
     dig2dig: str = ""
     timings: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    registration: dict | None = None  # the estimated transforms, when the run registers its sources
     host: str = ""
     pid: int = 0
     finished: str = ""

@@ -305,6 +305,17 @@ class JobQueue:
             "roles": r.config["roles"],
             "seed": r.seed,
         }
+        if r.config.get("registration"):  # what was moved, how much, and the region every source covers
+            reg = r.config["registration"]
+            job.info["registration"] = {
+                "mode": reg["mode"],
+                "valid_fraction": reg.get("valid_fraction"),
+                "valid_box": reg.get("valid_box"),
+                "sources": [
+                    {k: x[k] for k in ("source", "matrix", "similarity_before", "similarity_after", "covered")}
+                    for x in reg["sources"]
+                ],
+            }
         with tempfile.TemporaryDirectory(prefix="dig2dig-web-") as tmp:  # figures, then nothing on disk
             if r.method == "dig2dig" and r.guidance:
                 from ..viz import save_dig
@@ -555,6 +566,7 @@ def create_app(
     from ..io import MAX_PIXELS, check_pixels, header_size, image_from_bytes
     from ..methods import METHODS, get_method
     from ..prior import resolve_prior
+    from ..registration import MODES as REGISTER_MODES
     from ..tasks import TASKS, resolve_task
 
     den = resolve_prior(prior, prior_spec=prior_spec, device=device)
@@ -629,6 +641,7 @@ def create_app(
             for m in METHODS.values()
         ],
         "tasks": ["auto", *TASKS],
+        "register": list(REGISTER_MODES),
         "not_from_requests": list(refused_options),
         "limits": {
             "max_upload_mb": max_upload_mb,
@@ -737,6 +750,7 @@ def create_app(
             seed=_whole_number("seed", text("seed", "0").strip(), SEED_LIMIT),
             task=text("task", "auto")[:100],
             resize=_flag("resize", text("resize", "")),
+            register=text("register", "off")[:20],
             prior=den if diffusion else None,
             device=device if diffusion else None,
             max_pixels=pixels,
@@ -745,13 +759,13 @@ def create_app(
         m.check_sources(count)
         return spec, len(resolved.grid)
 
-    def decode_all(datas: list[bytes], names: list[str], resize: bool) -> int:
+    def decode_all(datas: list[bytes], names: list[str], any_size: bool) -> int:
         """Every source decodes and the sizes agree (the arrays are dropped: the job keeps the bytes);
         the pixels the job holds."""
         from ..geometry import check_same_size
 
         shapes = [image_from_bytes(d, n, pixels, capture=False).data.shape[:2] for d, n in zip(datas, names)]
-        if not resize:
+        if not any_size:  # resized or registered sources may differ in size
             check_same_size([np.empty(s, np.uint8) for s in shapes], names)
         return sum(h * w for h, w in shapes)
 
@@ -803,7 +817,7 @@ def create_app(
             jobs.check_room(need)
             async with decoding:
                 try:
-                    need = await run_in_threadpool(decode_all, datas, names, spec.resize)
+                    need = await run_in_threadpool(decode_all, datas, names, spec.resize or spec.register != "off")
                 except ValueError as e:
                     raise RequestError(422, describe(e, "web")[1]) from None
             if need > budget:  # a header Pillow could not read told too little

@@ -23,6 +23,7 @@ async function init() {
   info = await api("/api/info");
   $("prior-info").textContent = `Prior: ${info.prior.name} on ${info.device}; dig2dig ${info.version}.`;
   for (const t of info.tasks) $("task").add(new Option(t, t));
+  for (const r of info.register) $("register").add(new Option(r, r));
   for (const m of info.methods) $("method").add(new Option(m.name, m.name));
   $("method").value = "dig2dig";
   showMethod();
@@ -132,6 +133,7 @@ async function fuse() {
   form.append("seed", $("seed").value || "0");
   form.append("task", $("task").value);
   if ($("resize").checked) form.append("resize", "true");
+  if ($("register").value !== "off") form.append("register", $("register").value);
   form.append("options", JSON.stringify(chosenOptions()));
   $("fuse").disabled = true;
   try {
@@ -174,7 +176,9 @@ async function poll() {
     outcome = true;
     if (s.state === "done") {
       $("bar").value = $("bar").max;
-      text.textContent = `Done: ${s.result.width}×${s.result.height}, task ${s.result.task}.`;
+      const reg = s.result.registration;
+      const covered = reg ? ` Registered (${reg.mode}); every source covers ${(100 * reg.valid_fraction).toFixed(1)} %.` : "";
+      text.textContent = `Done: ${s.result.width}×${s.result.height}, task ${s.result.task}.${covered}`;
       showResult(s);
     } else if (s.state === "failed") {
       text.textContent = "Failed.";

@@ -1,0 +1,395 @@
+"""Registration: every source aligned to the first (the reference) before fusion.
+
+The sources of a fusion come from different sensors, so their intensities are not related by a
+simple mapping (an infrared and a visible frame, MRI and CT).  What they share is *structure*:
+where edges are, not how bright or which polarity.  Each image is therefore compared through a
+structure image -- its gradient magnitude normalised by the local average gradient
+magnitude, ``g / (g + local mean of g)`` -- so a faint edge in one modality counts as much as a
+strong one in the other, and flat or noisy regions count little.  OpenCV's enhanced correlation
+coefficient maximisation (``cv2.findTransformECC``: Gauss-Newton on the correlation of the two
+structure images, invariant to their brightness and contrast) estimates the transform, coarse to
+fine over an image pyramid, for each of the motion models:
+
+* ``rigid``: rotation and shift (plus the fixed scale between the sources' sizes, when they differ);
+* ``affine``: also scale and shear;
+* ``homography``: also a perspective tilt.
+
+Sources of another size start from their centres aligned and the scale that makes the two fields
+of view equal (``reference size / source size`` per axis; isotropic for ``rigid``); the moving
+source is resampled to the reference's scale before the search, so one pixel means the same in
+both.  The result is checked: a transform beyond :data:`BOUNDS`, a structural similarity that did
+not improve, or too little overlap is a :class:`~dig2dig.errors.RegistrationError` naming the
+source and the fix -- never a silently misaligned fusion.  The aligned source is one resampling
+(bicubic) of the original; reference pixels it does not cover take the reference's own values, so
+the fusion there keeps the reference, and the region every source covers is reported.
+
+Matrices map *reference* pixel coordinates (x right, y down, pixel centres at integers) to the
+source's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import RegistrationError
+
+MODES = ("off", "rigid", "affine", "homography")
+
+# what a plausible registration may change relative to its initialisation
+BOUNDS = {
+    "rotation_deg": 20.0,  # |rotation|
+    "scale": (0.75, 1.33),  # each axis' scale
+    "shear": 0.15,  # |shear| (affine, homography)
+    "shift": 0.2,  # |shift of the reference's centre| as a fraction of its diagonal
+    "tilt": 0.1,  # perspective displacement of a corner as a fraction of the diagonal (homography)
+    "overlap": 0.5,  # fraction of the reference the source must still cover
+}
+MIN_SIMILARITY = 0.1  # below this after alignment, the sources share too little structure to trust it
+MIN_GAIN = 0.01  # the similarity must rise by this much unless the transform stays within a pixel
+FINEST_PIXELS = 1_200_000  # the finest pyramid level holds at most this many pixels (cost ∝ pixels)
+COARSEST_SIDE = 48  # the coarsest level's shorter side is at least this
+MAX_ITERATIONS = 100  # per pyramid level
+EPS_PX = 0.005  # a level has converged when no corner moves more than this (in that level's pixels)
+
+
+@dataclass
+class Registration:
+    """One source's registration, as reported (JSON-able through :meth:`to_dict`)."""
+
+    source: str
+    reference: str
+    mode: str
+    matrix: list[list[float]]  # 3×3, reference pixel -> source pixel
+    initial: list[list[float]]  # the starting matrix (centres aligned, fields of view equal)
+    similarity_before: float  # correlation of the structure images at the start
+    similarity_after: float
+    iterations: list[int]  # per pyramid level, coarse to fine
+    levels: list[list[int]]  # (height, width) of each level, coarse to fine
+    corner_shift_px: float  # largest move of a reference corner from the initial matrix
+    covered: float  # fraction of the reference the aligned source covers
+    seconds: float
+    measure: str = "correlation of local-contrast-normalised gradient magnitude (ECC)"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Aligned:
+    """The sources on the reference's grid, with what was done to each."""
+
+    images: list[np.ndarray]
+    records: list[Registration] = field(default_factory=list)
+    valid: np.ndarray | None = None  # (H, W) bool: every source covers this pixel
+
+    def summary(self) -> dict:
+        """The report's ``registration`` entry: each source's record and the valid region."""
+        out: dict = {"mode": self.records[0].mode if self.records else "off"}
+        out["sources"] = [r.to_dict() for r in self.records]
+        if self.valid is not None:
+            ys, xs = np.nonzero(self.valid)
+            out["valid_fraction"] = round(float(self.valid.mean()), 6)
+            out["valid_box"] = (
+                [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None
+            )  # x0, y0, x1, y1 of the pixels every source covers
+        return out
+
+
+def check_mode(mode) -> str:
+    if mode not in MODES:
+        raise ValueError(f"register={mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def align(images: list[np.ndarray], names: list[str], mode: str) -> Aligned:
+    """Every source aligned to ``images[0]`` (float [0, 1], (H, W) or (H, W, 3)) with ``mode``."""
+    from .color import luminance
+
+    check_mode(mode)
+    if mode == "off":
+        return Aligned(list(images))
+    ref = images[0]
+    h, w = ref.shape[:2]
+    ref_y = luminance(ref).astype(np.float32)
+    out, records = [ref], []
+    valid = np.ones((h, w), bool)
+    for img, name in zip(images[1:], names[1:]):
+        rec = estimate(ref_y, luminance(img).astype(np.float32), mode, name, names[0])
+        warped, covered = warp(img, np.array(rec.matrix), (h, w))
+        fill = ~covered
+        if fill.any():  # pixels the source does not cover: the reference's, in the source's channels
+            donor = ref if ref.ndim == warped.ndim else (ref_y if warped.ndim == 2 else ref_y[..., None])
+            warped = np.where(fill if warped.ndim == 2 else fill[..., None], donor, warped).astype(np.float32)
+        out.append(warped)
+        records.append(rec)
+        valid &= covered
+    return Aligned(out, records, valid)
+
+
+def warp(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` resampled on the reference grid of ``shape`` through ``matrix`` (reference -> image
+    pixels), bicubic, clipped to [0, 1]; and the mask of reference pixels it covers."""
+    import cv2
+
+    h, w = shape
+    m = np.asarray(matrix, np.float64)
+    flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
+    out = cv2.warpPerspective(image, m, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    ones = np.ones(image.shape[:2], np.uint8)
+    covered = cv2.warpPerspective(ones, m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32), covered.astype(bool)
+
+
+def structure(y: np.ndarray) -> np.ndarray:
+    """The image compared across modalities: gradient magnitude over its local mean, in [0, 1)."""
+    import cv2
+
+    y = cv2.GaussianBlur(y, (0, 0), 1.0)
+    gx = cv2.Sobel(y, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(y, cv2.CV_32F, 0, 1, ksize=3)
+    g = np.sqrt(gx * gx + gy * gy)
+    local = cv2.GaussianBlur(g, (0, 0), 8.0) + float(np.median(g)) + 1e-4
+    return (g / (g + local)).astype(np.float32)
+
+
+def initial_matrix(ref_shape: tuple[int, int], src_shape: tuple[int, int], mode: str) -> np.ndarray:
+    """Centres aligned, fields of view equal: reference pixel -> source pixel."""
+    (hr, wr), (hs, ws) = ref_shape, src_shape
+    sx, sy = ws / wr, hs / hr
+    if mode == "rigid":
+        sx = sy = float(np.sqrt(sx * sy))
+    return np.array(
+        [[sx, 0.0, (ws - 1) / 2 - sx * (wr - 1) / 2], [0.0, sy, (hs - 1) / 2 - sy * (hr - 1) / 2], [0, 0, 1.0]]
+    )
+
+
+def estimate(ref: np.ndarray, src: np.ndarray, mode: str, name: str = "source", ref_name: str = "reference"):
+    """The :class:`Registration` of luminance ``src`` to luminance ``ref`` (float32 [0, 1])."""
+    import cv2
+
+    t0 = time.perf_counter()
+    init = initial_matrix(ref.shape, src.shape, mode)
+    # the source resampled to the reference's scale, so the search starts at the identity
+    s = np.diag([init[0, 0], init[1, 1], 1.0])
+    if not np.allclose(s, np.eye(3)):
+        scaled_shape = (max(8, round(src.shape[0] / s[1, 1])), max(8, round(src.shape[1] / s[0, 0])))
+        shrink = scaled_shape[0] * scaled_shape[1] < src.size
+        src_s = cv2.resize(
+            src, scaled_shape[::-1], interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+        ).astype(np.float32)
+        # scaled pixel -> source pixel (pixel centres kept)
+        to_src = np.array(
+            [
+                [src.shape[1] / scaled_shape[1], 0, (src.shape[1] / scaled_shape[1] - 1) / 2],
+                [0, src.shape[0] / scaled_shape[0], (src.shape[0] / scaled_shape[0] - 1) / 2],
+                [0, 0, 1.0],
+            ]
+        )
+    else:
+        src_s, to_src = src, np.eye(3)
+    # centres aligned on the scaled source
+    start = np.eye(3)
+    start[0, 2] = (src_s.shape[1] - ref.shape[1]) / 2
+    start[1, 2] = (src_s.shape[0] - ref.shape[0]) / 2
+    w_s, iters, levels, before, after = _pyramid_ecc(ref, src_s, start, mode, name, ref_name)
+    matrix = to_src @ w_s
+    matrix /= matrix[2, 2]
+    init_full = to_src @ start
+    h, w = ref.shape
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
+    moved = float(np.max(np.linalg.norm(_apply(matrix, corners) - _apply(init_full, corners), axis=0)))
+    _, covered = warp(np.ones(src.shape, np.float32), matrix, ref.shape)
+    rec = Registration(
+        source=name,
+        reference=ref_name,
+        mode=mode,
+        matrix=matrix.round(8).tolist(),
+        initial=init_full.round(8).tolist(),
+        similarity_before=round(before, 6),
+        similarity_after=round(after, 6),
+        iterations=iters,
+        levels=levels,
+        corner_shift_px=round(moved, 3),
+        covered=round(float(covered.mean()), 6),
+        seconds=round(time.perf_counter() - t0, 4),
+    )
+    check_plausible(rec, np.linalg.inv(to_src) @ matrix, ref.shape)
+    return rec
+
+
+def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    p = m @ pts
+    return p[:2] / p[2]
+
+
+def _pyramid_ecc(ref, src, start, mode, name, ref_name):
+    """ECC coarse to fine from ``start`` (reference -> source pixels, same scale); (matrix, iterations
+    per level, level shapes, similarity before, similarity after), the similarities at the finest level."""
+    import cv2
+
+    motion = {"rigid": cv2.MOTION_EUCLIDEAN, "affine": cv2.MOTION_AFFINE, "homography": cv2.MOTION_HOMOGRAPHY}[mode]
+    finest = 0
+    while ref.size / 4**finest > FINEST_PIXELS:
+        finest += 1
+    coarsest = finest
+    while min(ref.shape) / 2 ** (coarsest + 1) >= COARSEST_SIDE:
+        coarsest += 1
+    w = start.copy()
+    iters, levels = [], []
+    before = after = float("nan")
+    for lv in range(coarsest, finest - 1, -1):
+        f = 2**lv
+        r, s = structure(_down(ref, f)), structure(_down(src, f))
+        # level pixel x -> full pixel f*x + (f-1)/2 (centres of the averaged blocks)
+        d = np.array([[f, 0, (f - 1) / 2], [0, f, (f - 1) / 2], [0, 0, 1.0]])
+        wl = np.linalg.inv(d) @ w @ d
+        if lv == finest:  # at the start, at the finest level
+            before = _correlation(r, s, np.linalg.inv(d) @ start @ d)
+        n, cur = 0, _correlation(r, s, wl)
+        while n < MAX_ITERATIONS:
+            try:  # one Gauss-Newton step of ECC
+                cand = _ecc_step(r, s, wl, mode, motion)
+            except cv2.error:  # OpenCV gives up where the correlation would turn negative: keep what we have
+                break
+            n += 1
+            # backtracking: a step that lowers the correlation is halved (up to four times), else the level ends
+            c = _correlation(r, s, cand)
+            for _ in range(4):
+                if c >= cur:
+                    break
+                cand = _blend(wl, cand, mode)
+                c = _correlation(r, s, cand)
+            if c < cur:
+                break
+            hh, ww = r.shape
+            corners = np.array([[0, 0, 1], [ww - 1, 0, 1], [ww - 1, hh - 1, 1], [0, hh - 1, 1]], float).T
+            step = float(np.max(np.linalg.norm(_apply(cand, corners) - _apply(wl, corners), axis=0)))
+            wl, cur = cand, c
+            if step < EPS_PX:
+                break
+        iters.append(n)
+        levels.append(list(r.shape))
+        w = d @ wl @ np.linalg.inv(d)
+        w /= w[2, 2]
+        if lv == finest:
+            after = _correlation(r, s, wl)
+    return w, iters, levels, before, after
+
+
+def _ecc_step(r, s, wl, mode, motion):
+    import cv2
+
+    crit = (cv2.TERM_CRITERIA_COUNT, 1, 0)
+    if mode == "homography":
+        _, w32 = cv2.findTransformECC(r, s, (wl / wl[2, 2]).astype(np.float32), motion, crit, None, 1)
+        return w32.astype(np.float64)
+    _, w32 = cv2.findTransformECC(r, s, wl[:2].astype(np.float32), motion, crit, None, 1)
+    return np.vstack([w32.astype(np.float64), [0, 0, 1]])
+
+
+def _blend(a: np.ndarray, b: np.ndarray, mode: str) -> np.ndarray:
+    """Half way from ``a`` to ``b`` (rigid: by angle and shift, so it stays a rotation)."""
+    if mode != "rigid":
+        return (a / a[2, 2] + b / b[2, 2]) / 2
+    ta, tb = np.arctan2(a[1, 0], a[0, 0]), np.arctan2(b[1, 0], b[0, 0])
+    t = (ta + tb) / 2
+    out = np.eye(3)
+    out[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    out[:2, 2] = (a[:2, 2] + b[:2, 2]) / 2
+    return out
+
+
+def _down(img: np.ndarray, f: int) -> np.ndarray:
+    """Block average by ``f`` (the image cropped to a multiple of ``f`` so the scale is exact)."""
+    if f == 1:
+        return img
+    import cv2
+
+    h, w = (img.shape[0] // f) * f, (img.shape[1] // f) * f
+    return cv2.resize(img[:h, :w], (w // f, h // f), interpolation=cv2.INTER_AREA)
+
+
+def _correlation(r: np.ndarray, s: np.ndarray, m: np.ndarray) -> float:
+    """Correlation of structure image ``r`` with ``s`` warped by ``m``, over the pixels ``s`` covers."""
+    import cv2
+
+    h, w = r.shape
+    warped = cv2.warpPerspective(s, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    cover = cv2.warpPerspective(
+        np.ones_like(s, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+    ).astype(bool)
+    if cover.sum() < 16:
+        return 0.0
+    a, b = r[cover].astype(np.float64), warped[cover].astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+_FIX = {
+    "python": "check that both show the same scene, try a simpler model (register='rigid'), or align them "
+    "yourself and fuse with register='off'",
+    "cli": "check that both show the same scene, try a simpler model (--register rigid), or align them "
+    "yourself and fuse with --register off",
+    "web": "check that both show the same scene, try a simpler model (Register: rigid), or align them "
+    "yourself and fuse with Register: off",
+}
+
+
+def _refuse(head: str) -> RegistrationError:
+    """The error with its fix spelled for each surface."""
+    e = RegistrationError(f"{head}; {_FIX['python']}")
+    e.spelled = {k: f"{head}; {v}" for k, v in _FIX.items() if k != "python"}
+    return e
+
+
+def check_plausible(rec: Registration, m: np.ndarray, shape: tuple[int, int]) -> None:
+    """Refuse a transform beyond :data:`BOUNDS` or one that did not improve the similarity.
+
+    ``m``: the estimated transform relative to its initialisation (reference pixel -> scaled source
+    pixel, centres aligned at the identity)."""
+    h, w = shape
+    diag = float(np.hypot(h, w))
+    a = m[:2, :2] / m[2, 2]
+    # a = R(θ) @ [[sx, k], [0, sy]] (QR): rotation, scales, shear
+    theta = float(np.degrees(np.arctan2(a[1, 0], a[0, 0])))
+    sx = float(np.hypot(a[0, 0], a[1, 0]))
+    sy = float(np.linalg.det(a) / sx) if sx > 0 else 0.0
+    shear = float((a[0, 0] * a[0, 1] + a[1, 0] * a[1, 1]) / (sx * sx)) if sx > 0 else 0.0
+    c = np.array([[(w - 1) / 2], [(h - 1) / 2], [1.0]])
+    centre_shift = float(np.linalg.norm(_apply(m, c)[:, 0] - c[:2, 0]))
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
+    affine = np.vstack([m[:2] / m[2, 2], [0, 0, 1]])
+    tilt = float(np.max(np.linalg.norm(_apply(m, corners) - _apply(affine, corners), axis=0)))
+    b = BOUNDS
+    why = []
+    if abs(theta) > b["rotation_deg"]:
+        why.append(f"a rotation of {theta:.1f}° (at most {b['rotation_deg']:g}°)")
+    lo, hi = b["scale"]
+    if not (lo <= sx <= hi and lo <= sy <= hi):
+        why.append(f"scales of {sx:.2f} × {sy:.2f} beyond what the sizes imply (allowed {lo:g}–{hi:g})")
+    if abs(shear) > b["shear"]:
+        why.append(f"a shear of {shear:.2f} (at most {b['shear']:g})")
+    if centre_shift > b["shift"] * diag:
+        why.append(f"a shift of {centre_shift:.0f} px (at most {b['shift'] * diag:.0f}, {b['shift']:g} of the diagonal)")
+    if tilt > b["tilt"] * diag:
+        why.append(f"a perspective tilt moving a corner {tilt:.0f} px (at most {b['tilt'] * diag:.0f})")
+    if rec.covered < b["overlap"]:
+        why.append(f"only {100 * rec.covered:.0f} % of the reference covered (at least {100 * b['overlap']:g} %)")
+    if rec.corner_shift_px > 1.0 and not rec.similarity_after >= rec.similarity_before + MIN_GAIN:
+        why.append(
+            f"no gain in structural similarity ({rec.similarity_before:.3f} -> {rec.similarity_after:.3f})"
+        )
+    if rec.similarity_after < MIN_SIMILARITY:
+        why.append(
+            f"too little shared structure (similarity {rec.similarity_after:.3f} after alignment, at least "
+            f"{MIN_SIMILARITY:g})"
+        )
+    if why:
+        raise _refuse(
+            f"{rec.source} could not be registered to {rec.reference} ({rec.mode}): the estimate is "
+            f"implausible -- {'; '.join(why)}"
+        )
