@@ -97,12 +97,12 @@ def test_a_smaller_source_starts_from_equal_fields_of_view_and_lands_on_the_refe
 
 
 def test_uncovered_pixels_take_the_references_values_and_colour_sources_keep_their_channels():
-    ref = scene(120, 160, 5)
-    m = transform("rigid", 120, 160)
+    ref = scene(192, 256, 5)
+    m = transform("rigid", 192, 256)
     src = np.repeat(moved(other_modality(ref), m)[..., None], 3, axis=2)
     out = align([ref, src], ["a", "b"], "rigid")
     img, valid = out.images[1], out.valid
-    assert img.shape == (120, 160, 3) and img.dtype == np.float32 and valid is not None
+    assert img.shape == (192, 256, 3) and img.dtype == np.float32 and valid is not None
     assert not valid.all() and np.allclose(img[~valid], ref[~valid][:, None])
 
 

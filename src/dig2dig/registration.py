@@ -48,6 +48,7 @@ BOUNDS = {
     "overlap": 0.5,  # fraction of the reference the source must still cover
 }
 MIN_SIMILARITY = 0.1  # below this after alignment, the sources share too little structure to trust it
+ROUND_TRIP_PX = 1.0  # forward and reverse registrations must agree this well at the reference's corners
 MIN_GAIN = 0.01  # the similarity must rise by this much unless the transform stays within a pixel
 FINEST_PIXELS = 1_200_000  # the finest pyramid level holds at most this many pixels (cost ∝ pixels)
 COARSEST_SIDE = 48  # the coarsest level's shorter side is at least this
@@ -71,6 +72,7 @@ class Registration:
     corner_shift_px: float  # largest move of a reference corner from the initial matrix
     covered: float  # fraction of the reference the aligned source covers
     seconds: float
+    round_trip_px: float = 0.0  # reference corners mapped to the source and back by the reverse registration
     measure: str = "correlation of local-contrast-normalised gradient magnitude (ECC)"
 
     def to_dict(self) -> dict:
@@ -167,7 +169,34 @@ def initial_matrix(ref_shape: tuple[int, int], src_shape: tuple[int, int], mode:
 
 
 def estimate(ref: np.ndarray, src: np.ndarray, mode: str, name: str = "source", ref_name: str = "reference"):
-    """The :class:`Registration` of luminance ``src`` to luminance ``ref`` (float32 [0, 1])."""
+    """The :class:`Registration` of luminance ``src`` to luminance ``ref`` (float32 [0, 1]), checked.
+
+    Besides :func:`check_plausible`, the registration is run the other way round (the reference
+    onto the source): a similarity with one clear optimum brings both to the same transform, so a
+    round trip that misses the reference's corners by more than :data:`ROUND_TRIP_PX` is refused
+    as ambiguous."""
+    t0 = time.perf_counter()
+    rec, relative = _estimate(ref, src, mode, name, ref_name)
+    check_plausible(rec, relative, ref.shape)
+    try:
+        back, _ = _estimate(src, ref, mode, ref_name, name)
+        h, w = ref.shape
+        corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
+        trip = np.array(back.matrix) @ np.array(rec.matrix)
+        rec.round_trip_px = round(float(np.max(np.linalg.norm(_apply(trip, corners) - corners[:2], axis=0))), 3)
+    except RegistrationError:
+        rec.round_trip_px = float("inf")
+    rec.seconds = round(time.perf_counter() - t0, 4)
+    if not rec.round_trip_px <= ROUND_TRIP_PX:
+        raise _refuse(
+            f"{name} could not be registered to {ref_name} ({mode}): registering one onto the other and back "
+            f"misses by {rec.round_trip_px:.1f} px (at most {ROUND_TRIP_PX:g}), so the alignment is ambiguous"
+        )
+    return rec
+
+
+def _estimate(ref: np.ndarray, src: np.ndarray, mode: str, name: str, ref_name: str):
+    """(the unchecked :class:`Registration`, the transform relative to its initialisation)."""
     import cv2
 
     t0 = time.perf_counter()
@@ -216,8 +245,7 @@ def estimate(ref: np.ndarray, src: np.ndarray, mode: str, name: str = "source", 
         covered=round(float(covered.mean()), 6),
         seconds=round(time.perf_counter() - t0, 4),
     )
-    check_plausible(rec, np.linalg.inv(to_src) @ matrix, ref.shape)
-    return rec
+    return rec, np.linalg.inv(to_src) @ matrix
 
 
 def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -353,17 +381,20 @@ def check_plausible(rec: Registration, m: np.ndarray, shape: tuple[int, int]) ->
     pixel, centres aligned at the identity)."""
     h, w = shape
     diag = float(np.hypot(h, w))
-    a = m[:2, :2] / m[2, 2]
-    # a = R(θ) @ [[sx, k], [0, sy]] (QR): rotation, scales, shear
+    c = np.array([[(w - 1) / 2], [(h - 1) / 2], [1.0]])
+    # the local linear map at the centre (for a homography: its Jacobian there), a = R(θ) @ [[sx, k], [0, sy]]
+    at = _apply(m, c)[:, 0]
+    a = np.stack([_apply(m, c + [[1.0], [0], [0]])[:, 0] - at, _apply(m, c + [[0], [1.0], [0]])[:, 0] - at], axis=1)
     theta = float(np.degrees(np.arctan2(a[1, 0], a[0, 0])))
     sx = float(np.hypot(a[0, 0], a[1, 0]))
     sy = float(np.linalg.det(a) / sx) if sx > 0 else 0.0
     shear = float((a[0, 0] * a[0, 1] + a[1, 0] * a[1, 1]) / (sx * sx)) if sx > 0 else 0.0
-    c = np.array([[(w - 1) / 2], [(h - 1) / 2], [1.0]])
-    centre_shift = float(np.linalg.norm(_apply(m, c)[:, 0] - c[:2, 0]))
+    centre_shift = float(np.linalg.norm(at - c[:2, 0]))
+    # the perspective part: how far the corners are from the best affine fit through them
     corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
-    affine = np.vstack([m[:2] / m[2, 2], [0, 0, 1]])
-    tilt = float(np.max(np.linalg.norm(_apply(m, corners) - _apply(affine, corners), axis=0)))
+    mapped = _apply(m, corners)
+    fit, *_ = np.linalg.lstsq(corners.T, mapped.T, rcond=None)
+    tilt = float(np.max(np.linalg.norm(corners.T @ fit - mapped.T, axis=1)))
     b = BOUNDS
     why = []
     if abs(theta) > b["rotation_deg"]:
