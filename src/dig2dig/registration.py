@@ -274,6 +274,8 @@ def _pyramid_ecc(ref, src, start, mode, name, ref_name):
         # level pixel x -> full pixel f*x + (f-1)/2 (centres of the averaged blocks)
         d = np.array([[f, 0, (f - 1) / 2], [0, f, (f - 1) / 2], [0, 0, 1.0]])
         wl = np.linalg.inv(d) @ w @ d
+        if lv == coarsest:  # a global search of rotation and shift first: ECC alone has a narrow reach
+            wl = _coarse_search(r, s, wl)
         if lv == finest:  # at the start, at the finest level
             before = _correlation(r, s, np.linalg.inv(d) @ start @ d)
         n, cur = 0, _correlation(r, s, wl)
@@ -305,6 +307,39 @@ def _pyramid_ecc(ref, src, start, mode, name, ref_name):
         if lv == finest:
             after = _correlation(r, s, wl)
     return w, iters, levels, before, after
+
+
+SEARCH_ANGLES = tuple(range(-12, 13, 3))  # degrees tried by the coarse search
+SEARCH_WINDOW = 0.7  # the central share of the reference matched against the source
+SEARCH_PAD = 0.15  # the source padded by this share of its size on each side (shifts beyond the window's play)
+
+
+def _coarse_search(r: np.ndarray, s: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """The best of rotations :data:`SEARCH_ANGLES` about the reference's centre, each with the shift
+    that maximises the normalised correlation of the structure images (template matching of the
+    reference's central window in the padded source); ``start`` if none beats it."""
+    import cv2
+
+    h, w = r.shape
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    th, tw = max(8, round(SEARCH_WINDOW * h)), max(8, round(SEARCH_WINDOW * w))
+    y0, x0 = (h - th) // 2, (w - tw) // 2
+    py, px = round(SEARCH_PAD * s.shape[0]), round(SEARCH_PAD * s.shape[1])
+    padded = cv2.copyMakeBorder(s, py, py, px, px, cv2.BORDER_CONSTANT, value=0.0)
+    best, best_w = _correlation(r, s, start), start
+    for ang in SEARCH_ANGLES:
+        a = np.vstack([cv2.getRotationMatrix2D((cx, cy), float(ang), 1.0), [0, 0, 1]])  # reference -> rotated
+        rot = cv2.warpAffine(r, a[:2], (w, h), flags=cv2.INTER_LINEAR)
+        scores = cv2.matchTemplate(padded, rot[y0 : y0 + th, x0 : x0 + tw], cv2.TM_CCOEFF_NORMED)
+        _, _, _, (u, v) = cv2.minMaxLoc(scores)
+        # s(y) ≈ rot(y + δ), δ = window origin - match origin + pad; the warp reference -> source is a - δ
+        cand = a.copy()
+        cand[0, 2] -= x0 - u + px
+        cand[1, 2] -= y0 - v + py
+        c = _correlation(r, s, cand)
+        if c > best:
+            best, best_w = c, cand
+    return best_w
 
 
 def _ecc_step(r, s, wl, mode, motion):
