@@ -4,8 +4,8 @@
 
 Each row: the reference (first source), the second source moved by a known transform (a shift, a
 rotation, a scale change), the default fusion without registration (double edges), the default
-fusion with ``register`` (the yellow outline: the region the moved source covers; outside it the reference stands in), and a 2x crop of both
-fusions side by side.
+fusion with ``register`` (the yellow outline: the region the moved source covers; outside it the
+reference stands in), and a 2x crop of both fusions side by side.
 """
 
 from __future__ import annotations

@@ -159,8 +159,20 @@ def test_command_line_and_batch(tmp_path):
     write_image(tmp_path / "b.png", small, 8)  # a lower resolution over the same field of view
     noise = np.random.default_rng(1).random((192, 256)).astype(np.float32)
     write_image(tmp_path / "n.png", noise, 8)
-    assert main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "x.png"),
-                 "--method", "average"]) == 2  # sizes differ: refused without --register
+    assert (
+        main(
+            [
+                "fuse",
+                str(tmp_path / "a.png"),
+                str(tmp_path / "b.png"),
+                "-o",
+                str(tmp_path / "x.png"),
+                "--method",
+                "average",
+            ]
+        )
+        == 2
+    )  # sizes differ: refused without --register
     rc = main(
         ["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "f.png"), "--method",
          "average", "--register", "rigid", "--report", str(tmp_path / "r.json")]
@@ -191,7 +203,9 @@ def test_web_request_registers(tiny_gray_prior_path):
     from dig2dig.web.server import create_app
 
     ref = scene(192, 256, 13)
-    src = cv2.resize(moved(other_modality(ref), transform("affine", 192, 256)), (192, 144), interpolation=cv2.INTER_AREA)
+    src = cv2.resize(
+        moved(other_modality(ref), transform("affine", 192, 256)), (192, 144), interpolation=cv2.INTER_AREA
+    )
     png = [cv2.imencode(".png", np.round(x * 255).astype(np.uint8))[1].tobytes() for x in (ref, src)]
     with TestClient(create_app(prior=str(tiny_gray_prior_path)), base_url="http://127.0.0.1:8000") as c:
         info = c.get("/api/info").json()

@@ -326,7 +326,9 @@ def run(
             m.check_sources(len(src))
     s = resolved.spec
     items = [
-        _prepare(src, names[k] if names else None, item_tasks[k], s.resize, multiple, seeds[k], s.max_pixels, s.register)
+        _prepare(
+            src, names[k] if names else None, item_tasks[k], s.resize, multiple, seeds[k], s.max_pixels, s.register
+        )
         for k, src in enumerate(batch)
     ]
     for it in items:

@@ -38,15 +38,20 @@ from .errors import RegistrationError
 
 MODES = ("off", "rigid", "affine", "homography")
 
-# what a plausible registration may change relative to its initialisation
-BOUNDS = {
-    "rotation_deg": 20.0,  # |rotation|
-    "scale": (0.75, 1.33),  # each axis' scale
-    "shear": 0.15,  # |shear| (affine, homography)
-    "shift": 0.2,  # |shift of the reference's centre| as a fraction of its diagonal
-    "tilt": 0.1,  # perspective displacement of a corner as a fraction of the diagonal (homography)
-    "overlap": 0.5,  # fraction of the reference the source must still cover
-}
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a plausible registration may change relative to its initialisation."""
+
+    rotation_deg: float = 20.0  # |rotation|
+    scale: tuple[float, float] = (0.75, 1.33)  # each axis' scale
+    shear: float = 0.15  # |shear| (affine, homography)
+    shift: float = 0.2  # |shift of the reference's centre| as a fraction of its diagonal
+    tilt: float = 0.1  # perspective displacement of a corner as a fraction of the diagonal (homography)
+    overlap: float = 0.5  # fraction of the reference the source must still cover
+
+
+BOUNDS = Bounds()
 MIN_SIMILARITY = 0.1  # below this after alignment, the sources share too little structure to trust it
 ROUND_TRIP_PX = 1.0  # forward and reverse registrations must agree this well at the reference's corners
 MIN_GAIN = 0.01  # the similarity must rise by this much unless the transform stays within a pixel
@@ -206,9 +211,9 @@ def _estimate(ref: np.ndarray, src: np.ndarray, mode: str, name: str, ref_name: 
     if not np.allclose(s, np.eye(3)):
         scaled_shape = (max(8, round(src.shape[0] / s[1, 1])), max(8, round(src.shape[1] / s[0, 0])))
         shrink = scaled_shape[0] * scaled_shape[1] < src.size
-        src_s = cv2.resize(
-            src, scaled_shape[::-1], interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-        ).astype(np.float32)
+        src_s = cv2.resize(src, scaled_shape[::-1], interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC).astype(
+            np.float32
+        )
         # scaled pixel -> source pixel (pixel centres kept)
         to_src = np.array(
             [
@@ -345,12 +350,13 @@ def _coarse_search(r: np.ndarray, s: np.ndarray, start: np.ndarray) -> np.ndarra
 def _ecc_step(r, s, wl, mode, motion):
     import cv2
 
-    crit = (cv2.TERM_CRITERIA_COUNT, 1, 0)
+    crit = (cv2.TERM_CRITERIA_COUNT, 1, 0.0)
+    ecc = cv2.findTransformECC  # one step, no mask, no further smoothing (the structure images are smoothed)
     if mode == "homography":
-        _, w32 = cv2.findTransformECC(r, s, (wl / wl[2, 2]).astype(np.float32), motion, crit, None, 1)
-        return w32.astype(np.float64)
-    _, w32 = cv2.findTransformECC(r, s, wl[:2].astype(np.float32), motion, crit, None, 1)
-    return np.vstack([w32.astype(np.float64), [0, 0, 1]])
+        _, w32 = ecc(r, s, (wl / wl[2, 2]).astype(np.float32), motion, crit, None, 1)  # type: ignore[call-overload]
+        return np.asarray(w32, np.float64)
+    _, w32 = ecc(r, s, wl[:2].astype(np.float32), motion, crit, None, 1)  # type: ignore[call-overload]
+    return np.vstack([np.asarray(w32, np.float64), [0, 0, 1]])
 
 
 def _blend(a: np.ndarray, b: np.ndarray, mode: str) -> np.ndarray:
@@ -432,23 +438,21 @@ def check_plausible(rec: Registration, m: np.ndarray, shape: tuple[int, int]) ->
     tilt = float(np.max(np.linalg.norm(corners.T @ fit - mapped.T, axis=1)))
     b = BOUNDS
     why = []
-    if abs(theta) > b["rotation_deg"]:
-        why.append(f"a rotation of {theta:.1f}° (at most {b['rotation_deg']:g}°)")
-    lo, hi = b["scale"]
+    if abs(theta) > b.rotation_deg:
+        why.append(f"a rotation of {theta:.1f}° (at most {b.rotation_deg:g}°)")
+    lo, hi = b.scale
     if not (lo <= sx <= hi and lo <= sy <= hi):
         why.append(f"scales of {sx:.2f} × {sy:.2f} beyond what the sizes imply (allowed {lo:g}–{hi:g})")
-    if abs(shear) > b["shear"]:
-        why.append(f"a shear of {shear:.2f} (at most {b['shear']:g})")
-    if centre_shift > b["shift"] * diag:
-        why.append(f"a shift of {centre_shift:.0f} px (at most {b['shift'] * diag:.0f}, {b['shift']:g} of the diagonal)")
-    if tilt > b["tilt"] * diag:
-        why.append(f"a perspective tilt moving a corner {tilt:.0f} px (at most {b['tilt'] * diag:.0f})")
-    if rec.covered < b["overlap"]:
-        why.append(f"only {100 * rec.covered:.0f} % of the reference covered (at least {100 * b['overlap']:g} %)")
+    if abs(shear) > b.shear:
+        why.append(f"a shear of {shear:.2f} (at most {b.shear:g})")
+    if centre_shift > b.shift * diag:
+        why.append(f"a shift of {centre_shift:.0f} px (at most {b.shift * diag:.0f}, {b.shift:g} of the diagonal)")
+    if tilt > b.tilt * diag:
+        why.append(f"a perspective tilt moving a corner {tilt:.0f} px (at most {b.tilt * diag:.0f})")
+    if rec.covered < b.overlap:
+        why.append(f"only {100 * rec.covered:.0f} % of the reference covered (at least {100 * b.overlap:g} %)")
     if rec.corner_shift_px > 1.0 and not rec.similarity_after >= rec.similarity_before + MIN_GAIN:
-        why.append(
-            f"no gain in structural similarity ({rec.similarity_before:.3f} -> {rec.similarity_after:.3f})"
-        )
+        why.append(f"no gain in structural similarity ({rec.similarity_before:.3f} -> {rec.similarity_after:.3f})")
     if rec.similarity_after < MIN_SIMILARITY:
         why.append(
             f"too little shared structure (similarity {rec.similarity_after:.3f} after alignment, at least "
