@@ -452,7 +452,10 @@ def check_plausible(rec: Registration, m: np.ndarray, shape: tuple[int, int]) ->
     if rec.covered < b.overlap:
         why.append(f"only {100 * rec.covered:.0f} % of the reference covered (at least {100 * b.overlap:g} %)")
     if rec.corner_shift_px > 1.0 and not rec.similarity_after >= rec.similarity_before + MIN_GAIN:
-        why.append(f"no gain in structural similarity ({rec.similarity_before:.3f} -> {rec.similarity_after:.3f})")
+        why.append(
+            f"no gain in structural similarity ({rec.similarity_before:.3f} -> {rec.similarity_after:.3f}): they "
+            "may be aligned already, or share too little structure"
+        )
     if rec.similarity_after < MIN_SIMILARITY:
         why.append(
             f"too little shared structure (similarity {rec.similarity_after:.3f} after alignment, at least "
