@@ -228,3 +228,12 @@ def test_web_request_registers(tiny_gray_prior_path):
         )
         report = c.get(f"/api/jobs/{r.json()['id']}/report.json").json()
         assert report["config"]["registration"]["sources"][0]["similarity_after"] > 0.3
+
+
+def test_a_move_beyond_the_bounds_is_refused_not_fused():
+    ref = scene(192, 256, 17)
+    h, w = ref.shape
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), 40.0, 1.0)  # 40°: beyond the 20° bound
+    src = cv2.warpAffine(other_modality(ref), m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    with pytest.raises(RegistrationError, match="could not be registered"):
+        dig2dig.fuse([ref, src], method="average", register="rigid")
