@@ -259,20 +259,8 @@ def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def _pyramid_ecc(ref, src, start, mode, name, ref_name):
-    """ECC coarse to fine from the best start the coarse search finds and, when that differs, from
-    ``start`` itself (sources aligned already are then left alone); the descent that ends with the
-    higher similarity: (matrix, iterations per level, level shapes, similarity before, after)."""
-    searched = _descend(ref, src, start, mode, search=True)
-    if searched[-1] is False:  # the search kept the start: one descent was all there was
-        return searched[:-1]
-    plain = _descend(ref, src, start, mode, search=False)
-    return max(searched[:-1], plain[:-1], key=lambda r: r[4])
-
-
-def _descend(ref, src, start, mode, search: bool):
-    """ECC coarse to fine from ``start`` (reference -> source pixels, same scale), after the coarse
-    search when ``search``; (matrix, iterations per level, level shapes, similarity before, similarity
-    after, whether the search moved the start), the similarities at the finest level."""
+    """ECC coarse to fine from ``start`` (reference -> source pixels, same scale); (matrix, iterations
+    per level, level shapes, similarity before, similarity after), the similarities at the finest level."""
     import cv2
 
     motion = {"rigid": cv2.MOTION_EUCLIDEAN, "affine": cv2.MOTION_AFFINE, "homography": cv2.MOTION_HOMOGRAPHY}[mode]
@@ -285,23 +273,17 @@ def _descend(ref, src, start, mode, search: bool):
     w = start.copy()
     iters, levels = [], []
     before = after = float("nan")
-    moved_start = False
     for lv in range(coarsest, finest - 1, -1):
         f = 2**lv
         r, s = structure(_down(ref, f)), structure(_down(src, f))
         # level pixel x -> full pixel f*x + (f-1)/2 (centres of the averaged blocks)
         d = np.array([[f, 0, (f - 1) / 2], [0, f, (f - 1) / 2], [0, 0, 1.0]])
         wl = np.linalg.inv(d) @ w @ d
-        if lv == coarsest and search:  # a global search of rotation and shift first: ECC alone has a narrow reach
-            found = _coarse_search(r, s, wl)
-            moved_start = not np.allclose(found, wl)
-            wl = found
+        if lv == coarsest:  # a global search of rotation and shift first: ECC alone has a narrow reach
+            wl = _coarse_search(r, s, wl)
+        if lv == finest:  # at the start, at the finest level
+            before = _correlation(r, s, np.linalg.inv(d) @ start @ d)
         n, cur = 0, _correlation(r, s, wl)
-        at_start = _correlation(r, s, np.linalg.inv(d) @ start @ d)
-        if at_start > cur:  # the coarser levels led away from a better start: go on from the start
-            wl, cur = np.linalg.inv(d) @ start @ d, at_start
-        if lv == finest:
-            before = at_start
         while n < MAX_ITERATIONS:
             try:  # one Gauss-Newton step of ECC
                 cand = _ecc_step(r, s, wl, mode, motion)
@@ -329,7 +311,7 @@ def _descend(ref, src, start, mode, search: bool):
         w /= w[2, 2]
         if lv == finest:
             after = _correlation(r, s, wl)
-    return w, iters, levels, before, after, moved_start
+    return w, iters, levels, before, after
 
 
 SEARCH_ANGLES = tuple(range(-12, 13, 3))  # degrees tried by the coarse search
