@@ -217,9 +217,9 @@ def main() -> int:
                     fuse_rows.append((task, ds, p[0].parent.name, None, None, None, fuse_s))
                     continue
                 rec = b.config["registration"]
-                from dig2dig.registration import warp
+                from dig2dig.registration import coverage
 
-                _, valid = warp(np.ones(mis.shape[:2], np.float32), np.array(rec["sources"][0]["matrix"]), (h, w))
+                valid = coverage(mis.shape, np.array(rec["sources"][0]["matrix"]), (h, w))
                 x0, y0, x1, y1 = inner_box(valid)  # scored where both sources are really there
                 u8 = [np.round(x[y0:y1, x0:x1] * 255).astype(np.uint8) for x in (a.image, b.image, ref_c, src_c)]
                 sa = score(u8[0], [u8[2], u8[3]], metrics=KEYS[task])

@@ -64,9 +64,9 @@ def main() -> int:
         h, w = ref.shape[:2]
         scale = args.height / h
         panels = [rgb(ref), rgb(mis), rgb(off), rgb(on.image).copy()]
-        from dig2dig.registration import warp
+        from dig2dig.registration import coverage
 
-        _, covered = warp(np.ones(mis.shape[:2], np.float32), np.array(reg["sources"][0]["matrix"]), (h, w))
+        covered = coverage(mis.shape, np.array(reg["sources"][0]["matrix"]), (h, w))
         contours, _ = cv2.findContours(covered.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(panels[3], contours, -1, (1.0, 0.85, 0.0), max(1, round(2 / scale)))
         box = (int(cx * w), int(cy * h), int((cx + cw) * w), int((cy + ch) * h))

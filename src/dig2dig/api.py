@@ -145,18 +145,7 @@ def _prepare(sources, names, task, resize, multiple, seed, max_pixels=None, regi
     if register != "off":
         aligned = registration.align(images, names, register)
         images, summary = aligned.images, aligned.summary()
-        for r in aligned.records:
-            notes.append(
-                f"{r.source} registered to {r.reference} ({r.mode}): structural similarity "
-                f"{r.similarity_before:.3f} -> {r.similarity_after:.3f}, covers {100 * r.covered:.1f} % "
-                f"of it, {r.seconds:.2f} s"
-            )
-        if summary.get("valid_fraction", 1.0) < 1.0:
-            x0, y0, x1, y1 = summary["valid_box"]
-            notes.append(
-                f"every source covers {100 * summary['valid_fraction']:.1f} % of the output (x {x0}-{x1}, "
-                f"y {y0}-{y1}); elsewhere the reference's pixels stand in for the sources that do not"
-            )
+        notes += aligned.notes()
     geometry.check_same_size(images, names)
     info = tasks.resolve_task(task, images, names)
     images = [images[i] for i in info.order]

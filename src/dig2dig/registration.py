@@ -18,9 +18,10 @@ Sources of another size start from their centres aligned and the scale that make
 of view equal (``reference size / source size`` per axis; isotropic for ``rigid``); the moving
 source is resampled to the reference's scale before the search, so one pixel means the same in
 both.  The result is checked: a transform beyond :data:`BOUNDS`, a structural similarity that did
-not improve, or too little overlap is a :class:`~dig2dig.errors.RegistrationError` naming the
-source and the fix -- never a silently misaligned fusion.  The aligned source is one resampling
-(bicubic) of the original; reference pixels it does not cover take the reference's own values, so
+not improve or stays low, too little overlap, or a reverse registration that does not bring the
+corners back is a :class:`~dig2dig.errors.RegistrationError` naming the source and the fix.  These
+checks catch most failed alignments, not all: ``benchmarks/results/register.md`` measures both.
+The aligned source is one resampling (bicubic) of the original; reference pixels it does not cover take the reference's own values, so
 the fusion there keeps the reference, and the region every source covers is reported.
 
 Matrices map *reference* pixel coordinates (x right, y down, pixel centres at integers) to the
@@ -104,6 +105,23 @@ class Aligned:
             )  # x0, y0, x1, y1 of the pixels every source covers
         return out
 
+    def notes(self) -> list[str]:
+        """One line per source and, when some pixels lack a source, one for the covered region."""
+        out = [
+            f"{r.source} registered to {r.reference} ({r.mode}): structural similarity "
+            f"{r.similarity_before:.3f} -> {r.similarity_after:.3f}, covers {100 * r.covered:.1f} % of it, "
+            f"{r.seconds:.2f} s"
+            for r in self.records
+        ]
+        summary = self.summary()
+        if summary.get("valid_fraction", 1.0) < 1.0:
+            x0, y0, x1, y1 = summary["valid_box"]
+            out.append(
+                f"every source covers {100 * summary['valid_fraction']:.1f} % of the output (x {x0}-{x1}, "
+                f"y {y0}-{y1}); elsewhere the reference's pixels stand in for the sources that do not"
+            )
+        return out
+
 
 def check_mode(mode) -> str:
     if mode not in MODES:
@@ -145,9 +163,7 @@ def warp(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> tuple
     m = np.asarray(matrix, np.float64)
     flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
     out = cv2.warpPerspective(image, m, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    ones = np.ones(image.shape[:2], np.uint8)
-    covered = cv2.warpPerspective(ones, m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
-    return np.clip(out, 0.0, 1.0).astype(np.float32), covered.astype(bool)
+    return np.clip(out, 0.0, 1.0).astype(np.float32), coverage(image.shape, m, shape)
 
 
 def structure(y: np.ndarray) -> np.ndarray:
@@ -185,8 +201,7 @@ def estimate(ref: np.ndarray, src: np.ndarray, mode: str, name: str = "source", 
     check_plausible(rec, relative, ref.shape)
     try:
         back, _ = _estimate(src, ref, mode, ref_name, name)
-        h, w = ref.shape
-        corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
+        corners = _corners(*ref.shape)
         trip = np.array(back.matrix) @ np.array(rec.matrix)
         rec.round_trip_px = round(float(np.max(np.linalg.norm(_apply(trip, corners) - corners[:2], axis=0))), 3)
     except RegistrationError:
@@ -228,14 +243,13 @@ def _estimate(ref: np.ndarray, src: np.ndarray, mode: str, name: str, ref_name: 
     start = np.eye(3)
     start[0, 2] = (src_s.shape[1] - ref.shape[1]) / 2
     start[1, 2] = (src_s.shape[0] - ref.shape[0]) / 2
-    w_s, iters, levels, before, after = _pyramid_ecc(ref, src_s, start, mode, name, ref_name)
+    w_s, iters, levels, before, after = _pyramid_ecc(ref, src_s, start, mode)
     matrix = to_src @ w_s
     matrix /= matrix[2, 2]
     init_full = to_src @ start
-    h, w = ref.shape
-    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
+    corners = _corners(*ref.shape)
     moved = float(np.max(np.linalg.norm(_apply(matrix, corners) - _apply(init_full, corners), axis=0)))
-    _, covered = warp(np.ones(src.shape, np.float32), matrix, ref.shape)
+    covered = coverage(src.shape, matrix, ref.shape)
     rec = Registration(
         source=name,
         reference=ref_name,
@@ -258,7 +272,22 @@ def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return p[:2] / p[2]
 
 
-def _pyramid_ecc(ref, src, start, mode, name, ref_name):
+def _corners(h: int, w: int) -> np.ndarray:
+    """The four corner pixels of an h×w image, homogeneous, as columns."""
+    return np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
+
+
+def coverage(src_shape: tuple[int, ...], matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The (H, W) mask of reference pixels that a source of ``src_shape`` covers through ``matrix``."""
+    import cv2
+
+    h, w = shape
+    ones = np.ones(src_shape[:2], np.uint8)
+    flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+    return cv2.warpPerspective(ones, np.asarray(matrix, np.float64), (w, h), flags=flags, borderValue=0).astype(bool)
+
+
+def _pyramid_ecc(ref, src, start, mode):
     """ECC coarse to fine from ``start`` (reference -> source pixels, same scale); (matrix, iterations
     per level, level shapes, similarity before, similarity after), the similarities at the finest level."""
     import cv2
@@ -284,6 +313,7 @@ def _pyramid_ecc(ref, src, start, mode, name, ref_name):
         if lv == finest:  # at the start, at the finest level
             before = _correlation(r, s, np.linalg.inv(d) @ start @ d)
         n, cur = 0, _correlation(r, s, wl)
+        corners = _corners(*r.shape)
         while n < MAX_ITERATIONS:
             try:  # one Gauss-Newton step of ECC
                 cand = _ecc_step(r, s, wl, mode, motion)
@@ -299,8 +329,6 @@ def _pyramid_ecc(ref, src, start, mode, name, ref_name):
                 c = _correlation(r, s, cand)
             if c < cur:
                 break
-            hh, ww = r.shape
-            corners = np.array([[0, 0, 1], [ww - 1, 0, 1], [ww - 1, hh - 1, 1], [0, hh - 1, 1]], float).T
             step = float(np.max(np.linalg.norm(_apply(cand, corners) - _apply(wl, corners), axis=0)))
             wl, cur = cand, c
             if step < EPS_PX:
@@ -432,7 +460,7 @@ def check_plausible(rec: Registration, m: np.ndarray, shape: tuple[int, int]) ->
     shear = float((a[0, 0] * a[0, 1] + a[1, 0] * a[1, 1]) / (sx * sx)) if sx > 0 else 0.0
     centre_shift = float(np.linalg.norm(at - c[:2, 0]))
     # the perspective part: how far the corners are from the best affine fit through them
-    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
+    corners = _corners(h, w)
     mapped = _apply(m, corners)
     fit, *_ = np.linalg.lstsq(corners.T, mapped.T, rcond=None)
     tilt = float(np.max(np.linalg.norm(corners.T @ fit - mapped.T, axis=1)))
