@@ -21,8 +21,9 @@ both.  The result is checked: a transform beyond :data:`BOUNDS`, a structural si
 not improve or stays low, too little overlap, or a reverse registration that does not bring the
 corners back is a :class:`~dig2dig.errors.RegistrationError` naming the source and the fix.  These
 checks catch most failed alignments, not all: ``benchmarks/results/register.md`` measures both.
-The aligned source is one resampling (bicubic) of the original; reference pixels it does not cover take the reference's own values, so
-the fusion there keeps the reference, and the region every source covers is reported.
+The aligned source is one resampling (bicubic) of the original; reference pixels it does not
+cover take the reference's own values, so the fusion there keeps the reference, and the region
+every source covers is reported.
 
 Matrices map *reference* pixel coordinates (x right, y down, pixel centres at integers) to the
 source's.
